@@ -1,0 +1,36 @@
+"""Shared test configuration.
+
+Tests that need system parts (a private pcscd with vpcd, SoftHSM2, restic...) skip with
+a clear reason on a machine without them. Under CI, ``.ci/run`` sets
+TOKENAGENT_STRICT_SKIPS=1 and every skip becomes a failure, so a missing install step
+cannot hide behind a green run. A test that may legitimately skip everywhere says so
+with a reason starting with "optional:".
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+STRICT_SKIPS = os.environ.get("TOKENAGENT_STRICT_SKIPS") == "1"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if STRICT_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "optional:" not in reason:
+            report.outcome = "failed"
+            report.longrepr = f"skipped under TOKENAGENT_STRICT_SKIPS=1 (CI must run this test): {reason}"
+
+
+@pytest.fixture
+def tokenagent_home(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A private TOKENAGENT_HOME for one test."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    monkeypatch.setenv("TOKENAGENT_HOME", str(home))
+    return home

@@ -1,0 +1,1 @@
+"""The ``tokenagent`` command line (private: its Python API may change; the command names may not)."""

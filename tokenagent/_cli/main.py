@@ -1,0 +1,76 @@
+"""The click command group and the translation of errors to one-line messages and exit codes.
+
+Each module in this package that defines ``register(cli)`` adds its commands; modules
+are imported in name order, so adding a command never means editing this file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import ExitCode, TokenAgentError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tokenagent")
+def cli() -> None:
+    """tokenagent: keep vault keys behind hardware tokens, and serve them to local clients.
+
+    Exit codes: 0 ok, 1 failure, 2 usage, 3 vault, 4 authentication, 5 token,
+    6 agent, 7 locked, 8 denied by policy, 9 cancelled (docs/exit-codes.md).
+    """
+
+
+def _load_commands() -> None:
+    package = importlib.import_module(__package__ or "tokenagent._cli")
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name.startswith("_") or info.name in ("main", "entry", "util"):
+            continue
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(cli)
+
+
+def _wants_json(args: list[str]) -> bool:
+    return "--json" in args[: args.index("--")] if "--" in args else "--json" in args
+
+
+def run(args: list[str]) -> int:
+    """Run the CLI; return the exit code. Errors become one line on stderr (or a JSON object)."""
+    _load_commands()
+    try:
+        result = cli.main(args=args, prog_name="tokenagent", standalone_mode=False)
+    except TokenAgentError as err:
+        _report(args, err.code, err.message)
+        return int(err.exit_code)
+    except click.exceptions.Abort:
+        _report(args, "cancelled", "cancelled")
+        return int(ExitCode.CANCELLED)
+    except click.ClickException as err:
+        if _wants_json(args):
+            _report(args, "usage", err.format_message())
+        else:
+            err.show()
+        return int(ExitCode.USAGE) if err.exit_code == 2 else err.exit_code
+    except KeyboardInterrupt:
+        _report(args, "cancelled", "interrupted")
+        return int(ExitCode.CANCELLED)
+    return int(result) if isinstance(result, int) else 0
+
+
+def _report(args: list[str], code: str, message: str) -> None:
+    if _wants_json(args):
+        click.echo(json.dumps({"ok": False, "error": code, "message": message}))
+    else:
+        click.echo(f"tokenagent: {message}", err=True)
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
