@@ -104,6 +104,17 @@ class Applet:
     aid: bytes = b""
     name: str = "applet"
     own_chaining: bool = False  # True: the applet answers GET RESPONSE / chaining itself
+    state_key: str = ""  # section name in the token's state file ("" = nothing persistent)
+
+    def __init__(self) -> None:
+        self.changed: Callable[[], None] = lambda: None  # set by the token: call after persistent changes
+
+    def state_dict(self) -> dict[str, object]:
+        """Persistent state (keys, PINs, counters, credentials) as JSON values."""
+        return {}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        """Restore what ``state_dict`` returned."""
 
     def select(self, p2: int) -> bytes:
         """Called on SELECT; return the FCI / select response data."""
