@@ -1,7 +1,12 @@
-"""Factor types. Importing this package registers the software factors (password, key file, recovery)."""
+"""Factor types. Importing this package registers the software factors (password, key file, recovery).
+
+Token factors (fido2, piv, otp, pkcs11) live in ``tokenagent.drivers`` and are registered by
+``tokenagent.plugins.load_factor_types()``.
+"""
 
 from __future__ import annotations
 
+from . import keyfile, password, recovery  # noqa: F401  (registration)
 from .base import (
     REGISTRY,
     Factor,

@@ -1,0 +1,311 @@
+"""The vault file: a JSON document, parsed strictly into ``Vault`` and ``Slot`` objects.
+
+Theory of operation. A vault file is one UTF-8 JSON object (docs/spec/vault.md):
+
+    {"format": "tokenagent-vault/1", "vault_id": B64(16), "seq": N, "created": T,
+     "secret_len": L, "allow_raw": bool, "fingerprint": "xxxx:...", "slots": [SLOT...],
+     "mac": B64(32)}
+
+    SLOT = {"id": "1", "label": "...", "created": T, "last_drill": T|null,
+            "policy": {"kind": "all"} | {"kind": "threshold", "k": K},
+            "factors": [{"type": "...", "params": {...}}, ...],
+            "salt": B64(32), "nonce": B64(12), "wrapped": B64(L+16),
+            "shares": [{"nonce": B64(12), "sealed": B64(48)}, ...]}     # threshold only
+
+Parsing is strict: unknown top-level or slot keys, duplicate keys, wrong types, numbers
+out of range, bad base64 and trailing data are all ``VaultFormatError`` with a message
+naming the field. Nothing here needs the masterkey; the MAC and the AEAD tags are
+checked by ``tokenagent.vault.slots`` once a slot is open.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ..errors import VaultFormatError
+from ..factors.base import Factor, factor_from_descriptor
+from .crypto import NONCE_LEN, SALT_LEN, TAG_LEN, canonical
+
+FORMAT = "tokenagent-vault/1"
+MAX_FILE_BYTES = 1 << 20
+MAX_SLOTS = 64
+MAX_FACTORS = 16
+MAX_SECRET_LEN = 4096
+MAX_LABEL_LEN = 200
+VAULT_ID_LEN = 16
+MAC_LEN = 32
+
+_TOP_KEYS = {"format", "vault_id", "seq", "created", "secret_len", "allow_raw", "fingerprint", "slots", "mac"}
+_SLOT_KEYS = {"id", "label", "created", "last_drill", "policy", "factors", "salt", "nonce", "wrapped", "shares"}
+_SLOT_ID = re.compile(r"^[1-9][0-9]{0,5}$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{4}(:[0-9a-f]{4}){7}$")
+_MAX_INT = 2**53
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(value: Any, what: str, length: int | None = None) -> bytes:
+    if not isinstance(value, str):
+        raise VaultFormatError(f"{what} must be a base64 string")
+    try:
+        data = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise VaultFormatError(f"{what} is not valid base64") from None
+    if length is not None and len(data) != length:
+        raise VaultFormatError(f"{what} must be {length} bytes, not {len(data)}")
+    return data
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = _MAX_INT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise VaultFormatError(f"{what} must be an integer from {low} to {high}")
+    return value
+
+
+@dataclass(frozen=True)
+class Policy:
+    """All factors required (``k is None``), or any ``k`` of them."""
+
+    k: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "all"} if self.k is None else {"kind": "threshold", "k": self.k}
+
+    def describe(self, n: int) -> str:
+        return "all" if self.k is None else f"{self.k} of {n}"
+
+    @classmethod
+    def from_json(cls, value: Any, n_factors: int) -> Policy:
+        if not isinstance(value, dict):
+            raise VaultFormatError("slot policy must be an object")
+        kind = value.get("kind")
+        if kind == "all" and set(value) == {"kind"}:
+            return cls(None)
+        if kind == "threshold" and set(value) == {"kind", "k"}:
+            return cls(_int(value["k"], "threshold k", 1, n_factors))
+        raise VaultFormatError("slot policy must be {'kind': 'all'} or {'kind': 'threshold', 'k': K}")
+
+
+@dataclass(frozen=True)
+class SealedShare:
+    nonce: bytes
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class Slot:
+    id: str
+    label: str
+    created: int
+    last_drill: int | None
+    policy: Policy
+    factors: tuple[Factor, ...]
+    salt: bytes
+    nonce: bytes
+    wrapped: bytes
+    shares: tuple[SealedShare, ...] = ()
+
+    def public(self, vault_id: bytes) -> dict[str, Any]:
+        """What the slot's keys and associated data are bound to (no label/drill: those may change)."""
+        return {
+            "format": FORMAT,
+            "vault_id": b64(vault_id),
+            "slot": self.id,
+            "policy": self.policy.to_json(),
+            "factors": [f.descriptor() for f in self.factors],
+        }
+
+    def bound(self, vault_id: bytes) -> bytes:
+        return canonical(self.public(vault_id))
+
+    def describe(self) -> str:
+        names = ", ".join(f.describe() for f in self.factors)
+        policy = "" if self.policy.k is None or len(self.factors) == 1 else f" ({self.policy.describe(len(self.factors))})"
+        return f"{names}{policy}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "label": self.label,
+            "created": self.created,
+            "last_drill": self.last_drill,
+            "policy": self.policy.to_json(),
+            "factors": [f.descriptor() for f in self.factors],
+            "salt": b64(self.salt),
+            "nonce": b64(self.nonce),
+            "wrapped": b64(self.wrapped),
+        }
+        if self.shares:
+            out["shares"] = [{"nonce": b64(s.nonce), "sealed": b64(s.sealed)} for s in self.shares]
+        return out
+
+
+@dataclass(frozen=True)
+class Vault:
+    name: str
+    vault_id: bytes
+    seq: int
+    created: int
+    secret_len: int
+    allow_raw: bool
+    fingerprint: str
+    slots: tuple[Slot, ...]
+    mac: bytes = b""
+    from_backup: bool = field(default=False, compare=False)
+
+    def slot(self, slot_id: str) -> Slot:
+        for s in self.slots:
+            if s.id == slot_id:
+                return s
+        known = ", ".join(s.id for s in self.slots) or "none"
+        from ..errors import SlotNotFound
+
+        raise SlotNotFound(f"vault {self.name!r} has no slot {slot_id!r} (slots: {known})")
+
+    def next_slot_id(self) -> str:
+        return str(max((int(s.id) for s in self.slots), default=0) + 1)
+
+    def body(self) -> dict[str, Any]:
+        """Everything but the MAC: the MAC's input is ``canonical(body())``."""
+        return {
+            "format": FORMAT,
+            "vault_id": b64(self.vault_id),
+            "seq": self.seq,
+            "created": self.created,
+            "secret_len": self.secret_len,
+            "allow_raw": self.allow_raw,
+            "fingerprint": self.fingerprint,
+            "slots": [s.to_json() for s in self.slots],
+        }
+
+    def to_bytes(self) -> bytes:
+        doc = {**self.body(), "mac": b64(self.mac)}
+        return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+    def with_changes(self, **changes: Any) -> Vault:
+        return replace(self, **changes)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise VaultFormatError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise VaultFormatError(f"{name} is not a valid number")
+
+
+def parse(data: bytes, name: str) -> Vault:
+    """Parse and validate a vault file's bytes; raise ``VaultFormatError`` naming the problem."""
+    if len(data) > MAX_FILE_BYTES:
+        raise VaultFormatError(f"vault file is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise VaultFormatError("vault file is not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise VaultFormatError(f"vault file is not valid JSON ({err.msg} at line {err.lineno})") from None
+    except RecursionError:
+        raise VaultFormatError("vault file nests too deeply") from None
+    if not isinstance(doc, dict):
+        raise VaultFormatError("vault file must hold a JSON object")
+    fmt = doc.get("format")
+    if fmt != FORMAT:
+        if isinstance(fmt, str) and fmt.startswith("tokenagent-vault/"):
+            raise VaultFormatError(f"vault format {fmt!r} is newer than this tokenagent understands; upgrade")
+        raise VaultFormatError("not a tokenagent vault (missing or wrong 'format')")
+    if set(doc) != _TOP_KEYS:
+        extra, missing = set(doc) - _TOP_KEYS, _TOP_KEYS - set(doc)
+        raise VaultFormatError(f"vault fields wrong (unknown: {sorted(extra)}, missing: {sorted(missing)})")
+    vault_id = unb64(doc["vault_id"], "vault_id", VAULT_ID_LEN)
+    secret_len = _int(doc["secret_len"], "secret_len", 1, MAX_SECRET_LEN)
+    if not isinstance(doc["allow_raw"], bool):
+        raise VaultFormatError("allow_raw must be true or false")
+    fp = doc["fingerprint"]
+    if not isinstance(fp, str) or not _FINGERPRINT.match(fp):
+        raise VaultFormatError("fingerprint must be 8 groups of 4 hex digits")
+    raw_slots = doc["slots"]
+    if not isinstance(raw_slots, list) or not 1 <= len(raw_slots) <= MAX_SLOTS:
+        raise VaultFormatError(f"slots must be a list of 1 to {MAX_SLOTS} slots")
+    slots = tuple(_parse_slot(s, secret_len) for s in raw_slots)
+    ids = [s.id for s in slots]
+    if len(set(ids)) != len(ids):
+        raise VaultFormatError("two slots have the same id")
+    return Vault(
+        name=name,
+        vault_id=vault_id,
+        seq=_int(doc["seq"], "seq"),
+        created=_int(doc["created"], "created"),
+        secret_len=secret_len,
+        allow_raw=doc["allow_raw"],
+        fingerprint=fp,
+        slots=slots,
+        mac=unb64(doc["mac"], "mac", MAC_LEN),
+    )
+
+
+def _parse_slot(raw: Any, secret_len: int) -> Slot:
+    if not isinstance(raw, dict):
+        raise VaultFormatError("each slot must be an object")
+    required = _SLOT_KEYS - {"shares"}
+    if not required <= set(raw) <= _SLOT_KEYS:
+        raise VaultFormatError(f"slot fields wrong: {sorted(set(raw) ^ required - {'shares'})}")
+    slot_id = raw["id"]
+    if not isinstance(slot_id, str) or not _SLOT_ID.match(slot_id):
+        raise VaultFormatError("slot id must be a decimal number as a string")
+    what = f"slot {slot_id}"
+    label = raw["label"]
+    if not isinstance(label, str) or len(label) > MAX_LABEL_LEN:
+        raise VaultFormatError(f"{what}: label must be a string of at most {MAX_LABEL_LEN} characters")
+    last_drill = raw["last_drill"]
+    if last_drill is not None:
+        last_drill = _int(last_drill, f"{what}: last_drill")
+    descriptors = raw["factors"]
+    if not isinstance(descriptors, list) or not 1 <= len(descriptors) <= MAX_FACTORS:
+        raise VaultFormatError(f"{what}: factors must be a list of 1 to {MAX_FACTORS} factors")
+    factors = tuple(factor_from_descriptor(d) if isinstance(d, dict) else _bad_factor(what) for d in descriptors)
+    policy = Policy.from_json(raw["policy"], len(factors))
+    shares: tuple[SealedShare, ...] = ()
+    if policy.k is not None:
+        raw_shares = raw.get("shares")
+        if not isinstance(raw_shares, list) or len(raw_shares) != len(factors):
+            raise VaultFormatError(f"{what}: a threshold slot needs one sealed share per factor")
+        shares = tuple(_parse_share(s, what) for s in raw_shares)
+    elif "shares" in raw:
+        raise VaultFormatError(f"{what}: only threshold slots have shares")
+    return Slot(
+        id=slot_id,
+        label=label,
+        created=_int(raw["created"], f"{what}: created"),
+        last_drill=last_drill,
+        policy=policy,
+        factors=factors,
+        salt=unb64(raw["salt"], f"{what}: salt", SALT_LEN),
+        nonce=unb64(raw["nonce"], f"{what}: nonce", NONCE_LEN),
+        wrapped=unb64(raw["wrapped"], f"{what}: wrapped", secret_len + TAG_LEN),
+        shares=shares,
+    )
+
+
+def _bad_factor(what: str) -> Factor:
+    raise VaultFormatError(f"{what}: each factor must be an object")
+
+
+def _parse_share(raw: Any, what: str) -> SealedShare:
+    if not isinstance(raw, dict) or set(raw) != {"nonce", "sealed"}:
+        raise VaultFormatError(f"{what}: a share must be {{'nonce', 'sealed'}}")
+    return SealedShare(
+        nonce=unb64(raw["nonce"], f"{what}: share nonce", NONCE_LEN),
+        sealed=unb64(raw["sealed"], f"{what}: share", 32 + TAG_LEN),
+    )

@@ -1,0 +1,91 @@
+"""Changes to an existing vault: add, remove and drill slots.
+
+Each change runs under the store's lock on the *current* file: the caller has opened the
+vault and holds its secret, the current version is verified with that secret (so a file
+swapped since the unlock is refused, and a slot another process added meanwhile is kept),
+the change is applied, the sequence number is bumped and the file is signed again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from ..errors import LastSlot
+from ..factors.base import Factor
+from .format import Slot, Vault
+from .slots import make_slot, sign, verify
+from .store import VaultStore
+
+SOFTWARE_TYPES = frozenset({"password", "keyfile", "recovery"})
+
+
+def _is_token_slot(slot: Slot) -> bool:
+    return any(f.descriptor()["type"] not in SOFTWARE_TYPES for f in slot.factors)
+
+
+def add_slot(
+    store: VaultStore,
+    name: str,
+    masterkey: bytes | bytearray,
+    enrolled: Sequence[tuple[Factor, bytes | bytearray]],
+    threshold: int | None = None,
+    label: str = "",
+) -> tuple[Vault, Slot]:
+    added: list[Slot] = []
+
+    def change(current: Vault) -> Vault:
+        verify(current, masterkey)
+        slot = make_slot(current.vault_id, current.next_slot_id(), masterkey, enrolled, threshold, label)
+        added.append(slot)
+        return sign(current.with_changes(seq=current.seq + 1, slots=(*current.slots, slot)), masterkey)
+
+    vault = store.update(name, change)
+    return vault, added[0]
+
+
+def remove_slot(
+    store: VaultStore, name: str, masterkey: bytes | bytearray, slot_id: str, last_token_ok: bool = False
+) -> Vault:
+    def change(current: Vault) -> Vault:
+        verify(current, masterkey)
+        slot = current.slot(slot_id)
+        rest = tuple(s for s in current.slots if s.id != slot_id)
+        if not rest:
+            raise LastSlot(
+                f"slot {slot_id} is the last slot of vault {name!r}; removing it would lose the key."
+                " Enrol another slot first"
+            )
+        if _is_token_slot(slot) and not any(_is_token_slot(s) for s in rest) and not last_token_ok:
+            raise LastSlot(
+                f"slot {slot_id} is the last token-backed slot of vault {name!r}; afterwards only"
+                " passwords, key files or recovery keys open it. Run again with --last-token to confirm"
+            )
+        return sign(current.with_changes(seq=current.seq + 1, slots=rest), masterkey)
+
+    return store.update(name, change)
+
+
+def record_drill(store: VaultStore, name: str, masterkey: bytes | bytearray, slot_id: str) -> Vault:
+    """Remember when ``slot_id`` last opened the vault (shown by ``tokenagent slots``)."""
+    now = int(time.time())
+
+    def change(current: Vault) -> Vault:
+        verify(current, masterkey)
+        slots = tuple(
+            Slot(**{**s.__dict__, "last_drill": now}) if s.id == slot_id else s for s in current.slots
+        )
+        current.slot(slot_id)
+        return sign(current.with_changes(seq=current.seq + 1, slots=slots), masterkey)
+
+    return store.update(name, change)
+
+
+def set_label(store: VaultStore, name: str, masterkey: bytes | bytearray, slot_id: str, label: str) -> Vault:
+    def change(current: Vault) -> Vault:
+        verify(current, masterkey)
+        current.slot(slot_id)
+        slots = tuple(Slot(**{**s.__dict__, "label": label}) if s.id == slot_id else s for s in current.slots)
+        return sign(current.with_changes(seq=current.seq + 1, slots=slots), masterkey)
+
+    return store.update(name, change)
