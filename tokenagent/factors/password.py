@@ -103,4 +103,5 @@ class PasswordFactor(Factor):
             password[:] = b"\0" * len(password)
 
     def describe(self) -> str:
-        return f"password (argon2id t={self.t} m={self.m // 1024} MiB)"
+        memory = f"{self.m // 1024} MiB" if self.m >= 1024 else f"{self.m} KiB"
+        return f"password (argon2id t={self.t} m={memory})"

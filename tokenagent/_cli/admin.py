@@ -1,0 +1,394 @@
+"""Admin commands: init, enroll, slots, info, list, remove-slot, drill, open, keyfile generate.
+
+Factor flags (``--password``, ``--keyfile PATH``, ``--recovery``, ``--fido2``, ``--piv``, ``--otp``,
+``--pkcs11 URI``) may be repeated; all the factors of one command form one slot that needs
+all of them, or any K with ``--threshold K``. Token options that pick a device or a setting
+(``--serial``, ``--piv-cert``...) apply to the token factors in the order given.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import LastSlot, UsageError
+from ..factors.base import Factor, FactorContext
+from ..plugins import load_factor_types
+from ..vault import VaultStore, check_name, new_vault, operations, unlock, wipe
+from ..vault.format import Vault
+from .interaction import TerminalInteraction, make_context
+from .util import emit, json_option
+
+TOKEN_TYPES = ("fido2", "piv", "otp", "pkcs11")
+
+
+def _secret_file_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("--password-file", metavar="FILE", help="Read passwords from FILE, one per line ('-' = stdin)."),
+        click.option("--pin-file", metavar="FILE", help="Read token PINs from FILE, one per line ('-' = stdin)."),
+        click.option("--recovery-file", metavar="FILE", help="Read recovery keys/shares from FILE ('-' = stdin)."),
+        click.option("--force", is_flag=True, help="Allow spending a token's last PIN try."),
+        click.option("--serial", "serials", multiple=True, type=int, help="Use the token with this serial."),
+        click.option("--touch-timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for touch."),
+        json_option,
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _factor_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("--password", "n_password", count=True, help="A password factor."),
+        click.option("--keyfile", "keyfiles", multiple=True, metavar="PATH", help="A key file factor (KeePass rules)."),
+        click.option("--recovery", "n_recovery", count=True, help="A recovery key, shown once."),
+        click.option("--recovery-shares", metavar="K/N", help="Print the recovery key as K-of-N SLIP-39 shares."),
+        click.option("--fido2", "n_fido2", count=True, help="A FIDO2 key (hmac-secret)."),
+        click.option("--piv", "n_piv", count=True, help="A PIV card key (on-card ECDH / RSA)."),
+        click.option("--otp", "n_otp", count=True, help="A YubiKey OTP HMAC-SHA1 slot."),
+        click.option("--pkcs11", "pkcs11_uris", multiple=True, metavar="URI", help="A PKCS#11 key (RFC 7512 URI)."),
+        click.option("--threshold", type=int, metavar="K", help="Any K of the factors open the slot."),
+        click.option("--label", default="", help="A note shown by 'tokenagent slots'."),
+        click.option("--kdf-time", type=float, default=1.0, show_default=True, help="Password KDF target seconds."),
+        click.option("--fido2-uv", is_flag=True, help="FIDO2: require the key's PIN (user verification)."),
+        click.option("--fido2-rp", default="tokenagent", show_default=True, help="FIDO2: relying-party id."),
+        click.option("--piv-slot", default="9d", show_default=True, help="PIV: key slot (9d or 82-95)."),
+        click.option("--piv-algorithm", default="p256", show_default=True, help="PIV: p256, p384 or rsa2048."),
+        click.option("--piv-cert", "piv_certs", multiple=True, metavar="FILE",
+                     help="PIV/PKCS#11: enrol offline from this certificate or public key."),
+        click.option("--piv-existing", is_flag=True, help="PIV: use the key already in the slot."),
+        click.option("--pin-policy", default="default", help="PIV: key PIN policy when generating."),
+        click.option("--touch-policy", default="default", help="PIV: key touch policy when generating."),
+        click.option("--otp-slot", type=click.IntRange(1, 2), default=2, show_default=True, help="OTP: slot 1 or 2."),
+        click.option("--otp-program", is_flag=True, help="OTP: program a fresh secret into the slot (asks first)."),
+        click.option("--otp-rolling", is_flag=True, help="OTP: use a new challenge after every unlock."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _planned_factors(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The factors a command asks for, in a fixed order, each with its own options."""
+    plan: list[tuple[str, dict[str, Any]]] = []
+    plan += [("password", {"kdf_time": kw["kdf_time"]})] * kw["n_password"]
+    plan += [("keyfile", {"path": p}) for p in kw["keyfiles"]]
+    plan += [("recovery", {"shares": kw["recovery_shares"]})] * kw["n_recovery"]
+    if kw["recovery_shares"] and not kw["n_recovery"]:
+        raise UsageError("--recovery-shares goes with --recovery")
+    token_common = {k: kw[k] for k in ("fido2_uv", "fido2_rp", "piv_slot", "piv_algorithm", "piv_existing",
+                                       "pin_policy", "touch_policy", "otp_slot", "otp_program", "otp_rolling",
+                                       "touch_timeout")}
+    plan += [("fido2", dict(token_common)) for _ in range(kw["n_fido2"])]
+    certs = list(kw["piv_certs"])
+    for _ in range(kw["n_piv"]):
+        plan.append(("piv", {**token_common, "cert": certs.pop(0) if certs else None}))
+    plan += [("otp", dict(token_common)) for _ in range(kw["n_otp"])]
+    for uri in kw["pkcs11_uris"]:
+        plan.append(("pkcs11", {**token_common, "uri": uri, "cert": certs.pop(0) if certs else None}))
+    serials = list(kw["serials"])
+    for type_name, options in plan:
+        if type_name in TOKEN_TYPES:
+            options["serial"] = serials.pop(0) if serials else None
+    if not plan:
+        raise UsageError("name at least one factor: --password, --keyfile PATH, --recovery, --fido2, --piv, --otp"
+                         " or --pkcs11 URI")
+    return plan
+
+
+def _enroll_all(ctx: FactorContext, plan: list[tuple[str, dict[str, Any]]]) -> list[tuple[Factor, bytearray]]:
+    registry = load_factor_types()
+    missing = sorted({t for t, _ in plan if t not in registry})
+    if missing:
+        raise UsageError(f"factor type {missing[0]!r} is not available in this installation")
+    enrolled: list[tuple[Factor, bytearray]] = []
+    try:
+        for type_name, options in plan:
+            enrolled.append(registry[type_name].enroll(ctx, options))
+    except BaseException:
+        for _, secret in enrolled:
+            wipe(secret)
+        raise
+    return enrolled
+
+
+def _context(kw: dict[str, Any], unlock_keyfiles: tuple[str, ...] = ()) -> tuple[FactorContext, TerminalInteraction]:
+    load_factor_types()
+    return make_context(
+        password_file=kw.get("password_file"),
+        pin_file=kw.get("pin_file"),
+        recovery_file=kw.get("recovery_file"),
+        force=kw.get("force", False),
+        quiet=kw.get("as_json", False),
+        options={"keyfiles": list(unlock_keyfiles), "serials": list(kw.get("serials", ())),
+                 "touch_timeout": kw.get("touch_timeout")},
+    )
+
+
+def _warn_backup(vault: Vault, ui: TerminalInteraction) -> None:
+    if vault.from_backup:
+        ui.notify("warning", f"vault {vault.name!r}: the main file is damaged; using the backup copy (previous version)")
+
+
+def _slot_rows(vault: Vault) -> list[dict[str, Any]]:
+    return [
+        {"id": s.id, "factors": [f.descriptor()["type"] for f in s.factors], "describe": s.describe(),
+         "policy": s.policy.to_json(), "label": s.label, "created": s.created, "last_drill": s.last_drill}
+        for s in vault.slots
+    ]
+
+
+def _open(store: VaultStore, name: str, ctx: FactorContext, ui: TerminalInteraction, slot_ids: list[str] | None = None):
+    vault = store.load(name)
+    _warn_backup(vault, ui)
+    return vault, unlock(vault, ctx, slot_ids)
+
+
+@click.command()
+@click.argument("vault")
+@_factor_options
+@_secret_file_options
+@click.option("--import-secret", metavar="FILE", help="Keep this existing secret (1-4096 bytes; '-' = stdin).")
+@click.option("--allow-raw/--no-allow-raw", default=None,
+              help="May the agent hand out the secret itself (default: only for imported secrets)?")
+def init(vault: str, import_secret: str | None, allow_raw: bool | None, **kw: Any) -> None:
+    """Create VAULT with one slot made of the FACTORS given."""
+    check_name(vault)
+    store = VaultStore()
+    if store.exists(vault):
+        raise UsageError(f"a vault named {vault!r} exists already; use 'tokenagent enroll {vault}' to add a slot")
+    plan = _planned_factors(kw)
+    secret = _read_import(import_secret) if import_secret else None
+    ctx, ui = _context(kw)
+    enrolled = _enroll_all(ctx, plan)
+    try:
+        new, masterkey = new_vault(vault, enrolled, kw["threshold"], secret, allow_raw, kw["label"])
+        store.create(new)
+    finally:
+        for _, s in enrolled:
+            wipe(s)
+        if secret is not None:
+            wipe(secret)
+    wipe(masterkey)
+    emit(kw["as_json"], {"vault": vault, "fingerprint": new.fingerprint, "slot": "1", "shown": ui.shown,
+                         "path": str(store.path(vault))},
+         f"vault {vault!r} created; fingerprint {new.fingerprint}; slot 1: {new.slots[0].describe()}")
+
+
+def _read_import(path: str) -> bytearray:
+    try:
+        data = bytearray(sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes())
+    except OSError as err:
+        raise UsageError(f"--import-secret {path}: {err.strerror}") from None
+    if path == "-" and data.endswith(b"\n"):
+        del data[-1:]
+    if not 1 <= len(data) <= 4096:
+        raise UsageError(f"--import-secret: the secret must be 1 to 4096 bytes, not {len(data)}")
+    return data
+
+
+@click.command()
+@click.argument("vault")
+@_factor_options
+@_secret_file_options
+@click.option("--unlock-slot", "unlock_slots", multiple=True, metavar="SLOT", help="Unlock with this slot first.")
+@click.option("--unlock-keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file for the unlock.")
+def enroll(vault: str, unlock_slots: tuple[str, ...], unlock_keyfiles: tuple[str, ...], **kw: Any) -> None:
+    """Add a slot to VAULT: unlock with an existing slot, then enrol the FACTORS given."""
+    store = VaultStore()
+    plan = _planned_factors(kw)
+    ctx, ui = _context(kw, unlock_keyfiles)
+    ui.notify("info", f"unlocking vault {vault!r} with an existing slot")
+    _, opened = _open(store, vault, ctx, ui, list(unlock_slots) or None)
+    try:
+        ui.notify("info", f"opened with slot {opened.slot_id}; now enrolling the new factors")
+        enrolled = _enroll_all(ctx, plan)
+        try:
+            _, slot = operations.add_slot(store, vault, opened.masterkey, enrolled, kw["threshold"], kw["label"])
+        finally:
+            for _, s in enrolled:
+                wipe(s)
+    finally:
+        wipe(opened.masterkey)
+    emit(kw["as_json"], {"vault": vault, "slot": slot.id, "unlocked_with": opened.slot_id, "shown": ui.shown},
+         f"slot {slot.id} added to vault {vault!r}: {slot.describe()}")
+
+
+@click.command()
+@click.argument("vault")
+@json_option
+def slots(vault: str, as_json: bool) -> None:
+    """List the slots of VAULT."""
+    load_factor_types()
+    v = VaultStore().load(vault)
+    rows = _slot_rows(v)
+
+    def text() -> None:
+        for r in rows:
+            drill = _when(r["last_drill"]) if r["last_drill"] else "never"
+            label = f"  [{r['label']}]" if r["label"] else ""
+            click.echo(f"slot {r['id']}: {r['describe']}{label}  (last drill: {drill})")
+
+    emit(as_json, {"vault": vault, "slots": rows}, text)
+
+
+def _when(ts: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+@click.command()
+@click.argument("vault")
+@json_option
+def info(vault: str, as_json: bool) -> None:
+    """Show VAULT's fingerprint, settings and slots."""
+    load_factor_types()
+    store = VaultStore()
+    v = store.load(vault)
+    data = {"vault": vault, "fingerprint": v.fingerprint, "format": "tokenagent-vault/1", "seq": v.seq,
+            "created": v.created, "secret_len": v.secret_len, "allow_raw": v.allow_raw,
+            "path": str(store.path(vault)), "from_backup": v.from_backup, "slots": _slot_rows(v)}
+
+    def text() -> None:
+        if v.from_backup:
+            click.echo("warning: the main file is damaged; showing the backup copy", err=True)
+        click.echo(f"vault:       {vault}\nfingerprint: {v.fingerprint}\nfile:        {data['path']}")
+        click.echo(f"created:     {_when(v.created)}\nsecret:      {v.secret_len} bytes"
+                   f" ({'released raw' if v.allow_raw else 'subkeys only'})")
+        for r in data["slots"]:
+            click.echo(f"slot {r['id']}:      {r['describe']}")
+
+    emit(as_json, data, text)
+
+
+@click.command(name="list")
+@json_option
+def list_(as_json: bool) -> None:
+    """List the vaults."""
+    names = VaultStore().list()
+    emit(as_json, {"vaults": names}, "\n".join(names))
+
+
+@click.command(name="remove-slot")
+@click.argument("vault")
+@click.argument("slot")
+@_secret_file_options
+@click.option("--keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file for the unlock.")
+@click.option("--unlock-slot", "unlock_slots", multiple=True, metavar="SLOT", help="Unlock with this slot.")
+@click.option("--last-token", is_flag=True, help="Confirm removing the last token-backed slot.")
+def remove_slot(vault: str, slot: str, unlock_keyfiles: tuple[str, ...], unlock_slots: tuple[str, ...],
+                last_token: bool, **kw: Any) -> None:
+    """Remove SLOT from VAULT (unlocks with any slot first; refuses the last slot)."""
+    store = VaultStore()
+    v = store.load(vault)
+    v.slot(slot)
+    if len(v.slots) == 1:
+        raise LastSlot(f"slot {slot} is the last slot of vault {vault!r}; enrol another slot first")
+    ctx, ui = _context(kw, unlock_keyfiles)
+    _, opened = _open(store, vault, ctx, ui, list(unlock_slots) or None)
+    try:
+        operations.remove_slot(store, vault, opened.masterkey, slot, last_token)
+    finally:
+        wipe(opened.masterkey)
+    emit(kw["as_json"], {"vault": vault, "removed": slot}, f"slot {slot} removed from vault {vault!r}")
+
+
+@click.command()
+@click.argument("vault")
+@click.argument("slot_ids", nargs=-1, metavar="[SLOT]...")
+@_secret_file_options
+@click.option("--keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file to offer.")
+def drill(vault: str, slot_ids: tuple[str, ...], unlock_keyfiles: tuple[str, ...], **kw: Any) -> None:
+    """Test that each slot (or the SLOTs named) still opens VAULT; remember the last success."""
+    store = VaultStore()
+    ctx, ui = _context(kw, unlock_keyfiles)
+    v = store.load(vault)
+    _warn_backup(v, ui)
+    results = []
+    for slot_id in slot_ids or [s.id for s in v.slots]:
+        v.slot(slot_id)
+        ui.notify("info", f"drilling slot {slot_id}: {v.slot(slot_id).describe()}")
+        try:
+            opened = unlock(v, ctx, [slot_id])
+        except (LastSlot, UsageError):
+            raise
+        except Exception as err:  # noqa: BLE001 - reported per slot, secrets never in messages
+            message = getattr(err, "message", None) or type(err).__name__
+            results.append({"slot": slot_id, "ok": False, "error": message})
+            continue
+        try:
+            v = operations.record_drill(store, vault, opened.masterkey, slot_id)
+        finally:
+            wipe(opened.masterkey)
+        results.append({"slot": slot_id, "ok": True})
+    failed = [r for r in results if not r["ok"]]
+
+    def text() -> None:
+        for r in results:
+            click.echo(f"slot {r['slot']}: " + ("ok" if r["ok"] else f"FAILED ({r['error']})"))
+
+    emit(kw["as_json"], {"vault": vault, "results": results}, text)
+    if failed:
+        sys.exit(4)
+
+
+@click.command(name="open")
+@click.argument("vault")
+@_secret_file_options
+@click.option("--keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file to offer.")
+@click.option("--slot", "unlock_slots", multiple=True, metavar="SLOT", help="Try only this slot.")
+@click.option("--reveal", is_flag=True, help="Print the secret (offline recovery).")
+@click.option("--context", "context_label", metavar="LABEL", help="Print the subkey for LABEL instead.")
+@click.option("--format", "fmt", type=click.Choice(["hex", "base64", "raw"]), default="hex", show_default=True)
+def open_(vault: str, unlock_keyfiles: tuple[str, ...], unlock_slots: tuple[str, ...], reveal: bool,
+          context_label: str | None, fmt: str, **kw: Any) -> None:
+    """Open VAULT offline (no agent): check that it opens; with --reveal, print the key."""
+    from ..vault import derive_subkey
+
+    store = VaultStore()
+    ctx, ui = _context(kw, unlock_keyfiles)
+    v, opened = _open(store, vault, ctx, ui, list(unlock_slots) or None)
+    try:
+        if not reveal:
+            emit(kw["as_json"], {"vault": vault, "slot": opened.slot_id, "fingerprint": v.fingerprint},
+                 f"vault {vault!r} opens with slot {opened.slot_id}; fingerprint {v.fingerprint}"
+                 " (add --reveal to print the key)")
+            return
+        key = derive_subkey(opened.masterkey, context_label) if context_label else bytearray(opened.masterkey)
+        try:
+            if fmt == "raw" and not kw["as_json"]:
+                sys.stdout.buffer.write(bytes(key))
+                sys.stdout.buffer.flush()
+                return
+            text = base64.b64encode(bytes(key)).decode() if fmt == "base64" else key.hex()
+            emit(kw["as_json"], {"vault": vault, "slot": opened.slot_id, "key": text, "format": fmt}, text)
+        finally:
+            wipe(key)
+    finally:
+        wipe(opened.masterkey)
+
+
+@click.group()
+def keyfile() -> None:
+    """KeePass-compatible key files."""
+
+
+@keyfile.command(name="generate")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+def keyfile_generate(path: Path, as_json: bool) -> None:
+    """Write a new KeePass XML 2.0 key file (256 random bits, mode 0400) to PATH."""
+    from ..factors.keyfile import generate_keyfile
+
+    generate_keyfile(path)
+    emit(as_json, {"path": str(path)}, f"key file written to {path} (mode 0400); keep a copy somewhere safe")
+
+
+def register(cli: click.Group) -> None:
+    for command in (init, enroll, slots, info, list_, remove_slot, drill, open_, keyfile):
+        cli.add_command(command)
+

@@ -1,0 +1,148 @@
+"""The terminal side of ``Interaction``: prompts, secret files, notices, and the factor context.
+
+Secrets never come from argv. They come from a prompt on the terminal (no echo), or from
+``--password-file``, ``--pin-file``, ``--recovery-file`` (``-`` is standard input): one secret
+per line, used in the order they are asked for. A secret of a kind that has neither a file
+nor a terminal raises ``NotMine`` ("not available"), so an unlock moves on to the next slot
+instead of failing: a script that gives only a recovery file still opens a vault whose first
+slot is a password. An empty answer at a prompt skips that factor in the same way.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from collections.abc import Mapping
+from typing import IO, Any
+
+import click
+
+from ..errors import Cancelled, NotMine, UsageError
+from ..factors.base import DeviceProvider, FactorContext, Interaction, SecretRequest
+from ..factors.password import test_costs_allowed
+
+FILE_KINDS = {"password": "password", "new-password": "password", "pin": "pin", "puk": "pin", "recovery": "recovery"}
+
+
+class SecretLines:
+    """The lines of one ``--*-file``, read lazily, handed out one by one."""
+
+    def __init__(self, option: str, path: str) -> None:
+        self.option, self.path = option, path
+        self._lines: list[bytearray] | None = None
+
+    def _load(self) -> list[bytearray]:
+        if self._lines is None:
+            stream: IO[bytes]
+            try:
+                stream = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")  # noqa: SIM115
+            except OSError as err:
+                raise UsageError(f"{self.option} {self.path}: {err.strerror}") from None
+            try:
+                data = bytearray(stream.read())
+            finally:
+                if stream is not sys.stdin.buffer:
+                    stream.close()
+            self._lines = [bytearray(line.rstrip(b"\r")) for line in data.split(b"\n")]
+            if self._lines and not self._lines[-1]:
+                self._lines.pop()
+            data[:] = bytes(len(data))
+        return self._lines
+
+    def next(self) -> bytearray:
+        lines = self._load()
+        if not lines:
+            raise NotMine(f"{self.option} has no more lines")
+        return lines.pop(0)
+
+
+class TerminalInteraction(Interaction):
+    def __init__(self, files: Mapping[str, SecretLines] | None = None, quiet: bool = False) -> None:
+        self.files = dict(files or {})
+        self.quiet = quiet
+        self.shown: list[dict[str, str]] = []  # secrets shown once, for --json output
+        self._cache: dict[tuple[str, str], bytes] = {}
+
+    def _tty(self) -> bool:
+        return sys.stdin.isatty() and sys.stderr.isatty()
+
+    def ask_secret(self, request: SecretRequest) -> bytearray:
+        key = (request.kind, request.prompt)
+        if request.kind in ("password", "recovery", "pin") and key in self._cache:
+            return bytearray(self._cache[key])  # one answer serves every slot tried in this command
+        source = self.files.get(FILE_KINDS.get(request.kind, request.kind))
+        if source is not None:
+            answer = source.next()
+        elif self._tty():
+            answer = self._prompt(request)
+        else:
+            option = f"--{FILE_KINDS.get(request.kind, request.kind)}-file"
+            raise NotMine(f"no {request.kind.replace('new-', '')} given (no terminal; use {option} FILE, '-' = stdin)")
+        if request.kind in ("password", "recovery", "pin"):
+            self._cache[key] = bytes(answer)
+        return answer
+
+    def _prompt(self, request: SecretRequest) -> bytearray:
+        suffix = f" ({request.retries} tries left)" if request.retries is not None else ""
+        hint = "" if request.confirm else " (empty to skip)"
+        try:
+            first = getpass.getpass(f"{request.prompt}{suffix}{hint}: ")
+            if not first and not request.confirm:
+                raise NotMine(f"{request.kind} skipped")
+            if request.confirm and getpass.getpass(f"{request.prompt} (again): ") != first:
+                raise UsageError("the two entries differ; nothing was changed")
+        except (EOFError, KeyboardInterrupt):
+            raise Cancelled("cancelled at the prompt") from None
+        return bytearray(first.encode("utf-8"))
+
+    def notify(self, event: str, message: str) -> None:
+        if not self.quiet or event in ("touch", "warning"):
+            prefix = {"touch": ">>> ", "warning": "warning: "}.get(event, "")
+            click.echo(f"{prefix}{message}", err=True)
+
+    def confirm(self, question: str) -> bool:
+        if not self._tty():
+            return False
+        return click.confirm(question, default=False, err=True)
+
+    def show_secret_once(self, title: str, text: str) -> None:
+        self.shown.append({"title": title, "secret": text})
+        if not self.quiet:
+            click.echo(f"\n{title}\n\n    {text}\n")
+
+
+def _device_provider() -> DeviceProvider | None:
+    """The device provider of ``tokenagent.discovery`` when the token drivers are installed."""
+    try:
+        from .. import discovery  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    factory = getattr(discovery, "default_provider", None)
+    return factory() if factory else None
+
+
+def make_context(
+    *,
+    password_file: str | None = None,
+    pin_file: str | None = None,
+    recovery_file: str | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    options: dict[str, Any] | None = None,
+) -> tuple[FactorContext, TerminalInteraction]:
+    files = {}
+    given = [(k, o, p) for k, o, p in (("password", "--password-file", password_file), ("pin", "--pin-file", pin_file),
+                                         ("recovery", "--recovery-file", recovery_file)) if p]
+    if sum(p == "-" for _, _, p in given) > 1:
+        raise UsageError("only one of --password-file, --pin-file, --recovery-file can read standard input")
+    for kind, option, path in given:
+        files[kind] = SecretLines(option, path)
+    ui = TerminalInteraction(files, quiet=quiet)
+    ctx = FactorContext(
+        ui=ui,
+        devices=_device_provider(),
+        force=force,
+        test_costs=test_costs_allowed(),  # TOKENAGENT_TEST_KDF=1: minimum KDF costs (tests only)
+        options=dict(options or {}),
+    )
+    return ctx, ui
