@@ -14,6 +14,8 @@ import os
 import pytest
 
 STRICT_SKIPS = os.environ.get("TOKENAGENT_STRICT_SKIPS") == "1"
+# Tests use the minimum KDF costs (docs/spec/vault.md, "Test costs"); tests of the floor unset it.
+os.environ["TOKENAGENT_TEST_KDF"] = "1"
 
 
 @pytest.hookimpl(hookwrapper=True)

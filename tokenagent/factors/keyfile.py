@@ -154,7 +154,7 @@ class KeyFileFactor(Factor):
 
     def unlock(self, ctx: FactorContext) -> bytearray:
         offered = [str(p) for p in ctx.options.get("keyfiles", ())]
-        candidates = offered + ([self.hint] if self.hint and self.hint not in offered else [])
+        candidates = offered or ([self.hint] if self.hint else [])  # paths given win over the hint
         problems = []
         for path in candidates:
             if not offered and not os.path.exists(path):
