@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from ..errors import UsageError, VaultFormatError
+from ..errors import NotMine, UsageError, VaultFormatError
 
 JSONValue = Any  # str | int | bool | None | list | dict, as json.loads gives them
 
@@ -136,11 +136,8 @@ class UnknownFactor(Factor):
         raise UsageError("cannot enrol a factor of an unknown type")
 
     def unlock(self, ctx: FactorContext) -> bytearray:
-        from ..errors import NotSupported
-
-        raise NotSupported(
-            f"factor type {self.type_name!r} is not supported by this tokenagent; upgrade tokenagent"
-        )
+        # NotMine, not a hard failure: the vault's other slots may still open it here.
+        raise NotMine(f"factor type {self.type_name!r} is not supported by this tokenagent (upgrade it)")
 
     def describe(self) -> str:
         return f"{self.type_name} (not supported here)"

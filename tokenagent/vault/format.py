@@ -260,7 +260,8 @@ def _parse_slot(raw: Any, secret_len: int) -> Slot:
         raise VaultFormatError("each slot must be an object")
     required = _SLOT_KEYS - {"shares"}
     if not required <= set(raw) <= _SLOT_KEYS:
-        raise VaultFormatError(f"slot fields wrong: {sorted(set(raw) ^ required - {'shares'})}")
+        unknown, missing = sorted(set(raw) - _SLOT_KEYS), sorted(required - set(raw))
+        raise VaultFormatError(f"slot fields wrong (unknown: {unknown}, missing: {missing})")
     slot_id = raw["id"]
     if not isinstance(slot_id, str) or not _SLOT_ID.match(slot_id):
         raise VaultFormatError("slot id must be a decimal number as a string")
