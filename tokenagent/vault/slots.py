@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import (
     NoSlotMatched,
@@ -28,7 +28,7 @@ from ..errors import (
     VaultIntegrityError,
     WrongSecret,
 )
-from ..factors.base import Factor, FactorContext
+from ..factors.base import Factor, FactorContext, Interaction, SecretRequest
 from . import crypto
 from .format import MAX_SECRET_LEN, VAULT_ID_LEN, Policy, SealedShare, Slot, Vault
 
@@ -107,8 +107,8 @@ def open_slot(vault: Vault, slot: Slot, ctx: FactorContext) -> bytearray:
     if slot.policy.k is None:
         secrets_: list[bytearray] = []
         try:
-            for factor in slot.factors:
-                secrets_.append(factor.unlock(ctx))
+            for i, factor in enumerate(slot.factors):
+                secrets_.append(factor.unlock(_factor_context(ctx, slot, i)))
             kek = crypto.derive_kek(secrets_, slot.salt, bound)
         finally:
             for s in secrets_:
@@ -121,6 +121,37 @@ def open_slot(vault: Vault, slot: Slot, ctx: FactorContext) -> bytearray:
         crypto.wipe(kek)
 
 
+class _NumberedPrompts(Interaction):
+    """Tells apart the prompts of two factors of one type in a slot ("Password (2nd password)")."""
+
+    def __init__(self, ui: Interaction, note: str) -> None:
+        self._ui, self._note = ui, note
+
+    def ask_secret(self, request: SecretRequest) -> bytearray:
+        return self._ui.ask_secret(replace(request, prompt=f"{request.prompt} ({self._note})"))
+
+    def notify(self, event: str, message: str) -> None:
+        self._ui.notify(event, message)
+
+    def confirm(self, question: str) -> bool:
+        return self._ui.confirm(question)
+
+    def show_secret_once(self, title: str, text: str) -> None:
+        self._ui.show_secret_once(title, text)
+
+
+_ORDINALS = {1: "1st", 2: "2nd", 3: "3rd"}
+
+
+def _factor_context(ctx: FactorContext, slot: Slot, index: int) -> FactorContext:
+    types = slot_types(slot)
+    same = [i for i, t in enumerate(types) if t == types[index]]
+    if len(same) == 1:
+        return ctx
+    nth = same.index(index) + 1
+    return replace(ctx, ui=_NumberedPrompts(ctx.ui, f"{_ORDINALS.get(nth, f'{nth}th')} {types[index]}"))
+
+
 def _open_threshold(slot: Slot, bound: bytes, ctx: FactorContext) -> bytearray:
     k = slot.policy.k or len(slot.factors)
     points: dict[int, bytearray] = {}
@@ -130,7 +161,7 @@ def _open_threshold(slot: Slot, bound: bytes, ctx: FactorContext) -> bytearray:
             if len(points) >= k:
                 break
             try:
-                secret = factor.unlock(ctx)
+                secret = factor.unlock(_factor_context(ctx, slot, i - 1))
             except (NotMine, WrongSecret) as err:
                 problems.append(f"{factor.describe()}: {err.message}")
                 continue
