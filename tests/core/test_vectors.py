@@ -1,0 +1,60 @@
+"""Walk the known-answer vectors in tests/vectors/ (regenerate them with tests/vectors/generate.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import context  # type: ignore[import-not-found]
+
+from tokenagent.factors.keyfile import keepass_key
+from tokenagent.factors.recovery import from_modhex, to_modhex
+from tokenagent.vault import crypto, unlock
+from tokenagent.vault.format import parse
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
+FILES = sorted(p for p in VECTORS.iterdir() if p.is_file() and not p.name.endswith(".py"))
+
+
+def read_vector(path: Path) -> tuple[dict[str, str], bytes]:
+    head, _, body = path.read_bytes().partition(b"\n\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().splitlines())
+    return headers, body
+
+
+def test_there_are_vectors_of_every_kind() -> None:
+    kinds = {read_vector(p)[0]["kind"] for p in FILES}
+    assert kinds == {"derive", "kek", "vault", "keyfile", "shamir", "modhex"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_vector(path: Path, tmp_path: Path) -> None:
+    h, body = read_vector(path)
+    kind = h["kind"]
+    if kind == "derive":
+        mk = bytes.fromhex(h["masterkey"])
+        assert crypto.fingerprint(mk) == h["fingerprint"]
+        assert crypto.derive_subkey(mk, h["context"]).hex() == h["subkey"]
+    elif kind == "kek":
+        kek = crypto.derive_kek([bytes.fromhex(h["secret1"]), bytes.fromhex(h["secret2"])],
+                                bytes.fromhex(h["salt"]), bytes.fromhex(h["bound"]))
+        assert kek.hex() == h["kek"]
+    elif kind == "vault":
+        files = []
+        if "keyfile-hex" in h:
+            kf = tmp_path / "key"
+            kf.write_bytes(bytes.fromhex(h["keyfile-hex"]))
+            files.append(str(kf))
+        recovery = [h["recovery"].encode()] if "recovery" in h else []
+        ctx = context(None, files or [str(tmp_path / "absent")], password=[h["password"].encode()], recovery=recovery)
+        opened = unlock(parse(body, "vector"), ctx)
+        assert opened.masterkey.hex() == h["masterkey"] and opened.slot_id == h["slot"]
+    elif kind == "keyfile":
+        assert keepass_key(body).hex() == h["key"]
+    elif kind == "shamir":
+        assert crypto.shamir_combine({1: bytes.fromhex(h["x1"]), 3: bytes.fromhex(h["x3"])}).hex() == h["secret"]
+    elif kind == "modhex":
+        assert to_modhex(bytes.fromhex(h["key"])) == h["modhex"]
+        assert from_modhex(h["modhex"]).hex() == h["key"]  # type: ignore[union-attr]
+    else:
+        pytest.fail(f"unknown vector kind {kind!r}")

@@ -1,0 +1,103 @@
+"""Regenerate the known-answer vectors in this directory: python tests/vectors/generate.py
+
+Each vector is a file in age's style: ``key: value`` header lines, a blank line, a body.
+``kind`` says what the walking test (tests/core/test_vectors.py) checks. Values are hex
+unless the key says otherwise. Salts and nonces are random, so each run writes new
+vectors; the walking test must pass on every generation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+os.environ["TOKENAGENT_TEST_KDF"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tokenagent.factors.base import FactorContext, Interaction, SecretRequest  # noqa: E402
+from tokenagent.factors.keyfile import KeyFileFactor, keepass_key, xml2_keyfile  # noqa: E402
+from tokenagent.factors.password import PasswordFactor  # noqa: E402
+from tokenagent.factors.recovery import RecoveryFactor, to_modhex  # noqa: E402
+from tokenagent.vault import crypto, new_vault  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+class _Answers(Interaction):
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers, self.shown = list(answers), []
+
+    def ask_secret(self, request: SecretRequest) -> bytearray:
+        return bytearray(self.answers.pop(0))
+
+    def notify(self, event: str, message: str) -> None:
+        pass
+
+    def show_secret_once(self, title: str, text: str) -> None:
+        self.shown.append(text)
+
+
+def write(name: str, headers: dict[str, str], body: bytes = b"") -> None:
+    head = "".join(f"{k}: {v}\n" for k, v in headers.items())
+    (HERE / name).write_bytes(head.encode() + b"\n" + body)
+
+
+def labels() -> None:
+    mk = secrets.token_bytes(32)
+    write("fingerprint-and-subkey", {
+        "kind": "derive", "masterkey": mk.hex(), "fingerprint": crypto.fingerprint(mk),
+        "context": "restic:/srv/backup", "subkey": crypto.derive_subkey(mk, "restic:/srv/backup").hex(),
+    })
+    secrets_ = [secrets.token_bytes(32), secrets.token_bytes(20)]
+    salt, bound = secrets.token_bytes(32), b'{"example":"bound"}'
+    write("kek-two-factors", {
+        "kind": "kek", "secret1": secrets_[0].hex(), "secret2": secrets_[1].hex(), "salt": salt.hex(),
+        "bound": bound.hex(), "kek": crypto.derive_kek(secrets_, salt, bound).hex(),
+    })
+
+
+def vaults() -> None:
+    data = xml2_keyfile(secrets.token_bytes(32))
+    tmp = HERE / ".keyfile.tmp"
+    tmp.write_bytes(data)
+    try:
+        ui = _Answers([b"correct horse", b"second"])
+        ctx = FactorContext(ui=ui, test_costs=True)
+        enrolled = [PasswordFactor.enroll(ctx, {}), KeyFileFactor.enroll(ctx, {"path": str(tmp)})]
+        vault, mk = new_vault("vector", enrolled)
+        write("vault-password-and-keyfile", {
+            "kind": "vault", "password": "correct horse", "keyfile-hex": data.hex(),
+            "masterkey": mk.hex(), "slot": "1",
+        }, vault.to_bytes())
+        enrolled = [PasswordFactor.enroll(ctx, {}), RecoveryFactor.enroll(ctx, {}), KeyFileFactor.enroll(ctx, {"path": str(tmp)})]
+        vault, mk = new_vault("vector", enrolled, threshold=2, secret=b"an imported passphrase")
+        write("vault-2-of-3-imported", {
+            "kind": "vault", "password": "second", "recovery": ui.shown[0], "masterkey": mk.hex(), "slot": "1",
+        }, vault.to_bytes())
+    finally:
+        tmp.unlink()
+
+
+def keyfiles() -> None:
+    key = secrets.token_bytes(32)
+    for name, data in {"keyfile-xml2": xml2_keyfile(key), "keyfile-hex64": key.hex().encode(),
+                       "keyfile-other": b"any other file: hashed\n"}.items():
+        write(name, {"kind": "keyfile", "key": keepass_key(data).hex()}, data)
+
+
+def shamir() -> None:
+    secret = secrets.token_bytes(32)
+    shares = crypto.shamir_split(secret, 2, 3)
+    write("shamir-2-of-3", {"kind": "shamir", "secret": secret.hex(), "x1": shares[0].hex(), "x3": shares[2].hex()})
+    write("modhex", {"kind": "modhex", "key": secret.hex(), "modhex": to_modhex(secret)})
+
+
+if __name__ == "__main__":
+    labels()
+    vaults()
+    keyfiles()
+    shamir()
+    print(json.dumps(sorted(p.name for p in HERE.iterdir() if not p.name.endswith(".py"))))
