@@ -127,6 +127,13 @@ class LastSlot(PolicyError):
     code = "last-slot"
 
 
+class ForeignFormatError(TokenAgentError):
+    """A file of another tool (Cryptomator, KeePass...) is damaged or not in a format tokenagent understands."""
+
+    code = "foreign-format"
+    exit_code = ExitCode.VAULT
+
+
 # --- factors / authentication ---------------------------------------------------------
 
 
