@@ -166,3 +166,36 @@ def test_vault_files_are_private_and_symlinks_refused(home: Path, tmp_path: Path
     os.chmod(vaults, 0o755)
     r = run(home, "list")
     assert r.returncode == 3 and "chmod 700" in r.stderr
+
+
+def test_canary_secrets_never_leak(home: Path, tmp_path: Path) -> None:
+    """Plant a password, an imported secret and a recovery key; only --reveal and the one showing may print them."""
+    import base64
+
+    secret = b"CANARY-imported-secret-" + os.urandom(4).hex().encode()
+    pw = secret_file(tmp_path, "pw", CANARY, CANARY)
+    r = run(home, "init", "c", "--password", "--password-file", pw, "--import-secret", "-", stdin=secret)
+    assert r.returncode == 0
+    r = run(home, "enroll", "c", "--recovery", "--password-file", pw, "--json")
+    recovery = json.loads(r.stdout)["shown"][0]["secret"]
+    wrong = secret_file(tmp_path, "wrong", CANARY + "x", recovery[:-1] + "c")
+    outputs = []
+    for args in (
+        ["open", "c", "--password-file", pw],
+        ["open", "c", "--password-file", wrong, "--recovery-file", wrong],
+        ["open", "c", "--password-file", wrong, "--json"],
+        ["drill", "c", "--password-file", wrong, "--recovery-file", wrong],
+        ["drill", "c", "--password-file", pw, "--json"],
+        ["slots", "c", "--json"], ["info", "c"], ["info", "c", "--json"],
+        ["enroll", "c", "--password", "--password-file", wrong],
+        ["remove-slot", "c", "2", "--password-file", wrong],
+    ):
+        r = run(home, *args)
+        outputs.append(r.stdout + r.stderr)
+    vault_text = (home / "data" / "vaults" / "c.vault").read_text()
+    outputs.append(vault_text)
+    forms = [CANARY, secret.decode(), secret.hex(), base64.b64encode(secret).decode(), recovery,
+             recovery.replace("-", "")]
+    for text in outputs:
+        for form in forms:
+            assert form not in text
