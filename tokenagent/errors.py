@@ -268,6 +268,18 @@ class ProtocolError(AgentError):
     code = "protocol"
 
 
+class Unsupported(AgentError):
+    """The agent does not know this request."""
+
+    code = "unsupported"
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame over the protocol's size limit."""
+
+    code = "too-large"
+
+
 class VaultLocked(TokenAgentError):
     """The vault is locked in the agent. Unlock it with 'tokenagent unlock VAULT' or plug its token in."""
 

@@ -55,6 +55,12 @@ def runtime_dir() -> Path:
     return Path(f"/tmp/tokenagent-{os.getuid()}")
 
 
+def agent_socket() -> Path:
+    """The agent's socket: ``TOKENAGENT_SOCKET`` if set, else ``runtime_dir()/agent.sock``."""
+    override = os.environ.get("TOKENAGENT_SOCKET")
+    return Path(override) if override else runtime_dir() / "agent.sock"
+
+
 def check_private_dir(path: Path) -> None:
     """Refuse a directory that is a symlink, not ours, or reachable by group/other."""
     try:

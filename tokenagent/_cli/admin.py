@@ -27,7 +27,7 @@ from .util import emit, json_option
 TOKEN_TYPES = ("fido2", "piv", "otp", "pkcs11")
 
 
-def _secret_file_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def secret_file_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed([
         click.option("--password-file", metavar="FILE", help="Read passwords from FILE, one per line ('-' = stdin)."),
         click.option("--pin-file", metavar="FILE", help="Read token PINs from FILE, one per line ('-' = stdin)."),
@@ -115,7 +115,7 @@ def _enroll_all(ctx: FactorContext, plan: list[tuple[str, dict[str, Any]]]) -> l
     return enrolled
 
 
-def _context(kw: dict[str, Any], unlock_keyfiles: tuple[str, ...] = ()) -> tuple[FactorContext, TerminalInteraction]:
+def factor_context(kw: dict[str, Any], unlock_keyfiles: tuple[str, ...] = ()) -> tuple[FactorContext, TerminalInteraction]:
     load_factor_types()
     return make_context(
         password_file=kw.get("password_file"),
@@ -141,7 +141,7 @@ def _slot_rows(vault: Vault) -> list[dict[str, Any]]:
     ]
 
 
-def _open(store: VaultStore, name: str, ctx: FactorContext, ui: TerminalInteraction, slot_ids: list[str] | None = None):
+def open_vault(store: VaultStore, name: str, ctx: FactorContext, ui: TerminalInteraction, slot_ids: list[str] | None = None):
     vault = store.load(name)
     _warn_backup(vault, ui)
     return vault, unlock(vault, ctx, slot_ids)
@@ -150,7 +150,7 @@ def _open(store: VaultStore, name: str, ctx: FactorContext, ui: TerminalInteract
 @click.command()
 @click.argument("vault")
 @_factor_options
-@_secret_file_options
+@secret_file_options
 @click.option("--import-secret", metavar="FILE", help="Keep this existing secret (1-4096 bytes; '-' = stdin).")
 @click.option("--allow-raw/--no-allow-raw", default=None,
               help="May the agent hand out the secret itself (default: only for imported secrets)?")
@@ -162,7 +162,7 @@ def init(vault: str, import_secret: str | None, allow_raw: bool | None, **kw: An
         raise UsageError(f"a vault named {vault!r} exists already; use 'tokenagent enroll {vault}' to add a slot")
     plan = _planned_factors(kw)
     secret = _read_import(import_secret) if import_secret else None
-    ctx, ui = _context(kw)
+    ctx, ui = factor_context(kw)
     enrolled = _enroll_all(ctx, plan)
     try:
         new, masterkey = new_vault(vault, enrolled, kw["threshold"], secret, allow_raw, kw["label"])
@@ -193,16 +193,16 @@ def _read_import(path: str) -> bytearray:
 @click.command()
 @click.argument("vault")
 @_factor_options
-@_secret_file_options
+@secret_file_options
 @click.option("--unlock-slot", "unlock_slots", multiple=True, metavar="SLOT", help="Unlock with this slot first.")
 @click.option("--unlock-keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file for the unlock.")
 def enroll(vault: str, unlock_slots: tuple[str, ...], unlock_keyfiles: tuple[str, ...], **kw: Any) -> None:
     """Add a slot to VAULT: unlock with an existing slot, then enrol the FACTORS given."""
     store = VaultStore()
     plan = _planned_factors(kw)
-    ctx, ui = _context(kw, unlock_keyfiles)
+    ctx, ui = factor_context(kw, unlock_keyfiles)
     ui.notify("info", f"unlocking vault {vault!r} with an existing slot")
-    _, opened = _open(store, vault, ctx, ui, list(unlock_slots) or None)
+    _, opened = open_vault(store, vault, ctx, ui, list(unlock_slots) or None)
     try:
         ui.notify("info", f"opened with slot {opened.slot_id}; now enrolling the new factors")
         enrolled = _enroll_all(ctx, plan)
@@ -276,7 +276,7 @@ def list_(as_json: bool) -> None:
 @click.command(name="remove-slot")
 @click.argument("vault")
 @click.argument("slot")
-@_secret_file_options
+@secret_file_options
 @click.option("--keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file for the unlock.")
 @click.option("--unlock-slot", "unlock_slots", multiple=True, metavar="SLOT", help="Unlock with this slot.")
 @click.option("--last-token", is_flag=True, help="Confirm removing the last token-backed slot.")
@@ -288,8 +288,8 @@ def remove_slot(vault: str, slot: str, unlock_keyfiles: tuple[str, ...], unlock_
     v.slot(slot)
     if len(v.slots) == 1:
         raise LastSlot(f"slot {slot} is the last slot of vault {vault!r}; enrol another slot first")
-    ctx, ui = _context(kw, unlock_keyfiles)
-    _, opened = _open(store, vault, ctx, ui, list(unlock_slots) or None)
+    ctx, ui = factor_context(kw, unlock_keyfiles)
+    _, opened = open_vault(store, vault, ctx, ui, list(unlock_slots) or None)
     try:
         operations.remove_slot(store, vault, opened.masterkey, slot, last_token)
     finally:
@@ -300,12 +300,12 @@ def remove_slot(vault: str, slot: str, unlock_keyfiles: tuple[str, ...], unlock_
 @click.command()
 @click.argument("vault")
 @click.argument("slot_ids", nargs=-1, metavar="[SLOT]...")
-@_secret_file_options
+@secret_file_options
 @click.option("--keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file to offer.")
 def drill(vault: str, slot_ids: tuple[str, ...], unlock_keyfiles: tuple[str, ...], **kw: Any) -> None:
     """Test that each slot (or the SLOTs named) still opens VAULT; remember the last success."""
     store = VaultStore()
-    ctx, ui = _context(kw, unlock_keyfiles)
+    ctx, ui = factor_context(kw, unlock_keyfiles)
     v = store.load(vault)
     _warn_backup(v, ui)
     results = []
@@ -338,7 +338,7 @@ def drill(vault: str, slot_ids: tuple[str, ...], unlock_keyfiles: tuple[str, ...
 
 @click.command(name="open")
 @click.argument("vault")
-@_secret_file_options
+@secret_file_options
 @click.option("--keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file to offer.")
 @click.option("--slot", "unlock_slots", multiple=True, metavar="SLOT", help="Try only this slot.")
 @click.option("--reveal", is_flag=True, help="Print the secret (offline recovery).")
@@ -350,8 +350,8 @@ def open_(vault: str, unlock_keyfiles: tuple[str, ...], unlock_slots: tuple[str,
     from ..vault import derive_subkey
 
     store = VaultStore()
-    ctx, ui = _context(kw, unlock_keyfiles)
-    v, opened = _open(store, vault, ctx, ui, list(unlock_slots) or None)
+    ctx, ui = factor_context(kw, unlock_keyfiles)
+    v, opened = open_vault(store, vault, ctx, ui, list(unlock_slots) or None)
     try:
         if not reveal:
             emit(kw["as_json"], {"vault": vault, "slot": opened.slot_id, "fingerprint": v.fingerprint},

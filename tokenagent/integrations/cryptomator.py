@@ -175,8 +175,13 @@ def parse_masterkey(data: bytes) -> MasterkeyFile:
     if n < 2 or n & (n - 1):
         raise ForeignFormatError(f"{MASTERKEY_NAME}: scryptCostParam {n} is not a power of 2")
     if 128 * r * n > MAX_SCRYPT_MEMORY:
-        raise ForeignFormatError(f"{MASTERKEY_NAME}: scrypt parameters need more than 1 GiB of memory; refusing")
-    fields = {k: _b64_strict(obj.get(k), k) for k in ("scryptSalt", "primaryMasterKey", "hmacMasterKey", "versionMac")}
+        raise ForeignFormatError(
+            f"{MASTERKEY_NAME}: scrypt parameters need more than 1 GiB of memory; refusing"
+        )
+    fields = {
+        k: _b64_strict(obj.get(k), k)
+        for k in ("scryptSalt", "primaryMasterKey", "hmacMasterKey", "versionMac")
+    }
     for key in ("primaryMasterKey", "hmacMasterKey"):
         if len(fields[key]) != KEY_LEN + 8:
             raise ForeignFormatError(f"{MASTERKEY_NAME}: {key} is not a wrapped 256-bit key")

@@ -1,0 +1,130 @@
+"""Agent commands: agent, status, unlock, lock, events, exec (``get`` is tokenagent.fastget)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..client import AgentClient
+from ..errors import UsageError
+from ..vault import VaultStore, wipe
+from .admin import factor_context, open_vault, secret_file_options
+from .util import emit, json_option
+
+
+@click.command()
+@click.option("--socket", "socket_file", type=click.Path(path_type=Path), help="Listen here (default: runtime dir).")
+def agent(socket_file: Path | None) -> None:
+    """Run the agent in the foreground (systemd runs it with socket activation)."""
+    from ..daemon.server import run_agent
+
+    sys.exit(run_agent(socket_file=socket_file))
+
+
+@click.command()
+@json_option
+def status(as_json: bool) -> None:
+    """Show the agent and which vaults are unlocked."""
+    with AgentClient() as client:
+        data = client.status()
+
+    def text() -> None:
+        click.echo(f"{data['agent']}, pid {data['pid']}, up {data['uptime']:.0f} s")
+        for v in data["vaults"]:
+            if v["unlocked"]:
+                left = f", locks in {v['idle_left']:.0f} s" if v.get("idle_left") is not None else ""
+                click.echo(f"  {v['vault']}: unlocked (slot {v['slot']}, {v['source']}){left}")
+            else:
+                click.echo(f"  {v['vault']}: locked")
+
+    emit(as_json, data, text)
+
+
+@click.command()
+@click.argument("vault")
+@secret_file_options
+@click.option("--keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file to offer.")
+@click.option("--slot", "unlock_slots", multiple=True, metavar="SLOT", help="Try only this slot.")
+@click.option("--idle-ttl", type=float, help="Lock after this many idle seconds (0: never).")
+@click.option("--max-ttl", type=float, help="Lock this many seconds after unlock regardless (0: never).")
+def unlock(vault: str, unlock_keyfiles: tuple[str, ...], unlock_slots: tuple[str, ...],
+           idle_ttl: float | None, max_ttl: float | None, **kw: Any) -> None:
+    """Open VAULT here (prompts, key files, tokens) and hand it to the agent."""
+    with AgentClient() as client:
+        ctx, ui = factor_context(kw, unlock_keyfiles)
+        _, opened = open_vault(VaultStore(), vault, ctx, ui, list(unlock_slots) or None)
+        try:
+            ttl = {k: v for k, v in (("idle_ttl", idle_ttl), ("max_ttl", max_ttl)) if v is not None}
+            data = client.unlock(vault, opened.masterkey, opened.slot_id, **ttl)
+        finally:
+            wipe(opened.masterkey)
+    emit(kw["as_json"], {"vault": vault, "slot": opened.slot_id, "fingerprint": data["fingerprint"]},
+         f"vault {vault!r} unlocked in the agent (slot {opened.slot_id})")
+
+
+@click.command()
+@click.argument("vault", required=False)
+@click.option("--all", "all_", is_flag=True, help="Lock every vault.")
+@json_option
+def lock(vault: str | None, all_: bool, as_json: bool) -> None:
+    """Lock VAULT (or --all) in the agent: its key is wiped from memory."""
+    if bool(vault) == all_:
+        raise UsageError("name one vault, or give --all")
+    with AgentClient() as client:
+        if all_:
+            locked = client.lock_all()["locked"]
+            emit(as_json, {"locked": locked}, f"locked: {', '.join(locked) or 'nothing was unlocked'}")
+        else:
+            was = client.lock(vault or "")["was_unlocked"]
+            emit(as_json, {"vault": vault, "was_unlocked": was},
+                 f"vault {vault!r} locked" if was else f"vault {vault!r} was not unlocked")
+
+
+@click.command()
+@json_option
+def events(as_json: bool) -> None:
+    """Print the agent's events as they happen (token plugged, touch needed, unlocked, locked)."""
+    client = AgentClient(timeout=None)
+    try:
+        for event in client.events():
+            if as_json:
+                click.echo(json.dumps(event, sort_keys=True))
+            else:
+                rest = " ".join(f"{k}={v}" for k, v in sorted(event.items()) if k != "event")
+                click.echo(f"{event['event']} {rest}".rstrip())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+
+
+@click.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("vault")
+@click.option("--context", "context_label", metavar="LABEL", help="Use the subkey for LABEL.")
+@click.option("--env", "env_name", default="TOKENAGENT_KEY", show_default=True, help="Environment variable.")
+@click.option("--format", "fmt", type=click.Choice(["hex", "base64"]), default="base64", show_default=True)
+@click.option("--wait", type=float, help="Wait this many seconds for the vault to be unlocked.")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(vault: str, context_label: str | None, env_name: str, fmt: str, wait: float | None,
+          command: tuple[str, ...]) -> None:
+    """Run COMMAND with the key of VAULT in an environment variable (use: exec VAULT -- CMD ARGS)."""
+    with AgentClient() as client:
+        key = client.get(vault, context_label, wait)
+    value = key.hex() if fmt == "hex" else base64.b64encode(bytes(key)).decode()
+    wipe(key)
+    env = {**os.environ, env_name: value}
+    try:
+        os.execvpe(command[0], list(command), env)
+    except FileNotFoundError:
+        raise UsageError(f"command not found: {command[0]}") from None
+
+
+def register(cli: click.Group) -> None:
+    for command in (agent, status, unlock, lock, events, exec_):
+        cli.add_command(command)

@@ -1,0 +1,137 @@
+"""A small synchronous client of the agent (standard library only, so it starts fast).
+
+    from tokenagent.client import AgentClient
+    with AgentClient() as agent:
+        key = agent.get("backup", context="restic:/srv/repo", wait=30)
+
+Before sending anything the client checks that the socket belongs to the user (or root):
+a socket planted by someone else (``TOKENAGENT_SOCKET`` pointed at it) gets no request.
+Errors from the agent are raised as the matching ``tokenagent.errors`` class.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from . import paths
+from .errors import AgentNotRunning, ProtocolError, UnsafePath, error_for_code
+from .protocol import CLOSED, NEED_DATA, VERSION, Connection, Event, Request, Response
+
+
+def check_socket_owner(path: Path) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AgentNotRunning(
+            f"no agent is running ({path} does not exist); start one: tokenagent agent"
+            " (or systemctl --user start tokenagent.socket)"
+        ) from None
+    if st.st_uid not in (os.getuid(), 0):
+        raise UnsafePath(f"{path} is owned by uid {st.st_uid}, not by you; not talking to it")
+
+
+class AgentClient:
+    def __init__(self, path: Path | str | None = None, timeout: float | None = 30.0) -> None:
+        self.path = Path(path) if path else paths.agent_socket()
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._conn = Connection("client")
+        self._next_id = 0
+        self.version: int | None = None
+
+    def __enter__(self) -> AgentClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def connect(self, hello: bool = True) -> None:
+        check_socket_owner(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            sock.close()
+            raise AgentNotRunning(f"no agent is listening on {self.path}; start one: tokenagent agent") from None
+        self._sock = sock
+        if hello:
+            self.version = self.request("hello", versions=[VERSION])["version"]
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _read_message(self) -> Response | Event:
+        assert self._sock is not None
+        while True:
+            message = self._conn.next_event()
+            if message is NEED_DATA:
+                try:
+                    data = self._sock.recv(65536)
+                except TimeoutError:
+                    raise AgentNotRunning("the agent did not answer in time") from None
+                self._conn.receive_data(data)
+                continue
+            if message is CLOSED:
+                raise ProtocolError("the agent closed the connection")
+            if isinstance(message, Response | Event):
+                return message
+
+    def request(self, op: str, timeout: float | None = None, **args: Any) -> dict[str, Any]:
+        """Send one request, return the response's data; raise the agent's error as ours."""
+        if self._sock is None:
+            self.connect(hello=op != "hello")
+        assert self._sock is not None
+        self._next_id += 1
+        self._sock.settimeout(timeout if timeout is not None else self.timeout)
+        self._sock.sendall(self._conn.send(Request(op, self._next_id, args)))
+        while True:
+            message = self._read_message()
+            if isinstance(message, Response):
+                break
+        if not message.ok:
+            raise error_for_code(message.error or "error")(message.message or message.error)
+        return message.data
+
+    # --- conveniences ----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return self.request("status")
+
+    def get(self, vault: str, context: str | None = None, wait: float | None = None) -> bytearray:
+        args: dict[str, Any] = {"vault": vault}
+        if context:
+            args["context"] = context
+        timeout = None
+        if wait:
+            args["wait"] = wait
+            timeout = wait + (self.timeout or 30.0)
+        data = self.request("get", timeout=timeout, **args)
+        return bytearray(base64.b64decode(data["key"]))
+
+    def unlock(self, vault: str, key: bytes | bytearray, slot: str = "?", **ttl: float) -> dict[str, Any]:
+        return self.request("unlock", vault=vault, key=base64.b64encode(bytes(key)).decode(), slot=slot, **ttl)
+
+    def lock(self, vault: str) -> dict[str, Any]:
+        return self.request("lock", vault=vault)
+
+    def lock_all(self) -> dict[str, Any]:
+        return self.request("lock-all")
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Stream the agent's events (blocks; close the client to stop)."""
+        self.request("events")
+        assert self._sock is not None
+        self._sock.settimeout(None)
+        while True:
+            message = self._read_message()
+            if isinstance(message, Event):
+                yield {"event": message.name, **message.data}

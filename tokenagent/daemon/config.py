@@ -1,0 +1,89 @@
+"""Agent configuration: ``config.toml`` under the config dir (docs/agent.md has the reference).
+
+    [agent]
+    idle_ttl = 900          # seconds without a key request before a vault locks (0: never)
+    max_ttl = 28800         # seconds after unlock when a vault locks regardless (0: never)
+    lock_on_remove = true   # lock vaults opened by a token when that token is removed
+    removal_grace = 2.0     # seconds a removed token has to come back before the lock
+    audit = true            # JSON lines of every key release in DATA/audit.log
+
+    [vaults.NAME]           # per-vault overrides and client rules
+    idle_ttl = 60
+    max_ttl = 3600
+    allow_uids = [1000]     # only peers with these uids (default: the agent's own uid)
+    allow_exe = ["/usr/bin/restic"]   # only these executables may get keys of this vault
+    unlock_on_plug = true
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class VaultPolicy:
+    idle_ttl: float = 900.0
+    max_ttl: float = 28800.0
+    allow_uids: tuple[int, ...] | None = None
+    allow_exe: tuple[str, ...] | None = None
+    unlock_on_plug: bool = True
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    idle_ttl: float = 900.0
+    max_ttl: float = 28800.0
+    lock_on_remove: bool = True
+    removal_grace: float = 2.0
+    audit: bool = True
+    vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def policy(self, vault: str) -> VaultPolicy:
+        raw = self.vaults.get(vault, {})
+        uids = raw.get("allow_uids")
+        exes = raw.get("allow_exe")
+        return VaultPolicy(
+            idle_ttl=float(raw.get("idle_ttl", self.idle_ttl)),
+            max_ttl=float(raw.get("max_ttl", self.max_ttl)),
+            allow_uids=tuple(int(u) for u in uids) if uids is not None else None,
+            allow_exe=tuple(str(e) for e in exes) if exes is not None else None,
+            unlock_on_plug=bool(raw.get("unlock_on_plug", True)),
+        )
+
+
+_AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remove": bool,
+               "removal_grace": (int, float), "audit": bool}
+_VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
+               "unlock_on_plug": bool}
+
+
+def _check(table: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
+    for key, value in table.items():
+        if key not in allowed:
+            raise UsageError(f"config {where}: unknown setting {key!r}")
+        if not isinstance(value, allowed[key]) or (isinstance(value, bool) and allowed[key] is not bool):
+            raise UsageError(f"config {where}: {key} has the wrong type")
+
+
+def load_config(path: Path | None = None) -> AgentConfig:
+    path = path or paths.config_dir() / "config.toml"
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return AgentConfig()
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"config {path}: {err}") from None
+    agent = raw.pop("agent", {})
+    vaults = raw.pop("vaults", {})
+    if raw:
+        raise UsageError(f"config {path}: unknown tables {sorted(raw)}")
+    _check(agent, _AGENT_KEYS, "[agent]")
+    for name, table in vaults.items():
+        _check(table, _VAULT_KEYS, f"[vaults.{name}]")
+    return AgentConfig(**{k: agent[k] for k in agent}, vaults=vaults)

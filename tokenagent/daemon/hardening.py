@@ -1,0 +1,41 @@
+"""Process hardening for a process that holds keys: no core dumps, no same-uid ptrace or /proc/PID/mem.
+
+``PR_SET_DUMPABLE 0`` makes the kernel refuse ptrace attaches and /proc/PID/mem reads from
+other processes of the same uid (root keeps CAP_SYS_PTRACE, as always), and stops core dumps;
+``RLIMIT_CORE 0`` is the belt to those braces. Python cannot keep secrets out of swap or out
+of copies it makes itself; docs/agent.md says what this does and does not protect.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import resource
+
+PR_SET_DUMPABLE = 4
+PR_GET_DUMPABLE = 3
+log = logging.getLogger("tokenagent.agent")
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def harden_process() -> dict[str, bool]:
+    """Apply what the platform allows; return what took effect."""
+    done = {"dumpable_off": False, "core_limit_zero": False}
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        done["core_limit_zero"] = True
+    except (ValueError, OSError):
+        log.warning("could not set RLIMIT_CORE to 0")
+    try:
+        libc = _libc()
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0:
+            done["dumpable_off"] = libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0
+    except OSError:
+        pass
+    if not done["dumpable_off"]:
+        log.warning("could not mark the agent non-dumpable; same-uid processes may read its memory")
+    return done

@@ -1,0 +1,261 @@
+"""The agent's state and its request dispatcher, without sockets (so it can be fuzzed directly).
+
+Theory of operation. Each unlocked vault is a ``Session``: the secret in a bytearray, the
+slot that opened it, and two deadlines on the monotonic clock: ``idle`` (pushed back by
+every key release) and ``hard`` (fixed at unlock). ``expire()`` locks what is past either
+deadline; the server calls it on a timer and ``dispatch`` calls it before serving, so an
+expired key is never released even between timer ticks. Locking wipes the secret.
+
+``dispatch(request, peer)`` answers every request synchronously and never raises: bad
+arguments, unknown ops and our errors become error responses with the codes of
+tokenagent.errors. Waiting (``get`` with ``wait``) and the event stream are the server's job.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import __version__
+from ..errors import AccessDenied, PolicyError, TokenAgentError, UsageError, VaultLocked
+from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Response
+from ..vault import VaultStore, derive_subkey, verify, wipe
+from .config import AgentConfig
+
+MAX_CONTEXT = 256
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    exe: str | None = None
+
+
+@dataclass
+class Session:
+    vault: str
+    secret: bytearray
+    allow_raw: bool
+    fingerprint: str
+    slot: str
+    source: str  # "client" or a token description
+    unlocked_at: float
+    idle_deadline: float | None
+    hard_deadline: float | None
+    token: str | None = None  # token id whose removal locks this session
+    releases: int = 0
+
+    def wipe(self) -> None:
+        wipe(self.secret)
+
+
+@dataclass
+class AgentState:
+    store: VaultStore
+    config: AgentConfig = field(default_factory=AgentConfig)
+    clock: Callable[[], float] = time.monotonic
+    audit_path: os.PathLike[str] | str | None = None
+    sessions: dict[str, Session] = field(default_factory=dict)
+    listeners: list[Callable[[Event], None]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+
+    # --- events -----------------------------------------------------------------------------
+    def emit(self, name: str, **data: Any) -> None:
+        event = Event(name, data)
+        for listener in list(self.listeners):
+            listener(event)
+
+    # --- lifetimes --------------------------------------------------------------------------
+    def add_session(self, vault: str, secret: bytearray, slot: str, source: str, token: str | None = None,
+                    idle_ttl: float | None = None, max_ttl: float | None = None) -> Session:
+        """Keep ``secret`` (taken over, wiped on lock) after checking it against the vault file."""
+        loaded = self.store.load(vault)
+        verify(loaded, secret)
+        policy = self.config.policy(vault)
+        idle = policy.idle_ttl if idle_ttl is None else idle_ttl
+        hard = policy.max_ttl if max_ttl is None else max_ttl
+        now = self.clock()
+        self.lock(vault, "replaced", quiet=True)
+        session = Session(vault, secret, loaded.allow_raw, loaded.fingerprint, slot, source, now,
+                          now + idle if idle > 0 else None, now + hard if hard > 0 else None, token)
+        self.sessions[vault] = session
+        self.emit("unlocked", vault=vault, slot=slot, source=source)
+        return session
+
+    def lock(self, vault: str, reason: str, quiet: bool = False) -> bool:
+        session = self.sessions.pop(vault, None)
+        if session is None:
+            return False
+        session.wipe()
+        if not quiet:
+            self.emit("locked", vault=vault, reason=reason)
+        return True
+
+    def lock_all(self, reason: str) -> list[str]:
+        names = sorted(self.sessions)
+        for name in names:
+            self.lock(name, reason)
+        return names
+
+    def expire(self) -> None:
+        now = self.clock()
+        for name, s in list(self.sessions.items()):
+            if s.hard_deadline is not None and now >= s.hard_deadline:
+                self.lock(name, "max-ttl")
+            elif s.idle_deadline is not None and now >= s.idle_deadline:
+                self.lock(name, "idle-ttl")
+
+    def next_deadline(self) -> float | None:
+        times = [t for s in self.sessions.values() for t in (s.idle_deadline, s.hard_deadline) if t is not None]
+        return min(times) if times else None
+
+    # --- dispatch ---------------------------------------------------------------------------
+    def dispatch(self, request: Request, peer: Peer) -> Response:
+        handler = _HANDLERS.get(request.op)
+        if handler is None:
+            return Response.failure(request.id, "unsupported", f"unknown op {request.op[:64]!r}")
+        try:
+            self.expire()
+            return Response.success(request.id, **handler(self, request.args, peer))
+        except TokenAgentError as err:
+            return Response.failure(request.id, err.code, err.message)
+        except (TypeError, ValueError, KeyError) as err:
+            return Response.failure(request.id, "usage", f"bad arguments for {request.op}: {type(err).__name__}")
+
+    def _hello(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        offered = args.get("versions", [VERSION])
+        if not isinstance(offered, list):
+            raise UsageError("versions must be a list of integers")
+        common = [v for v in SUPPORTED_VERSIONS if v in offered]
+        if not common:
+            raise UsageError(f"no common protocol version (agent speaks {list(SUPPORTED_VERSIONS)})")
+        return {"version": max(common), "agent": f"tokenagent {__version__}", "ops": list(OPS)}
+
+    def _status(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        now = self.clock()
+        vaults = []
+        for name in _vault_names(self):
+            s = self.sessions.get(name)
+            entry: dict[str, Any] = {"vault": name, "unlocked": s is not None}
+            if s is not None:
+                entry.update(slot=s.slot, source=s.source, fingerprint=s.fingerprint,
+                             unlocked_for=round(now - s.unlocked_at, 3), releases=s.releases,
+                             idle_left=_left(s.idle_deadline, now), max_left=_left(s.hard_deadline, now))
+            vaults.append(entry)
+        return {"vaults": vaults, "pid": os.getpid(), "agent": f"tokenagent {__version__}",
+                "uptime": round(now - self.started, 3)}
+
+    def _list(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"vaults": [{"vault": n, "unlocked": n in self.sessions} for n in _vault_names(self)]}
+
+    def _unlock(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        vault = _vault_arg(args)
+        key = args.get("key")
+        if not isinstance(key, str):
+            raise UsageError("unlock needs the opened key ('tokenagent unlock VAULT' opens it for you)")
+        secret = bytearray(base64.b64decode(key, validate=True))
+        ttl, max_ttl = args.get("idle_ttl"), args.get("max_ttl")
+        for value in (ttl, max_ttl):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+                raise UsageError("idle_ttl and max_ttl must be non-negative numbers of seconds")
+        try:
+            session = self.add_session(vault, secret, str(args.get("slot", "?")), "client", None, ttl, max_ttl)
+        except TokenAgentError:
+            wipe(secret)
+            raise
+        return {"vault": vault, "fingerprint": session.fingerprint}
+
+    def _get(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        vault = _vault_arg(args)
+        context = args.get("context")
+        if context is not None and (not isinstance(context, str) or not 0 < len(context) <= MAX_CONTEXT):
+            raise UsageError(f"context must be a string of 1 to {MAX_CONTEXT} characters")
+        try:
+            session = self.sessions.get(vault)
+            if session is None:
+                raise VaultLocked(f"vault {vault!r} is locked: plug in its token or run 'tokenagent unlock {vault}'")
+            self._check_peer(vault, peer)
+            if context is None and not session.allow_raw:
+                raise PolicyError(f"vault {vault!r} releases only subkeys: ask with --context LABEL")
+            key = derive_subkey(session.secret, context) if context else bytearray(session.secret)
+        except TokenAgentError as err:
+            self._audit(vault, context, peer, err.code)
+            raise
+        try:
+            policy = self.config.policy(vault)
+            if policy.idle_ttl > 0:
+                session.idle_deadline = self.clock() + policy.idle_ttl
+            session.releases += 1
+            self._audit(vault, context, peer, None)
+            return {"vault": vault, "key": base64.b64encode(bytes(key)).decode(), "fingerprint": session.fingerprint}
+        finally:
+            wipe(key)
+
+    def _lock(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        vault = _vault_arg(args)
+        return {"vault": vault, "was_unlocked": self.lock(vault, "request")}
+
+    def _lock_all(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"locked": self.lock_all("request")}
+
+    def _events(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"streaming": True}  # the server attaches the stream after this answer
+
+    def _check_peer(self, vault: str, peer: Peer) -> None:
+        policy = self.config.policy(vault)
+        if policy.allow_uids is not None and peer.uid not in policy.allow_uids:
+            raise AccessDenied(f"uid {peer.uid} may not get keys of vault {vault!r} (config allow_uids)")
+        if policy.allow_exe is not None and peer.exe not in policy.allow_exe:
+            raise AccessDenied(f"{peer.exe or 'this program'} may not get keys of vault {vault!r} (config allow_exe)")
+
+    def _audit(self, vault: str, context: str | None, peer: Peer, error: str | None) -> None:
+        if not self.config.audit or self.audit_path is None:
+            return
+        line = json.dumps({"time": round(time.time(), 3), "op": "get", "vault": vault, "context": context,
+                           "pid": peer.pid, "uid": peer.uid, "exe": peer.exe, "ok": error is None,
+                           "error": error}, sort_keys=True)
+        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, line.encode() + b"\n")
+        finally:
+            os.close(fd)
+
+
+def _left(deadline: float | None, now: float) -> float | None:
+    return None if deadline is None else round(max(0.0, deadline - now), 3)
+
+
+def _vault_arg(args: dict[str, Any]) -> str:
+    from ..vault import check_name
+
+    vault = args.get("vault")
+    if not isinstance(vault, str):
+        raise UsageError("a 'vault' name is needed")
+    return check_name(vault)
+
+
+def _vault_names(state: AgentState) -> list[str]:
+    try:
+        names = set(state.store.list())
+    except (OSError, TokenAgentError):
+        names = set()
+    return sorted(names | set(state.sessions))
+
+
+_HANDLERS: dict[str, Callable[[AgentState, dict[str, Any], Peer], dict[str, Any]]] = {
+    "hello": AgentState._hello,
+    "status": AgentState._status,
+    "list": AgentState._list,
+    "unlock": AgentState._unlock,
+    "get": AgentState._get,
+    "lock": AgentState._lock,
+    "lock-all": AgentState._lock_all,
+    "events": AgentState._events,
+}

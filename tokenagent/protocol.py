@@ -1,0 +1,185 @@
+"""The agent's wire protocol, sans-IO (docs/spec/protocol.md is the authority).
+
+Theory of operation. A stream of frames, each a 4-byte big-endian length followed by that
+many bytes of UTF-8 JSON holding one object. Clients send requests
+``{"op": NAME, "id": N, ...arguments}``; the agent answers each with a response
+``{"id": N, "ok": true, ...}`` or ``{"id": N, "ok": false, "error": CODE, "message": TEXT}``
+(CODE from tokenagent.errors), and, to a client that asked for ``events``, sends event frames
+``{"event": NAME, ...}``. The first request of a connection should be ``hello``, which
+negotiates the version; an unknown op gets the error ``unsupported`` and the connection
+stays usable, as it does after a frame whose body is not a JSON object (answered with the
+error ``protocol``). A length over ``MAX_FRAME`` loses the framing: it is answered with
+``too-large`` and closes that connection only.
+
+``Connection`` holds no socket: feed it bytes with ``receive_data``, take parsed messages
+from ``next_event`` (``NEED_DATA`` when a frame is incomplete), turn messages into bytes with
+``send``. It imports only the standard library, so ``tokenagent get`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (1,)
+MAX_FRAME: Final = 64 * 1024
+HEADER = struct.Struct(">I")
+
+OPS: Final = ("hello", "status", "list", "unlock", "get", "lock", "lock-all", "events")
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+CLOSED: Final = _Sentinel("CLOSED")
+
+
+class FrameError(Exception):
+    """A frame that cannot be used. ``fatal``: the framing itself is lost, close the connection."""
+
+    def __init__(self, message: str, code: str = "protocol", fatal: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.fatal = fatal
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    id: int | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {**self.args, "op": self.op}
+        if self.id is not None:
+            out["id"] = self.id
+        return out
+
+
+@dataclass(frozen=True)
+class Response:
+    id: int | None
+    ok: bool
+    data: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def success(cls, request_id: int | None, **data: Any) -> Response:
+        return cls(request_id, True, data)
+
+    @classmethod
+    def failure(cls, request_id: int | None, code: str, message: str) -> Response:
+        return cls(request_id, False, {}, code, message)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "ok": self.ok}
+        if self.ok:
+            out.update(self.data)
+        else:
+            out.update(error=self.error, message=self.message)
+        return out
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.data, "event": self.name}
+
+
+Message = Request | Response | Event
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    if len(body) > MAX_FRAME:
+        raise FrameError(f"frame of {len(body)} bytes is over the {MAX_FRAME}-byte limit", "too-large")
+    return HEADER.pack(len(body)) + body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def decode_body(body: bytes, role: str) -> Message:
+    """Parse one frame body; ``role`` is "server" (expects requests) or "client"."""
+    try:
+        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise FrameError("frame is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise FrameError("frame must hold a JSON object")
+    if role == "server":
+        op = obj.pop("op", None)
+        request_id = obj.pop("id", None)
+        if not isinstance(op, str) or not op or len(op) > 64:
+            raise FrameError("request needs an 'op' string")
+        if request_id is not None and (type(request_id) is not int or not 0 <= request_id < 2**53):
+            raise FrameError("request 'id' must be a non-negative integer")
+        return Request(op, request_id, obj)
+    if "event" in obj:
+        name = obj.pop("event")
+        if not isinstance(name, str):
+            raise FrameError("event name must be a string")
+        return Event(name, obj)
+    ok = obj.pop("ok", None)
+    request_id = obj.pop("id", None)
+    if not isinstance(ok, bool):
+        raise FrameError("response needs 'ok'")
+    if ok:
+        return Response(request_id, True, obj)
+    return Response(request_id, False, {}, str(obj.get("error", "error")), str(obj.get("message", "")))
+
+
+class Connection:
+    """One end of a connection: bytes in, messages out; messages in, bytes out."""
+
+    def __init__(self, role: str, max_frame: int = MAX_FRAME) -> None:
+        if role not in ("server", "client"):
+            raise ValueError("role is 'server' or 'client'")
+        self.role = role
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._eof = False
+        self.broken = False
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the peer; ``b""`` means the peer closed its side."""
+        if data:
+            self._buffer += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Message | _Sentinel:
+        if self.broken:
+            return CLOSED
+        if len(self._buffer) < HEADER.size:
+            return CLOSED if self._eof else NEED_DATA
+        (length,) = HEADER.unpack_from(self._buffer)
+        if length > self.max_frame:
+            self.broken = True
+            raise FrameError(f"frame of {length} bytes is over the {self.max_frame}-byte limit", "too-large", True)
+        if len(self._buffer) < HEADER.size + length:
+            return CLOSED if self._eof else NEED_DATA
+        body = bytes(self._buffer[HEADER.size : HEADER.size + length])
+        del self._buffer[: HEADER.size + length]
+        return decode_body(body, self.role)  # a bad body is answered; the framing is intact
+
+    def send(self, message: Message) -> bytes:
+        return encode(message.to_json())
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
