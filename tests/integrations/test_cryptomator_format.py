@@ -54,8 +54,13 @@ def pycryptomator_keys(vault: Path) -> bytes:
     """The raw keys as pycryptomator prints them (--print-keys b64)."""
     done = pycryptomator("--password", PASSWORD, "--print-keys", "b64", str(vault))
     assert done.returncode == 0, done.stderr
-    lines = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in done.stdout.splitlines() if ":" in ln)}
-    return base64.urlsafe_b64decode(lines["Primary master key"]) + base64.urlsafe_b64decode(lines["HMAC master key"])
+    lines = {
+        k.strip(): v.strip()
+        for k, _, v in (ln.partition(":") for ln in done.stdout.splitlines() if ":" in ln)
+    }
+    return base64.urlsafe_b64decode(lines["Primary master key"]) + base64.urlsafe_b64decode(
+        lines["HMAC master key"]
+    )
 
 
 def test_open_vault_gives_the_keys_pycryptomator_uses(cm_vault: Path) -> None:
@@ -156,7 +161,10 @@ GOOD_CLAIMS = {"format": 8, "cipherCombo": "SIV_GCM", "jti": "x"}
         (b"not a jwt", "not a JWT"),
         (_jwt({**GOOD_HEADER, "alg": "none"}, GOOD_CLAIMS), "HS256"),
         (_jwt({**GOOD_HEADER, "kid": "hub+https://x"}, GOOD_CLAIMS), "not a masterkey file"),
-        (_jwt({**GOOD_HEADER, "kid": "masterkeyfile:../../etc/passwd"}, GOOD_CLAIMS), "inside the vault folder"),
+        (
+            _jwt({**GOOD_HEADER, "kid": "masterkeyfile:../../etc/passwd"}, GOOD_CLAIMS),
+            "inside the vault folder",
+        ),
         (_jwt(GOOD_HEADER, {**GOOD_CLAIMS, "format": 7}), "only format 8"),
         (_jwt(GOOD_HEADER, {**GOOD_CLAIMS, "cipherCombo": "ROT13"}), "cipher combo"),
         (b"e30.W10.c2ln", "not a JSON object"),
@@ -169,7 +177,11 @@ def test_crafted_configs(data: bytes, message: str) -> None:
 
 
 def test_pycryptomator_style_padded_base64_config_parses() -> None:
-    padded = base64.b64encode(json.dumps(GOOD_HEADER).encode()) + b"." + base64.b64encode(json.dumps(GOOD_CLAIMS).encode())
+    padded = (
+        base64.b64encode(json.dumps(GOOD_HEADER).encode())
+        + b"."
+        + base64.b64encode(json.dumps(GOOD_CLAIMS).encode())
+    )
     assert cm.parse_config(padded + b".c2ln").masterkey_name == "masterkey.cryptomator"
 
 
