@@ -1,0 +1,161 @@
+"""The agent as a user runs it: real ``tokenagent agent``, CLI verbs and the client, as processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import CANARY_SECRET, PASSWORD, AgentProcess, make_vault, password_file
+
+from tokenagent.client import AgentClient
+from tokenagent.errors import PolicyError, VaultLocked
+from tokenagent.vault import derive_subkey
+
+
+def unlock(agent: AgentProcess, vault: str = "v1", *extra: str) -> None:
+    done = agent.cli("unlock", vault, "--password-file", password_file(agent.home), *extra)
+    assert done.returncode == 0, done.stderr
+
+
+def test_unlock_get_exec_lock_through_the_cli(agent: AgentProcess) -> None:
+    locked = agent.cli("get", "v1")
+    assert locked.returncode == 7 and "locked" in locked.stderr and locked.stdout == ""
+    unlock(agent)
+    raw = agent.cli("get", "v1")
+    assert raw.returncode == 0 and base64.b64decode(raw.stdout) == CANARY_SECRET
+    sub = agent.cli("get", "v1", "--context", "restic:/srv/repo", "--format", "hex")
+    assert sub.stdout.strip() == bytes(derive_subkey(CANARY_SECRET, "restic:/srv/repo")).hex()
+    other = agent.cli("get", "v1", "--context", "borg:/srv/repo", "--format", "hex")
+    assert other.stdout.strip() != sub.stdout.strip()
+    ran = agent.cli("exec", "v1", "--context", "restic:/srv/repo", "--format", "hex", "--",
+                    sys.executable, "-c", "import os; print(os.environ['TOKENAGENT_KEY'])")
+    assert ran.returncode == 0 and ran.stdout.strip() == sub.stdout.strip()
+    status = json.loads(agent.cli("status", "--json").stdout)
+    (entry,) = status["vaults"]
+    assert entry["unlocked"] and entry["slot"] == "1" and entry["releases"] == 4
+    assert agent.cli("lock", "v1").returncode == 0
+    assert agent.cli("get", "v1").returncode == 7
+
+
+def test_generated_key_is_released_only_as_subkeys(agent: AgentProcess) -> None:
+    make_vault(agent.home, "gen", secret=None)
+    unlock(agent, "gen")
+    with AgentClient(agent.socket) as client:
+        try:
+            client.get("gen")
+            raise AssertionError("raw key released")
+        except PolicyError as err:
+            assert "--context" in err.message
+        assert len(client.get("gen", context="gocryptfs")) == 32
+    denied = agent.cli("get", "gen", "--json")
+    assert json.loads(denied.stdout) == {"ok": False, "error": "denied",
+                                         "message": "vault 'gen' releases only subkeys: ask with --context LABEL"}
+
+
+def test_get_wait_is_answered_when_another_process_unlocks(agent: AgentProcess) -> None:
+    env = {**os.environ, "TOKENAGENT_HOME": str(agent.home), **agent.env()}
+    waiting = subprocess.Popen([sys.executable, "-m", "tokenagent._cli.entry", "get", "v1", "--wait", "30"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    assert waiting.poll() is None  # still waiting for the vault
+    unlock(agent)
+    out, err = waiting.communicate(timeout=20)
+    assert waiting.returncode == 0, err
+    assert base64.b64decode(out) == CANARY_SECRET
+
+
+def test_get_wait_times_out_with_the_locked_error(agent: AgentProcess) -> None:
+    started = time.monotonic()
+    done = agent.cli("get", "v1", "--wait", "1")
+    assert done.returncode == 7 and "locked" in done.stderr
+    assert time.monotonic() - started >= 1.0
+
+
+def test_events_stream_shows_unlock_and_lock(agent: AgentProcess) -> None:
+    seen: list[dict[str, object]] = []
+
+    def listen() -> None:
+        client = AgentClient(agent.socket, timeout=None)
+        for event in client.events():
+            seen.append(event)
+            if event["event"] == "locked":
+                client.close()
+                return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    unlock(agent)
+    agent.cli("lock", "--all")
+    thread.join(15)
+    assert [e["event"] for e in seen] == ["unlocked", "locked"]
+    assert seen[0]["vault"] == "v1" and seen[1]["reason"] == "request"
+
+
+def test_audit_log_records_each_release_without_the_key(agent: AgentProcess) -> None:
+    unlock(agent)
+    agent.cli("get", "v1", "--context", "restic:/srv/repo")
+    agent.cli("lock", "v1")
+    agent.cli("get", "v1")
+    audit = agent.home / "data" / "audit.log"
+    assert (audit.stat().st_mode & 0o777) == 0o600
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(e["vault"], e["context"], e["ok"], e["error"]) for e in lines] == [
+        ("v1", "restic:/srv/repo", True, None), ("v1", None, False, "locked")]
+    assert all(e["uid"] == os.getuid() and e["pid"] > 0 and e["exe"] for e in lines)
+    text = audit.read_text() + agent.log_text()
+    for form in (CANARY_SECRET.decode(), base64.b64encode(CANARY_SECRET).decode(), CANARY_SECRET.hex(), PASSWORD):
+        assert form not in text
+
+
+def test_stop_locks_everything_and_removes_the_socket(agent: AgentProcess) -> None:
+    unlock(agent)
+    assert agent.stop() == 0
+    assert not agent.socket.exists()
+    assert agent.cli("get", "v1").returncode == 6  # no agent
+
+
+def test_second_agent_on_the_same_socket_refuses_to_start(agent: AgentProcess) -> None:
+    second = agent.cli("agent", timeout=20)
+    assert second.returncode == 6 and "already running" in second.stderr
+    assert agent.cli("status").returncode == 0  # the first one is untouched
+
+
+def test_client_without_agent_says_how_to_start_one(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    done = subprocess.run([sys.executable, "-m", "tokenagent._cli.entry", "get", "v1"], capture_output=True,
+                          text=True, env={**os.environ, "TOKENAGENT_HOME": str(home)})
+    assert done.returncode == 6 and "tokenagent agent" in done.stderr
+
+
+def test_many_clients_are_served_while_one_waits(agent: AgentProcess) -> None:
+    unlock(agent)
+    waiter = AgentClient(agent.socket)
+    waiter.connect()
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(_try_get(waiter, "v2")), daemon=True)
+    make_vault(agent.home, "v2", secret=None)
+    thread.start()
+    time.sleep(0.3)
+    with AgentClient(agent.socket) as client:  # served while the other one waits
+        for _ in range(50):
+            assert bytes(client.get("v1")) == CANARY_SECRET
+    assert thread.is_alive()
+    unlock(agent, "v2")
+    thread.join(10)
+    assert result and isinstance(result[0], VaultLocked) is False and len(result[0]) == 32  # type: ignore[arg-type]
+    waiter.close()
+
+
+def _try_get(client: AgentClient, vault: str) -> object:
+    try:
+        return client.get(vault, context="x", wait=20)
+    except Exception as err:  # noqa: BLE001 - the test inspects it
+        return err
