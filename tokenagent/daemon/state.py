@@ -49,6 +49,7 @@ class Session:
     unlocked_at: float
     idle_deadline: float | None
     hard_deadline: float | None
+    idle_ttl: float = 0.0  # each key release pushes idle_deadline this far (0: no idle lock)
     token: str | None = None  # token id whose removal locks this session
     releases: int = 0
 
@@ -84,7 +85,7 @@ class AgentState:
         now = self.clock()
         self.lock(vault, "replaced", quiet=True)
         session = Session(vault, secret, loaded.allow_raw, loaded.fingerprint, slot, source, now,
-                          now + idle if idle > 0 else None, now + hard if hard > 0 else None, token)
+                          now + idle if idle > 0 else None, now + hard if hard > 0 else None, idle, token)
         self.sessions[vault] = session
         self.emit("unlocked", vault=vault, slot=slot, source=source)
         return session
@@ -160,7 +161,7 @@ class AgentState:
         key = args.get("key")
         if not isinstance(key, str):
             raise UsageError("unlock needs the opened key ('tokenagent unlock VAULT' opens it for you)")
-        secret = bytearray(base64.b64decode(key, validate=True))
+        secret = b64decode_wipeable(key)
         ttl, max_ttl = args.get("idle_ttl"), args.get("max_ttl")
         for value in (ttl, max_ttl):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
@@ -189,12 +190,11 @@ class AgentState:
             self._audit(vault, context, peer, err.code)
             raise
         try:
-            policy = self.config.policy(vault)
-            if policy.idle_ttl > 0:
-                session.idle_deadline = self.clock() + policy.idle_ttl
+            if session.idle_ttl > 0:
+                session.idle_deadline = self.clock() + session.idle_ttl
             session.releases += 1
             self._audit(vault, context, peer, None)
-            return {"vault": vault, "key": base64.b64encode(bytes(key)).decode(), "fingerprint": session.fingerprint}
+            return {"vault": vault, "key": base64.b64encode(key).decode(), "fingerprint": session.fingerprint}
         finally:
             wipe(key)
 
@@ -226,6 +226,32 @@ class AgentState:
             os.write(fd, line.encode() + b"\n")
         finally:
             os.close(fd)
+
+
+_B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def b64decode_wipeable(text: str) -> bytearray:
+    """Standard base64 (padded) straight into a bytearray: no immutable copy of the secret is made."""
+    if len(text) % 4 or len(text) > 8192:
+        raise UsageError("the key must be padded base64 of at most 6144 bytes")
+    out = bytearray()
+    body = text.rstrip("=")
+    if len(text) - len(body) > 2:
+        raise UsageError("the key is not valid base64")
+    acc = bits = 0
+    for char in body:
+        value = _B64.get(char)
+        if value is None:
+            wipe(out)
+            raise UsageError("the key is not valid base64")
+        acc = (acc << 6 | value) & 0xFFFFFF
+        bits += 6
+        if bits >= 8:
+            bits -= 8
+            out.append(acc >> bits & 0xFF)
+    acc = 0
+    return out
 
 
 def _left(deadline: float | None, now: float) -> float | None:
