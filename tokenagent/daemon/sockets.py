@@ -79,11 +79,24 @@ def inherited_socket() -> socket.socket | None:
 
 def peer_of(sock: socket.socket) -> Peer:
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return Peer(pid, uid, gid, _exe(pid), _exe(_parent(pid)))
+
+
+def _exe(pid: int | None) -> str | None:
+    if not pid:
+        return None
     try:
-        exe: str | None = os.readlink(f"/proc/{pid}/exe")
+        return os.readlink(f"/proc/{pid}/exe")
     except OSError:
-        exe = None
-    return Peer(pid, uid, gid, exe)
+        return None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])  # field 4, after the (comm)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def peer_allowed(peer: Peer) -> bool:

@@ -36,6 +36,7 @@ class Peer:
     uid: int
     gid: int
     exe: str | None = None
+    parent_exe: str | None = None  # the program that ran the client (restic for "tokenagent get")
 
 
 @dataclass
@@ -219,7 +220,7 @@ class AgentState:
         if not self.config.audit or self.audit_path is None:
             return
         line = json.dumps({"time": round(time.time(), 3), "op": "get", "vault": vault, "context": context,
-                           "pid": peer.pid, "uid": peer.uid, "exe": peer.exe, "ok": error is None,
+                           "pid": peer.pid, "uid": peer.uid, "exe": peer.exe, "parent_exe": peer.parent_exe, "ok": error is None,
                            "error": error}, sort_keys=True)
         fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
