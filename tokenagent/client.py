@@ -14,17 +14,20 @@ from __future__ import annotations
 import base64
 import os
 import socket
-from collections.abc import Iterator
-from pathlib import Path
-from types import TracebackType
-from typing import Any
 
-from . import paths
+from . import _locations
 from .errors import AgentNotRunning, ProtocolError, UnsafePath, error_for_code
 from .protocol import CLOSED, NEED_DATA, VERSION, Connection, Event, Request, Response
 
+TYPE_CHECKING = False  # keep typing, pathlib and collections.abc out of "tokenagent get"
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from os import PathLike
+    from types import TracebackType
+    from typing import Any
 
-def check_socket_owner(path: Path) -> None:
+
+def check_socket_owner(path: str) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -37,8 +40,8 @@ def check_socket_owner(path: Path) -> None:
 
 
 class AgentClient:
-    def __init__(self, path: Path | str | None = None, timeout: float | None = 30.0) -> None:
-        self.path = Path(path) if path else paths.agent_socket()
+    def __init__(self, path: PathLike[str] | str | None = None, timeout: float | None = 30.0) -> None:
+        self.path = os.fspath(path) if path else _locations.agent_socket()
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._conn = Connection("client")
@@ -57,7 +60,7 @@ class AgentClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(str(self.path))
+            sock.connect(self.path)
         except (ConnectionRefusedError, FileNotFoundError):
             sock.close()
             raise AgentNotRunning(f"no agent is listening on {self.path}; start one: tokenagent agent") from None

@@ -16,9 +16,10 @@ import os
 import stat
 from pathlib import Path
 
+from . import _locations
 from .errors import UnsafePath
 
-ENV_HOME = "TOKENAGENT_HOME"
+ENV_HOME = _locations.ENV_HOME
 
 
 def _home_override() -> Path | None:
@@ -46,19 +47,12 @@ def config_dir() -> Path:
 
 def runtime_dir() -> Path:
     """The agent's socket directory: $XDG_RUNTIME_DIR/tokenagent, else a per-uid dir under /tmp."""
-    home = _home_override()
-    if home:
-        return home / "run"
-    value = os.environ.get("XDG_RUNTIME_DIR")
-    if value and os.path.isabs(value):
-        return Path(value) / "tokenagent"
-    return Path(f"/tmp/tokenagent-{os.getuid()}")
+    return Path(_locations.runtime_dir())
 
 
 def agent_socket() -> Path:
     """The agent's socket: ``TOKENAGENT_SOCKET`` if set, else ``runtime_dir()/agent.sock``."""
-    override = os.environ.get("TOKENAGENT_SOCKET")
-    return Path(override) if override else runtime_dir() / "agent.sock"
+    return Path(_locations.agent_socket())
 
 
 def check_private_dir(path: Path) -> None:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
-from typing import Any, Final
+
+TYPE_CHECKING = False  # typing and dataclasses stay unimported: they cost "tokenagent get" ~20 ms
+if TYPE_CHECKING:
+    from typing import Any, Final
 
 VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
@@ -52,11 +54,40 @@ class FrameError(Exception):
         self.fatal = fatal
 
 
-@dataclass(frozen=True)
-class Request:
+class _Frozen:
+    """Immutable value objects with equality and repr (what frozen dataclasses would give)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _set(self, **values: object) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(self._fields())))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+
+class Request(_Frozen):
+    __slots__ = ("op", "id", "args")
     op: str
-    id: int | None = None
-    args: dict[str, Any] = field(default_factory=dict)
+    id: int | None
+    args: dict[str, Any]
+
+    def __init__(self, op: str, id: int | None = None, args: dict[str, Any] | None = None) -> None:  # noqa: A002
+        self._set(op=op, id=id, args=dict(args or {}))
 
     def to_json(self) -> dict[str, Any]:
         out = {**self.args, "op": self.op}
@@ -65,13 +96,17 @@ class Request:
         return out
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(_Frozen):
+    __slots__ = ("id", "ok", "data", "error", "message")
     id: int | None
     ok: bool
-    data: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    message: str | None = None
+    data: dict[str, Any]
+    error: str | None
+    message: str | None
+
+    def __init__(self, id: int | None, ok: bool, data: dict[str, Any] | None = None,  # noqa: A002
+                 error: str | None = None, message: str | None = None) -> None:
+        self._set(id=id, ok=ok, data=dict(data or {}), error=error, message=message)
 
     @classmethod
     def success(cls, request_id: int | None, **data: Any) -> Response:
@@ -90,16 +125,20 @@ class Response:
         return out
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(_Frozen):
+    __slots__ = ("name", "data")
     name: str
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any]
+
+    def __init__(self, name: str, data: dict[str, Any] | None = None) -> None:
+        self._set(name=name, data=dict(data or {}))
 
     def to_json(self) -> dict[str, Any]:
         return {**self.data, "event": self.name}
 
 
-Message = Request | Response | Event
+if TYPE_CHECKING:
+    Message = Request | Response | Event
 
 
 def encode(obj: dict[str, Any]) -> bytes:
