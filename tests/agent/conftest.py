@@ -1,108 +1,17 @@
-"""Fixtures for agent tests: a real ``tokenagent agent`` process in a private TOKENAGENT_HOME.
+"""Fixtures for agent tests.
 
-``agent_home`` makes the home and one vault ("v1", password factor, test KDF costs, an
-imported canary secret so tests can look for it); ``agent`` starts the agent on it and stops
-it after the test, failing the test if the agent died on its own.
+``agent_home`` makes a private home with one vault ("v1", password factor, test KDF costs,
+an imported canary secret so tests can look for it); ``agent`` starts ``tokenagent agent``
+on it and stops it after the test, failing the test if the agent died on its own.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-PASSWORD = "agent-test-password"
-CANARY_SECRET = b"CANARY-masterkey-5b1e0c77d2a94f6e"  # imported secret, allow_raw
-
-
-def cli(home: Path, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "tokenagent._cli.entry", *args], env=full_env,
-                          capture_output=True, text=True, timeout=timeout, input=stdin)
-
-
-class AgentProcess:
-    def __init__(self, home: Path, socket_path: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.home = home
-        self.socket = socket_path
-        self.proc = proc
-        self.log = log
-        self.stopped = False
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def env(self) -> dict[str, str]:
-        return {"TOKENAGENT_SOCKET": str(self.socket)}
-
-    def cli(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return cli(self.home, *args, env={**self.env(), **kw.pop("env", {})}, **kw)
-
-    def connect(self) -> socket.socket:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect(str(self.socket))
-        return s
-
-    def stop(self) -> int:
-        self.stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def start_agent(home: Path, socket_path: Path | None = None, preexec: Any = None,
-                extra_env: dict[str, str] | None = None) -> AgentProcess:
-    socket_path = socket_path or home / "run" / "agent.sock"
-    log = home.parent / f"agent-{time.monotonic_ns()}.log"
-    env = {**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1",
-           "TOKENAGENT_SOCKET": str(socket_path), **(extra_env or {})}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tokenagent._cli.entry", "agent"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=preexec)
-    agent = AgentProcess(home, socket_path, proc, log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"agent exited with {proc.returncode}: {agent.log_text()}")
-        try:
-            agent.connect().close()
-            return agent
-        except OSError:
-            time.sleep(0.05)
-    agent.stop()
-    raise RuntimeError(f"agent did not listen within 20 s: {agent.log_text()}")
-
-
-def make_vault(home: Path, name: str = "v1", secret: bytes | None = CANARY_SECRET) -> None:
-    pw = home.parent / f"pw-{name}"
-    pw.write_text(PASSWORD + "\n")
-    args = ["init", name, "--password", "--password-file", str(pw)]
-    if secret is not None:
-        sec = home.parent / f"secret-{name}"
-        sec.write_bytes(secret)
-        args += ["--import-secret", str(sec)]
-    done = cli(home, *args)
-    assert done.returncode == 0, done.stderr
+from agentkit import AgentProcess, make_vault, start_agent
 
 
 @pytest.fixture
@@ -122,9 +31,3 @@ def agent(agent_home: Path) -> Iterator[AgentProcess]:
         alive = proc.stopped or proc.proc.poll() is None
         proc.stop()
         assert alive, f"the agent died during the test: {proc.log_text()}"
-
-
-def password_file(home: Path) -> str:
-    path = home.parent / "pw-unlock"
-    path.write_text(PASSWORD + "\n")
-    return str(path)

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import CANARY_SECRET, PASSWORD, AgentProcess, make_vault, password_file
+from agentkit import CANARY_SECRET, PASSWORD, AgentProcess, make_vault, password_file
 
 from tokenagent.client import AgentClient
 from tokenagent.errors import PolicyError, VaultLocked

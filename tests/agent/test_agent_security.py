@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CANARY_SECRET, AgentProcess, cli, password_file, start_agent
+from agentkit import CANARY_SECRET, AgentProcess, cli, password_file, start_agent
 
 from tokenagent.client import AgentClient
 from tokenagent.daemon.config import AgentConfig

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from agentkit import cli
 
 from tokenagent.client import AgentClient
 

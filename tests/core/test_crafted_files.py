@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import context  # type: ignore[import-not-found]
+from scripted import context  # type: ignore[import-not-found]
 
 from tokenagent.errors import NoSlotMatched, TokenAgentError, VaultFormatError, VaultIntegrityError
 from tokenagent.factors.password import PasswordFactor

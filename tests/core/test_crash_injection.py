@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import context  # type: ignore[import-not-found]
+from scripted import context  # type: ignore[import-not-found]
 
 from tokenagent.vault import VaultStore, unlock
 

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import context  # type: ignore[import-not-found]
+from scripted import context  # type: ignore[import-not-found]
 
 from tokenagent.errors import LastSlot, NoSlotMatched, UsageError, VaultExists, VaultIntegrityError
 from tokenagent.factors.keyfile import KeyFileFactor, generate_keyfile

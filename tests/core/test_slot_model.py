@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import context  # type: ignore[import-not-found]
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from scripted import context  # type: ignore[import-not-found]
 
 from tokenagent.errors import LastSlot, NoSlotMatched
 from tokenagent.factors.keyfile import KeyFileFactor

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ScriptedUI, context  # type: ignore[import-not-found]
 from factor_conformance import FactorConformance  # type: ignore[import-not-found]
+from scripted import ScriptedUI, context  # type: ignore[import-not-found]
 
 from tokenagent.factors.base import FactorContext
 

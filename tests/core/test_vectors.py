@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import context  # type: ignore[import-not-found]
+from scripted import context  # type: ignore[import-not-found]
 
 from tokenagent.factors.keyfile import keepass_key
 from tokenagent.factors.recovery import from_modhex, to_modhex
