@@ -95,6 +95,7 @@ class Target:
                     assert message.op == "get" and message.args.get("vault") in unlocked_before
                 if not response.ok:
                     assert response.error and response.message
+                    assert response.error != "error", response.message  # an internal error is a crash
                     assert SECRET.decode() not in response.message
                 self.check(conn.send(response))
                 self.relock()

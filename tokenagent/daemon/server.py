@@ -68,6 +68,7 @@ class AgentServer:
         finally:
             timer.cancel()
             self.state.lock_all("agent-exit")
+            self.state.close_audit()
             self._server.close()
             if self.path is not None:
                 with contextlib.suppress(FileNotFoundError):

@@ -14,20 +14,24 @@ tokenagent.errors. Waiting (``get`` with ``wait``) and the event stream are the 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..errors import AccessDenied, PolicyError, TokenAgentError, UsageError, VaultLocked
+from ..errors import AccessDenied, AgentError, PolicyError, TokenAgentError, UsageError, VaultLocked
 from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Response
-from ..vault import VaultStore, derive_subkey, verify, wipe
+from ..vault import VaultStore, check_name, derive_subkey, verify, wipe
 from .config import AgentConfig
 
 MAX_CONTEXT = 256
+log = logging.getLogger("tokenagent.agent")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class AgentState:
     sessions: dict[str, Session] = field(default_factory=dict)
     listeners: list[Callable[[Event], None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    _audit_fd: int | None = field(default=None, repr=False)
 
     # --- events -----------------------------------------------------------------------------
     def emit(self, name: str, **data: Any) -> None:
@@ -130,6 +135,10 @@ class AgentState:
             return Response.failure(request.id, err.code, err.message)
         except (TypeError, ValueError, KeyError) as err:
             return Response.failure(request.id, "usage", f"bad arguments for {request.op}: {type(err).__name__}")
+        except Exception as err:  # a bug: answer, keep serving, log where (not the message: it could hold data)
+            log.error("internal error in %s: %s\n%s", request.op, type(err).__name__,
+                      "".join(traceback.format_tb(err.__traceback__)))
+            return Response.failure(request.id, "error", f"internal error in the agent ({type(err).__name__})")
 
     def _hello(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         offered = args.get("versions", [VERSION])
@@ -220,13 +229,27 @@ class AgentState:
         if not self.config.audit or self.audit_path is None:
             return
         line = json.dumps({"time": round(time.time(), 3), "op": "get", "vault": vault, "context": context,
-                           "pid": peer.pid, "uid": peer.uid, "exe": peer.exe, "parent_exe": peer.parent_exe, "ok": error is None,
-                           "error": error}, sort_keys=True)
-        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, line.encode() + b"\n")
-        finally:
-            os.close(fd)
+                           "pid": peer.pid, "uid": peer.uid, "exe": peer.exe, "parent_exe": peer.parent_exe,
+                           "ok": error is None, "error": error}, sort_keys=True).encode() + b"\n"
+        for attempt in (1, 2):
+            try:
+                if self._audit_fd is None:
+                    self._audit_fd = os.open(self.audit_path, _AUDIT_FLAGS, 0o600)
+                os.write(self._audit_fd, line)
+                return
+            except OSError as err:
+                self.close_audit()  # disk trouble, or a descriptor gone bad: reopen once
+                if attempt == 2:  # fail closed: no key leaves without its audit line
+                    raise AgentError(f"cannot write the audit log {self.audit_path}: {err.strerror}") from None
+
+    def close_audit(self) -> None:
+        if self._audit_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._audit_fd)
+            self._audit_fd = None
+
+
+_AUDIT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 _B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
@@ -260,8 +283,6 @@ def _left(deadline: float | None, now: float) -> float | None:
 
 
 def _vault_arg(args: dict[str, Any]) -> str:
-    from ..vault import check_name
-
     vault = args.get("vault")
     if not isinstance(vault, str):
         raise UsageError("a 'vault' name is needed")
