@@ -10,8 +10,11 @@ with a reason starting with "optional:".
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from agentkit import AgentProcess, make_vault, start_agent
 
 STRICT_SKIPS = os.environ.get("TOKENAGENT_STRICT_SKIPS") == "1"
 # Tests use the minimum KDF costs (docs/spec/vault.md, "Test costs"); tests of the floor unset it.
@@ -36,3 +39,27 @@ def tokenagent_home(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     home.mkdir(mode=0o700)
     monkeypatch.setenv("TOKENAGENT_HOME", str(home))
     return home
+
+
+# --- a real agent (helpers in agentkit.py) ------------------------------------------------------
+# ``agent_home``: a private home with one vault "v1" (password factor at test KDF costs, an
+# imported canary secret so tests can look for it). ``agent``: ``tokenagent agent`` running
+# on it, stopped after the test, which fails if the agent died on its own.
+
+@pytest.fixture
+def agent_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    make_vault(home)
+    return home
+
+
+@pytest.fixture
+def agent(agent_home: Path) -> Iterator[AgentProcess]:
+    proc = start_agent(agent_home)
+    try:
+        yield proc
+    finally:
+        alive = proc.stopped or proc.proc.poll() is None
+        proc.stop()
+        assert alive, f"the agent died during the test: {proc.log_text()}"

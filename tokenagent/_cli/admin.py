@@ -41,7 +41,7 @@ def secret_file_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _factor_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def factor_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed([
         click.option("--password", "n_password", count=True, help="A password factor."),
         click.option("--keyfile", "keyfiles", multiple=True, metavar="PATH", help="A key file factor (KeePass rules)."),
@@ -149,19 +149,32 @@ def open_vault(store: VaultStore, name: str, ctx: FactorContext, ui: TerminalInt
 
 @click.command()
 @click.argument("vault")
-@_factor_options
+@factor_options
 @secret_file_options
 @click.option("--import-secret", metavar="FILE", help="Keep this existing secret (1-4096 bytes; '-' = stdin).")
 @click.option("--allow-raw/--no-allow-raw", default=None,
               help="May the agent hand out the secret itself (default: only for imported secrets)?")
 def init(vault: str, import_secret: str | None, allow_raw: bool | None, **kw: Any) -> None:
     """Create VAULT with one slot made of the FACTORS given."""
+    secret = _read_import(import_secret) if import_secret else None
+    try:
+        new, ui = create_vault(vault, kw, secret, allow_raw)
+    finally:
+        if secret is not None:
+            wipe(secret)
+    emit(kw["as_json"], {"vault": vault, "fingerprint": new.fingerprint, "slot": "1", "shown": ui.shown,
+                         "path": str(VaultStore().path(vault))},
+         f"vault {vault!r} created; fingerprint {new.fingerprint}; slot 1: {new.slots[0].describe()}")
+
+
+def create_vault(vault: str, kw: dict[str, Any], secret: bytes | bytearray | None,
+                 allow_raw: bool | None) -> tuple[Vault, TerminalInteraction]:
+    """Create VAULT from the factor flags in ``kw`` (the options of ``init``); the caller wipes ``secret``."""
     check_name(vault)
     store = VaultStore()
     if store.exists(vault):
         raise UsageError(f"a vault named {vault!r} exists already; use 'tokenagent enroll {vault}' to add a slot")
     plan = _planned_factors(kw)
-    secret = _read_import(import_secret) if import_secret else None
     ctx, ui = factor_context(kw)
     enrolled = _enroll_all(ctx, plan)
     try:
@@ -170,12 +183,8 @@ def init(vault: str, import_secret: str | None, allow_raw: bool | None, **kw: An
     finally:
         for _, s in enrolled:
             wipe(s)
-        if secret is not None:
-            wipe(secret)
     wipe(masterkey)
-    emit(kw["as_json"], {"vault": vault, "fingerprint": new.fingerprint, "slot": "1", "shown": ui.shown,
-                         "path": str(store.path(vault))},
-         f"vault {vault!r} created; fingerprint {new.fingerprint}; slot 1: {new.slots[0].describe()}")
+    return new, ui
 
 
 def _read_import(path: str) -> bytearray:
@@ -192,7 +201,7 @@ def _read_import(path: str) -> bytearray:
 
 @click.command()
 @click.argument("vault")
-@_factor_options
+@factor_options
 @secret_file_options
 @click.option("--unlock-slot", "unlock_slots", multiple=True, metavar="SLOT", help="Unlock with this slot first.")
 @click.option("--unlock-keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file for the unlock.")

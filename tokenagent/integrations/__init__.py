@@ -3,10 +3,9 @@
 * ``cryptomator``: vault format 8 (``vault.cryptomator`` + ``masterkey.cryptomator``):
   read and verify, return the raw 64-byte key; write a fresh masterkey file.
 * ``keepass``: a KeePass XML 2.0 key file derived from a vault (per-label subkey).
-* ``keys``: where the integrations get a vault's key or subkey: the running agent, else an
-  offline unlock with the user's factors.
 
-These modules are core-level (no click, no sockets); the commands live in
+These modules are core-level (no click, no sockets); the keys come from the agent, and the
+commands live in
 ``tokenagent._cli.integrations`` and the recipes in docs/integrations.md.
 """
 

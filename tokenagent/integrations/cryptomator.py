@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import os
@@ -167,6 +168,8 @@ class MasterkeyFile:
 
 def parse_masterkey(data: bytes) -> MasterkeyFile:
     obj = _json_object(data, MASTERKEY_NAME)
+    if PLACEHOLDER_KEY in obj:
+        raise ForeignFormatError(f"{MASTERKEY_NAME} is tokenagent's placeholder: {obj[PLACEHOLDER_KEY]}")
     ints = {k: obj.get(k) for k in ("version", "scryptCostParam", "scryptBlockSize")}
     for key, value in ints.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -364,6 +367,36 @@ def _b64_strict(value: object, key: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ForeignFormatError(f"{MASTERKEY_NAME}: {key} is not base64") from None
+
+
+PLACEHOLDER_KEY = "tokenagent"
+
+
+def placeholder(name: str) -> bytes:
+    """What ``adopt`` leaves in place of masterkey.cryptomator: JSON without any key material.
+
+    The official apps refuse it (no scryptSalt, no wrapped keys), which is the point: the
+    cloud folder no longer holds what a password would unlock. Tools given the raw keys
+    (pycryptomator ``--master-keys``) still open the file, and find it there.
+    """
+    body = {PLACEHOLDER_KEY: f"the keys of this vault are kept by tokenagent (vault {name!r}); to use the"
+                             f" official apps run: tokenagent cryptomator export-masterkey {name} FILE"}
+    return json.dumps(body, indent=2).encode() + b"\n"
+
+
+def replace_with_placeholder(path: str | Path, name: str) -> None:
+    """Atomically put the placeholder where the masterkey file is (temp file, fsync, rename)."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tokenagent-tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    write_new_file(temp, placeholder(name), 0o644)
+    os.replace(temp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_new_file(path: str | Path, data: bytes, mode: int = 0o600) -> None:

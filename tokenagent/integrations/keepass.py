@@ -7,8 +7,9 @@ key file is never stored: ``tokenagent keepass keyfile VAULT`` derives a 32-byte
 the vault for the context label ``keepass:keyfile`` (or ``keepass:<name>`` for several
 databases), wraps it in the XML 2.0 key-file format KeePassXC writes (the key in hex, with
 the first 4 bytes of its SHA-256 as a check) and hands it to the caller through standard
-output or an inherited file descriptor, e.g. ``keepassxc-cli open -k /dev/fd/3 db.kdbx
-3< <(tokenagent keepass keyfile VAULT)``. Writing it to disk needs an explicit
+output or an inherited file descriptor, or runs a command with it as a sealed in-memory
+file (``tokenagent keepass exec VAULT -- keepassxc-cli ls -k {keyfile} db.kdbx``: KeePassXC
+seeks in key files, so a pipe does not do for it). Writing it to disk needs an explicit
 ``--output FILE`` (created 0400, never overwritten).
 
 The same vault always yields the same key file, so a database made with it opens
@@ -18,6 +19,7 @@ whenever the token that unlocks the vault is present. Changing the label or the 
 
 from __future__ import annotations
 
+import fcntl
 import os
 from pathlib import Path
 
@@ -68,3 +70,24 @@ def write_file(path: str | Path, data: bytes) -> None:
         out.write(data)
         out.flush()
         os.fsync(out.fileno())
+
+
+def sealed_memfd(data: bytes, name: str) -> int:
+    """An in-memory, sealed (read-only), inheritable file holding ``data``, positioned at 0.
+
+    Tools that open key files by path and seek in them (KeePassXC does) read it as
+    ``/dev/fd/N``; a pipe would not do for them, and a file on disk would outlive the run.
+    """
+    fd = os.memfd_create(name, os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.set_inheritable(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
