@@ -1,14 +1,14 @@
 """The agent's asyncio server: accepts clients, checks them, feeds the sans-IO protocol.
 
-Theory of operation. One task per connection: read bytes, feed ``protocol.Connection``,
-dispatch each request to ``AgentState`` (which never blocks), write the answer. Two requests
+Theory of operation. One protocol object per connection (``_ClientProtocol``): bytes from the
+event loop feed ``protocol.Connection``, each complete request is dispatched to ``AgentState``
+(which never blocks) and answered at once, without a task or a coroutine switch. Two requests
 wait: ``get`` with ``wait`` seconds on a locked vault (it waits for the "unlocked" event of
 that vault, then answers), and ``events`` (the connection becomes a stream of event frames).
 Peers that are not our uid (or root) are closed before a single byte is read. A connection
 whose frame stalls half-sent for ``FRAME_TIMEOUT`` seconds is closed, and at most
 ``MAX_CLIENTS`` connections are served at once, so slow or many clients cannot starve the rest.
-A timer locks vaults at their deadlines. Work that touches tokens runs in threads
-(``asyncio.to_thread``) so a touch wait never blocks other clients.
+A timer locks vaults at their deadlines.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ log = logging.getLogger("tokenagent.agent")
 FRAME_TIMEOUT = 10.0
 MAX_CLIENTS = 512
 MAX_WAIT = 300.0
-READ_SIZE = 65536
 
 
 class AgentServer:
@@ -56,9 +55,9 @@ class AgentServer:
                 waiter.set()
 
     async def serve(self) -> None:
-        self._server = await asyncio.start_unix_server(self._client, sock=self.sock, limit=READ_SIZE)
-        timer = asyncio.create_task(self._expiry_timer())
         loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(self._protocol, sock=self.sock)
+        timer = asyncio.create_task(self._expiry_timer())
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stopping.set)
         _sd_notify("READY=1")
@@ -85,94 +84,160 @@ class AgentServer:
             delay = 0.5 if deadline is None else min(0.5, max(0.01, deadline - self.state.clock()))
             await asyncio.sleep(delay)
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        try:
-            peer = peer_of(sock)
-        except OSError:
-            writer.close()
-            return
-        if not peer_allowed(peer) or self.clients >= MAX_CLIENTS:
-            writer.close()  # not a byte read from a stranger
-            return
-        self.clients += 1
-        try:
-            await self._serve_client(reader, writer, peer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.clients -= 1
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    def _protocol(self) -> _ClientProtocol:
+        return _ClientProtocol(self)
 
-    async def _serve_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
-        conn = Connection("server")
-        while True:
+    async def wait_unlocked(self, request: Request, peer: Peer, wait: float) -> Response:
+        """Answer a ``get`` with ``wait`` on a locked vault once it is unlocked or the time is up."""
+        vault = str(request.args.get("vault"))
+        waiter = self._unlocked.setdefault(vault, asyncio.Event())
+        self.state.emit("waiting", vault=vault, pid=peer.pid)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter.wait(), min(wait, MAX_WAIT))
+        return self.state.dispatch(request, peer)
+
+
+def _wait_seconds(request: Request, response: Response) -> float | None:
+    wait = request.args.get("wait")
+    if (request.op == "get" and not response.ok and response.error == "locked"
+            and isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0):
+        return float(wait)
+    return None
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """One client connection, driven by the event loop's callbacks (no task per request).
+
+    Requests are answered in order, synchronously, as their frames complete. A ``get`` that
+    waits for an unlock runs as a task; frames that arrive meanwhile wait their turn. After
+    ``events`` the connection only carries events, and anything the client sends ends it. A
+    client that does not read its answers is paused (flow control), and one that leaves a
+    frame half-sent for ``FRAME_TIMEOUT`` seconds is closed.
+    """
+
+    def __init__(self, server: AgentServer) -> None:
+        self.server = server
+        self.conn = Connection("server")
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.waiting: asyncio.Task[None] | None = None
+        self.stall: asyncio.TimerHandle | None = None
+        self.streaming = False
+        self.counted = False
+
+    # --- asyncio callbacks -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        try:
+            peer = peer_of(transport.get_extra_info("socket"))
+        except OSError:
+            transport.abort()
+            return
+        if not peer_allowed(peer) or self.server.clients >= MAX_CLIENTS:
+            transport.abort()  # not a byte read from a stranger
+            return
+        self.peer = peer
+        self.server.clients += 1
+        self.counted = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None or self.transport is None or self.transport.is_closing():
+            return
+        if self.streaming:
+            self.transport.close()  # any byte from an events client ends its stream
+            return
+        self.conn.receive_data(data)
+        self._serve()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self._serve()
+        return self.waiting is not None  # keep the write side open for a pending answer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.server.clients -= 1
+            self.counted = False
+        if self.waiting is not None:
+            self.waiting.cancel()
+        if self.stall is not None:
+            self.stall.cancel()
+        if self.streaming:
+            with contextlib.suppress(ValueError):
+                self.server.state.listeners.remove(self._on_event)
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            if self.streaming:
+                self.transport.close()  # an events client that does not read loses its stream
+            else:
+                self.transport.pause_reading()  # no new requests until the answers are read
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    # --- requests --------------------------------------------------------------------------
+    def _send(self, message: Response | Event) -> None:
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.write(self.conn.send(message))
+
+    def _serve(self) -> None:
+        transport, peer = self.transport, self.peer
+        assert transport is not None and peer is not None
+        while self.waiting is None and not transport.is_closing():
             try:
-                message = conn.next_event()
+                message = self.conn.next_event()
             except FrameError as err:
-                writer.write(conn.send(Response.failure(None, err.code, str(err))))
-                await writer.drain()
+                self._send(Response.failure(None, err.code, str(err)))
                 if err.fatal:
+                    transport.close()
                     return
                 continue
-            if message is CLOSED:
-                return
             if message is NEED_DATA:
-                timeout = FRAME_TIMEOUT if conn.pending else None
-                try:
-                    data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
-                except TimeoutError:
-                    return  # a frame stalled half-way
-                conn.receive_data(data)
-                continue
+                self._arm_stall_timer()
+                return
+            if message is CLOSED:
+                transport.close()
+                return
             if not isinstance(message, Request):
                 continue
-            if message.op == "events":
-                writer.write(conn.send(self.state.dispatch(message, peer)))
-                await writer.drain()
-                await self._stream_events(reader, writer, conn)
+            response = self.server.state.dispatch(message, peer)
+            if message.op == "events" and response.ok:
+                self._send(response)
+                self.streaming = True
+                self.server.state.listeners.append(self._on_event)
                 return
-            response = await self._answer(message, peer)
-            writer.write(conn.send(response))
-            await writer.drain()
+            wait = _wait_seconds(message, response)
+            if wait is not None:
+                self.waiting = asyncio.ensure_future(self._answer_later(message, peer, wait))
+                return
+            self._send(response)
 
-    async def _answer(self, request: Request, peer: Peer) -> Response:
-        response = self.state.dispatch(request, peer)
-        wait = request.args.get("wait")
-        if (request.op == "get" and not response.ok and response.error == "locked"
-                and isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0):
-            vault = str(request.args.get("vault"))
-            waiter = self._unlocked.setdefault(vault, asyncio.Event())
-            self.state.emit("waiting", vault=vault, pid=peer.pid)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), min(float(wait), MAX_WAIT))
-            response = self.state.dispatch(request, peer)
-        return response
-
-    async def _stream_events(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                             conn: Connection) -> None:
-        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
-
-        def listener(event: Event) -> None:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(event)
-
-        self.state.listeners.append(listener)
-        closed = asyncio.create_task(reader.read(1))  # any byte or EOF from the client ends the stream
+    async def _answer_later(self, request: Request, peer: Peer, wait: float) -> None:
         try:
-            while True:
-                getter = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if closed in done:
-                    getter.cancel()
-                    return
-                writer.write(conn.send(getter.result()))
-                await writer.drain()
+            self._send(await self.server.wait_unlocked(request, peer, wait))
         finally:
-            self.state.listeners.remove(listener)
-            closed.cancel()
+            self.waiting = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._serve()
+
+    def _arm_stall_timer(self) -> None:
+        if self.conn.pending and self.stall is None:
+            self.stall = asyncio.get_running_loop().call_later(FRAME_TIMEOUT, self._stalled)
+        elif not self.conn.pending and self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
+    def _stalled(self) -> None:
+        self.stall = None
+        if self.conn.pending and self.transport is not None:
+            self.transport.close()  # a frame stalled half-way
+
+    def _on_event(self, event: Event) -> None:
+        self._send(event)
 
 
 def _sd_notify(message: str) -> None:
