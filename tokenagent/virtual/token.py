@@ -1,0 +1,102 @@
+"""A virtual token: a card with its applets, its state file, its touch model and transports.
+
+Theory of operation. ``VirtualToken`` owns one ``VirtualCard`` (FIDO2 so far) and a JSON
+state file (serial, firmware version, each applet's ``state_dict``), rewritten atomically
+after every persistent change, so a token keeps its keys, PIN and counters across plugs and
+processes. Transports only move APDUs: ``DirectConnection`` looks like a pyscard connection
+(what python-fido2's ``CtapPcscDevice`` and yubikit take), for in-process tests;
+``tokenagent.virtual.vpcd`` plugs the same card into a real pcscd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+from .card import Presence, TouchMode, VirtualCard
+from .ctap2 import Fido2Applet
+
+# The ATR of a YubiKey 5 NFC over USB ("YubiKey" in its historical bytes).
+ATR = bytes.fromhex("3BFD1300008131FE158073C021C057597562694B657940")
+VERSION = (5, 7, 2)
+
+
+class VirtualToken:
+    def __init__(self, state_path: str | os.PathLike[str], serial: int | None = None,
+                 touch: TouchMode | str = TouchMode.AUTO, touch_delay: float = 0.5) -> None:
+        self.state_path = Path(state_path)
+        self.presence = Presence(TouchMode(touch), touch_delay)
+        self.fido2 = Fido2Applet(self.presence)
+        self.applets = [self.fido2]
+        self._lock = threading.Lock()
+        state = self._read()
+        if state is None:
+            self.serial = serial if serial is not None else 10_000_000 + secrets.randbelow(80_000_000)
+            self.save()
+        else:
+            self.serial = int(state["serial"])
+            if serial is not None and serial != self.serial:
+                raise ValueError(f"{self.state_path} holds token {self.serial}, not {serial}")
+            for applet in self.applets:
+                if applet.state_key in state:
+                    applet.load_state(state[applet.state_key])
+        for applet in self.applets:
+            applet.changed = self.save
+        self.card = VirtualCard(list(self.applets), ATR)
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def save(self) -> None:
+        """Write the state file atomically (temp, fsync, rename), mode 0600."""
+        with self._lock:
+            state: dict[str, Any] = {"serial": self.serial, "version": list(VERSION)}
+            for applet in self.applets:
+                state[applet.state_key] = applet.state_dict()
+            temp = self.state_path.with_name(f".{self.state_path.name}.tmp")
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(state, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, self.state_path)
+
+    def touch(self) -> None:
+        self.presence.touch()
+
+    def connection(self) -> DirectConnection:
+        return DirectConnection(self.card)
+
+
+class DirectConnection:
+    """The card as a pyscard ``CardConnection``: ``CtapPcscDevice(DirectConnection(card), name)``."""
+
+    def __init__(self, card: VirtualCard) -> None:
+        self.card = card
+        self.connected = False
+
+    def connect(self, *args: object, **kwargs: object) -> None:
+        self.card.power_on()
+        self.connected = True
+
+    def disconnect(self) -> None:
+        self.connected = False
+
+    def release(self) -> None:
+        self.disconnect()
+
+    def getATR(self) -> list[int]:  # noqa: N802 - pyscard's name
+        return list(self.card.atr)
+
+    def transmit(self, apdu: list[int], protocol: object = None) -> tuple[list[int], int, int]:
+        if not self.connected:
+            raise OSError("the virtual card is not connected")
+        response = self.card.transmit(bytes(apdu))
+        return list(response[:-2]), response[-2], response[-1]
