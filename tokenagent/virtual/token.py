@@ -47,6 +47,12 @@ class VirtualToken:
         for applet in self.applets:
             applet.changed = self.save
         self.card = VirtualCard(list(self.applets), ATR)
+        self.card.power_on()
+
+    def replug(self) -> None:
+        """Pull the token out and put it back: a power cycle (PIN sessions and 3-strike counters reset)."""
+        self.card.power_off()
+        self.card.power_on()
 
     def _read(self) -> dict[str, Any] | None:
         try:
@@ -83,8 +89,7 @@ class DirectConnection:
         self.connected = False
 
     def connect(self, *args: object, **kwargs: object) -> None:
-        self.card.power_on()
-        self.connected = True
+        self.connected = True  # as with a shared PC/SC connection: no power cycle
 
     def disconnect(self) -> None:
         self.connected = False

@@ -1,0 +1,257 @@
+"""The FIDO2 factor against virtual tokens in process (python-fido2's PC/SC framing, no pcscd).
+
+Covers the factor contract, hmac-secret agreement with python-fido2's own client, the PIN
+rules of DESIGN §3 (retries read first, the last try kept, no resubmission, the 3-strike
+rule), touch timeouts, and slots mixing tokens (composite, 2-of-3). The same factor through
+a real pcscd is tests/tokens/test_pcscd.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from factor_conformance import FactorConformance  # type: ignore[import-not-found]
+from fido2.client import DefaultClientDataCollector, Fido2Client
+from fido2.ctap2 import Ctap2
+from fido2.ctap2.extensions import HmacSecretExtension
+from fido2.ctap2.pin import ClientPin, PinProtocolV1, PinProtocolV2
+from fido2.pcsc import CtapPcscDevice
+from fido2.utils import websafe_decode
+from scripted import context  # type: ignore[import-not-found]
+
+from tokenagent.drivers.fido2 import Fido2Factor
+from tokenagent.errors import NoSlotMatched, NotMine, PinAuthBlocked, PinInvalid, PinLastTry, TouchTimeout
+from tokenagent.factors.base import FactorContext
+from tokenagent.factors.password import PasswordFactor
+from tokenagent.vault import new_vault, unlock
+from tokenagent.virtual.card import TouchMode
+from tokenagent.virtual.provider import VirtualDevices
+from tokenagent.virtual.token import VirtualToken
+
+PIN = b"246810"
+
+
+def token(tmp_path: Path, serial: int, **kw: Any) -> VirtualToken:
+    return VirtualToken(tmp_path / f"token-{serial}.json", serial=serial, **kw)
+
+
+def ctx_for(*tokens: VirtualToken, pins: list[bytes] | None = None, force: bool = False,
+            answers: list[bytes] | None = None, **options: Any) -> FactorContext:
+    ctx = context(answers, pin=list(pins or []))
+    ctx.devices = VirtualDevices(list(tokens))
+    ctx.force = force
+    ctx.options.update(options)
+    return ctx
+
+
+def set_pin(tok: VirtualToken, pin: bytes = PIN) -> None:
+    ClientPin(Ctap2(CtapPcscDevice(tok.connection(), "setup")), PinProtocolV2()).set_pin(pin.decode())
+
+
+def retries(tok: VirtualToken) -> int:
+    return tok.fido2.pin_retries
+
+
+@pytest.fixture(autouse=True)
+def _tmp(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if request.instance is not None:
+        request.instance.tmp = tmp_path
+
+
+class TestFido2Conformance(FactorConformance):
+    factor_type = "fido2"
+    tmp: Path
+
+    def _tokens(self) -> tuple[VirtualToken, VirtualToken]:
+        if not hasattr(self, "_pair"):
+            self._pair = (token(self.tmp, 1001), token(self.tmp, 1002))
+        return self._pair
+
+    def enroll_context(self) -> FactorContext:
+        return ctx_for(self._tokens()[0])
+
+    def unlock_context(self) -> FactorContext:
+        return ctx_for(self._tokens()[0])
+
+    def foreign_context(self) -> FactorContext:
+        return ctx_for(self._tokens()[1])
+
+
+def test_secret_matches_python_fido2_hmac_secret_client(tmp_path: Path) -> None:
+    """python-fido2's WebAuthn client, given the same credential and salt, gets the same output."""
+    tok = token(tmp_path, 7)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok), {"fido2_rp": "example.com"})
+    assert isinstance(factor, Fido2Factor)
+    client = Fido2Client(CtapPcscDevice(tok.connection(), "client"),
+                         DefaultClientDataCollector("https://example.com"), extensions=[HmacSecretExtension(allow_hmac_secret=True)])
+    result = client.get_assertion({
+        "challenge": b"x" * 32, "rpId": "example.com", "userVerification": "discouraged",
+        "allowCredentials": [{"type": "public-key", "id": factor.credential}],
+        "extensions": {"hmacGetSecret": {"salt1": factor.salt}},
+    }).get_response(0)
+    output = result.client_extension_results["hmacGetSecret"]["output1"]
+    assert websafe_decode(output) == bytes(secret)
+
+
+@pytest.mark.parametrize("protocol", [PinProtocolV1, PinProtocolV2])
+def test_two_salts_and_both_pin_protocols(tmp_path: Path, protocol: type) -> None:
+    tok = token(tmp_path, 8)
+    ctap = Ctap2(CtapPcscDevice(tok.connection(), "raw"))
+    cred = ctap.make_credential(b"h" * 32, {"id": "rp"}, {"id": b"u", "name": "u"}, [{"type": "public-key",
+                                "alg": -7}], extensions={"hmac-secret": True}).auth_data.credential_data
+    p = protocol()
+    key_agreement, shared = p.encapsulate(ctap.client_pin(p.VERSION, ClientPin.CMD.GET_KEY_AGREEMENT)[1])
+    salts = bytes(range(64))
+    enc = p.encrypt(shared, salts)
+    out = ctap.get_assertion("rp", b"c" * 32, [{"type": "public-key", "id": cred.credential_id}],
+                             {"hmac-secret": {1: key_agreement, 2: enc, 3: p.authenticate(shared, enc),
+                                              4: p.VERSION}}).auth_data.extensions["hmac-secret"]
+    plain = p.decrypt(shared, out)
+    assert len(plain) == 64 and plain[:32] != plain[32:]
+
+
+def test_pin_slot_round_trip_and_secret_differs_from_no_pin(tmp_path: Path) -> None:
+    tok = token(tmp_path, 9)
+    set_pin(tok)
+    with_pin, s1 = Fido2Factor.enroll(ctx_for(tok, pins=[PIN]), {"fido2_uv": True})
+    assert with_pin.unlock(ctx_for(tok, pins=[PIN])) == s1
+    # the same credential without UV gives another secret (CredRandom without UV): the PIN matters
+    assert isinstance(with_pin, Fido2Factor)
+    no_uv = Fido2Factor(with_pin.rp, with_pin.credential, with_pin.salt, False, with_pin.aaguid)
+    assert no_uv.unlock(ctx_for(tok)) != s1
+    assert "PIN" in with_pin.describe()
+
+
+def test_adding_a_pin_later_does_not_change_a_no_pin_slot(tmp_path: Path) -> None:
+    tok = token(tmp_path, 10)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok), {})
+    set_pin(tok)
+    ctx = ctx_for(tok)
+    assert factor.unlock(ctx) == secret
+    assert ctx.ui.asked == []  # no PIN was asked
+
+
+def test_wrong_pin_spends_one_try_and_is_not_resubmitted(tmp_path: Path) -> None:
+    tok = token(tmp_path, 11)
+    set_pin(tok)
+    factor, _ = Fido2Factor.enroll(ctx_for(tok, pins=[PIN]), {"fido2_uv": True})
+    before = retries(tok)
+    ctx = ctx_for(tok, pins=[b"000000", PIN])
+    with pytest.raises(PinInvalid, match="7 tries left"):
+        factor.unlock(ctx)
+    assert retries(tok) == before - 1
+    assert [r.kind for r in ctx.ui.asked] == ["pin"]  # asked once, the second PIN never used
+
+
+def test_last_try_is_kept_unless_forced(tmp_path: Path) -> None:
+    tok = token(tmp_path, 12)
+    set_pin(tok)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok, pins=[PIN]), {"fido2_uv": True})
+    tok.fido2.pin_retries = 1
+    ctx = ctx_for(tok, pins=[PIN])
+    with pytest.raises(PinLastTry, match="--force"):
+        factor.unlock(ctx)
+    assert retries(tok) == 1 and ctx.ui.asked == []  # refused before asking or spending anything
+    assert factor.unlock(ctx_for(tok, pins=[PIN], force=True)) == secret
+    assert retries(tok) == 8
+
+
+def test_three_wrong_pins_need_a_replug(tmp_path: Path) -> None:
+    tok = token(tmp_path, 13)
+    set_pin(tok)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok, pins=[PIN]), {"fido2_uv": True})
+    for _ in range(2):
+        with pytest.raises(PinInvalid):
+            factor.unlock(ctx_for(tok, pins=[b"999999"]))
+    with pytest.raises(PinAuthBlocked, match="remove and re-insert"):
+        factor.unlock(ctx_for(tok, pins=[b"999999"]))
+    with pytest.raises(PinAuthBlocked):
+        factor.unlock(ctx_for(tok, pins=[PIN]))  # even the right PIN, until the power cycle
+    assert retries(tok) == 5
+    tok.replug()
+    assert factor.unlock(ctx_for(tok, pins=[PIN])) == secret
+
+
+def test_preflight_spends_no_pin_try_on_other_keys(tmp_path: Path) -> None:
+    other, mine = token(tmp_path, 14), token(tmp_path, 15)
+    set_pin(other)
+    set_pin(mine)
+    factor, secret = Fido2Factor.enroll(ctx_for(mine, pins=[PIN]), {"fido2_uv": True})
+    assert factor.unlock(ctx_for(other, mine, pins=[PIN])) == secret
+    assert retries(other) == 8 and retries(mine) == 8
+
+
+def test_touch_timeout_cancels_cleanly(tmp_path: Path) -> None:
+    tok = token(tmp_path, 16)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok), {})
+    tok.presence.mode = TouchMode.REFUSE
+    started = time.monotonic()
+    ctx = ctx_for(tok, touch_timeout=1.0)
+    with pytest.raises(TouchTimeout, match="no touch within 1 s"):
+        factor.unlock(ctx)
+    assert time.monotonic() - started < 10
+    tok.presence.mode = TouchMode.AUTO
+    assert factor.unlock(ctx_for(tok)) == secret  # the key is usable right after
+
+
+def test_explicit_touch_and_the_touch_notice(tmp_path: Path) -> None:
+    tok = token(tmp_path, 17)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok), {})
+    tok.presence.mode = TouchMode.DELAY
+    tok.presence.delay = 0.5
+    ctx = ctx_for(tok)
+    notices: list[str] = []
+    ctx.ui.notify = lambda event, message: notices.append(event)  # type: ignore[method-assign]
+    assert factor.unlock(ctx) == secret
+    assert "touch" in notices
+
+
+def test_composite_password_and_fido2_slot(tmp_path: Path) -> None:
+    tok = token(tmp_path, 18)
+    enrolled = [PasswordFactor.enroll(context([b"pw"]), {}), Fido2Factor.enroll(ctx_for(tok), {})]
+    vault, key = new_vault("v", enrolled)
+    assert unlock(vault, ctx_for(tok, answers=[b"pw"])).masterkey == key
+    with pytest.raises(NoSlotMatched):
+        unlock(vault, ctx_for(answers=[b"pw"]))  # password alone
+    with pytest.raises(NoSlotMatched):
+        unlock(vault, ctx_for(tok))  # token alone
+
+
+def test_two_of_three_tokens(tmp_path: Path) -> None:
+    a, b, c = token(tmp_path, 21), token(tmp_path, 22), token(tmp_path, 23)
+    all_three = ctx_for(a, b, c)
+    enrolled = [Fido2Factor.enroll(all_three, {"serial": s}) for s in (21, 22, 23)]
+    vault, key = new_vault("v", enrolled, threshold=2)
+    for pair in ((a, b), (a, c), (b, c)):
+        assert unlock(vault, ctx_for(*pair)).masterkey == key
+    for single in (a, b, c):
+        with pytest.raises(NoSlotMatched):
+            unlock(vault, ctx_for(single))
+
+
+def test_state_survives_a_new_process_view_of_the_token(tmp_path: Path) -> None:
+    tok = token(tmp_path, 24)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok), {})
+    again = VirtualToken(tmp_path / "token-24.json")
+    assert again.serial == 24
+    assert factor.unlock(ctx_for(again)) == secret
+
+
+def test_no_key_present_is_not_mine(tmp_path: Path) -> None:
+    factor, _ = Fido2Factor.enroll(ctx_for(token(tmp_path, 25)), {})
+    with pytest.raises(NotMine, match="no FIDO2 key is plugged in"):
+        factor.unlock(ctx_for())
+
+
+def test_rp_id_hash_binds_the_credential(tmp_path: Path) -> None:
+    tok = token(tmp_path, 26)
+    factor, _ = Fido2Factor.enroll(ctx_for(tok), {"fido2_rp": "a.example"})
+    assert isinstance(factor, Fido2Factor)
+    moved = Fido2Factor("b.example", factor.credential, factor.salt, False, factor.aaguid)
+    with pytest.raises(NotMine):
+        moved.unlock(ctx_for(tok))
+    assert hashlib.sha256(b"a.example").digest() not in factor.credential
