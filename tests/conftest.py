@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from agentkit import AgentProcess, make_vault, start_agent
+from pcscd import PrivatePcscd, TokenProcess, missing
 
 STRICT_SKIPS = os.environ.get("TOKENAGENT_STRICT_SKIPS") == "1"
 # Tests use the minimum KDF costs (docs/spec/vault.md, "Test costs"); tests of the floor unset it.
@@ -63,3 +64,29 @@ def agent(agent_home: Path) -> Iterator[AgentProcess]:
         alive = proc.stopped or proc.proc.poll() is None
         proc.stop()
         assert alive, f"the agent died during the test: {proc.log_text()}"
+
+
+# --- a private pcscd with virtual tokens (helpers in pcscd.py) ---------------------------------
+
+@pytest.fixture
+def pcscd(tmp_path: Path) -> Iterator[PrivatePcscd]:
+    """A private pcscd with the vpcd driver; skipped without root/pcscd/vpcd (a failure under CI)."""
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    daemon = PrivatePcscd(tmp_path / "pcscd")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture
+def tokens(pcscd: PrivatePcscd, tmp_path: Path) -> Iterator[list[TokenProcess]]:
+    """Start virtual tokens with ``tokens.append(TokenProcess(pcscd, path, serial))``; all stopped after."""
+    started: list[TokenProcess] = []
+    try:
+        yield started
+    finally:
+        for token in started:
+            token.stop()

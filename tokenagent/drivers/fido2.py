@@ -150,7 +150,6 @@ def hmac_secret(ctap: Ctap2, ctx: FactorContext, name: str, rp: str, credential:
                                  4: protocol.VERSION}}
     client_data_hash = secrets.token_bytes(32)
     message = f"Touch your FIDO2 key ({name})"
-    ctx.ui.notify("touch", message)
     with _touch_wait(ctx, message) as cancel:
         assertion = ctap.get_assertion(
             rp, client_data_hash, [{"type": "public-key", "id": credential}], extension, None,
@@ -236,7 +235,6 @@ class Fido2Factor(Factor):
                 protocol, token = pin_token(ctap, ctx, name, rp)
             client_data_hash = secrets.token_bytes(32)
             message = f"Touch your FIDO2 key ({name}) to enrol it"
-            ctx.ui.notify("touch", message)
             with _touch_wait(ctx, message) as cancel:
                 attestation = ctap.make_credential(
                     client_data_hash, {"id": rp, "name": "tokenagent"},

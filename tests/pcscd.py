@@ -1,0 +1,214 @@
+"""A private pcscd with the vsmartcard vpcd driver, and virtual tokens plugged into it.
+
+DESIGN §4: pcscd 1.9.9 always puts its socket in /run/pcscd, so a private instance runs in
+its own mount namespace (``unshare --mount``) over a tmpfs /run/pcscd, never touching a
+pcscd the user runs. Clients reach it through ``/proc/PID/root/run/pcscd/pcscd.comm``
+(``PCSCLITE_CSOCK_NAME``, which the client library honours). The vpcd driver gets a free
+TCP port of its own through a private reader.conf.d. Needs root (namespaces, mounts);
+elsewhere the dependent tests skip, and under CI (TOKENAGENT_STRICT_SKIPS=1) they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
+
+
+def missing() -> str | None:
+    """Why a private pcscd cannot run here (None: it can)."""
+    if os.getuid() != 0:
+        return "a private pcscd needs root (mount namespace); CI runs as root"
+    for tool in ("pcscd", "unshare"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian packages pcscd, util-linux)"
+    if not os.path.exists(VPCD_DRIVER):
+        return f"{VPCD_DRIVER} is missing (Debian package vsmartcard-vpcd)"
+    return None
+
+
+# vpcd gives one reader.conf entry two slots, slot i listening on port + i. A second entry
+# does not work (the driver keeps one port for all), so a private pcscd holds two tokens.
+READERS = 2
+
+
+def free_ports(count: int) -> int:
+    """A base port with ``count`` consecutive free ports."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + count > 65535:
+            continue
+        try:
+            probes = []
+            for i in range(count):
+                probe = socket.socket()
+                probes.append(probe)
+                probe.bind(("0.0.0.0", base + i))
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+        return base
+    raise RuntimeError("no free ports for vpcd")
+
+
+class PrivatePcscd:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_ports(READERS)
+        conf = workdir / "reader.conf.d"
+        conf.mkdir(parents=True)
+        (conf / "vpcd").write_text(
+            f'FRIENDLYNAME "Virtual PCD"\nDEVICENAME   /dev/null:0x{self.port:04X}\n'
+            f"LIBPATH      {VPCD_DRIVER}\nCHANNELID    0x{self.port:04X}\n")
+        self.log = workdir / "pcscd.log"
+        script = ("mkdir -p /run/pcscd && mount -t tmpfs -o mode=0755 tmpfs /run/pcscd"
+                  f" && exec pcscd --foreground --config {conf}")
+        self.tokens: list[TokenProcess] = []
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.socket = Path(f"/proc/{self.proc.pid}/root/run/pcscd/pcscd.comm")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pcscd exited: {self.log.read_text()}")
+            if self.socket.exists() and all(_listening(self.port + i) for i in range(READERS)):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"pcscd did not start: {self.log.read_text()}")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PCSCLITE_CSOCK_NAME": str(self.socket)}
+
+    def wait_cards(self, count: int, timeout: float = 15.0) -> None:
+        """Wait until pcscd sees exactly ``count`` cards (it polls the vpcd readers about once a second)."""
+        done = subprocess.run([sys.executable, "-c", _WAIT_CARDS, str(count), str(timeout)],
+                              env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout + 10)
+        if done.returncode != 0:
+            raise RuntimeError(f"pcscd did not show {count} card(s): {done.stdout}{done.stderr}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+_WAIT_CARDS = """
+import sys, time
+from smartcard.System import readers
+want, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+while True:
+    present = 0
+    for reader in readers():
+        connection = reader.createConnection()
+        try:
+            connection.connect()
+            present += 1
+            connection.disconnect()
+        except Exception:
+            pass
+    if present == want:
+        sys.exit(0)
+    if time.monotonic() > deadline:
+        print(f"{present} card(s) present")
+        sys.exit(1)
+    time.sleep(0.2)
+"""
+
+
+def _listening(port: int) -> bool:
+    """Is something listening on TCP ``port``? Read from /proc: a probe connection would be a card to vpcd."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+class TokenProcess:
+    """``tokenagent virtual-token run`` as a process, plugged into a private pcscd."""
+
+    def __init__(self, pcscd: PrivatePcscd, state: Path, serial: int, touch: str = "auto",
+                 touch_delay: float = 1.0, plugged: bool = True) -> None:
+        self.state = state
+        self.serial = serial
+        self.pcscd = pcscd
+        if len(pcscd.tokens) >= READERS:
+            raise RuntimeError(f"the private pcscd has {READERS} virtual readers")
+        self.port = pcscd.port + len(pcscd.tokens)  # one reader slot per token
+        args = [sys.executable, "-m", "tokenagent._cli.entry", "virtual-token", "run", "--state", str(state),
+                "--serial", str(serial), "--vpcd", f"127.0.0.1:{self.port}", "--touch", touch,
+                "--touch-delay", str(touch_delay)]
+        if not plugged:
+            args.append("--unplugged")
+        self.log = state.with_suffix(".log")
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        ctl = state.with_name(state.name + ".ctl")
+        deadline = time.monotonic() + 20
+        while not ctl.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"virtual token did not start: {self.log.read_text()}")
+            time.sleep(0.05)
+        self.plugged = plugged
+        pcscd.tokens.append(self)
+        self._settle()
+
+    def _settle(self) -> None:
+        self.pcscd.wait_cards(sum(1 for t in self.pcscd.tokens if t.plugged))
+
+    def control(self, command: str) -> dict[str, object]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(15)
+            s.connect(str(self.state.with_name(self.state.name + ".ctl")))
+            s.sendall(command.encode() + b"\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        return json.loads(data)
+
+    def plug(self) -> None:
+        self.control("plug")
+        self.plugged = True
+        self._settle()
+
+    def unplug(self) -> None:
+        self.control("unplug")
+        self.plugged = False
+        self._settle()
+
+    def touch(self) -> None:
+        self.control("touch")
+
+    def stop(self) -> None:
+        self.plugged = False
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

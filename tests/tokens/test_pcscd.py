@@ -1,0 +1,121 @@
+"""Virtual tokens as cards in a real pcscd (vpcd driver), used by the real CLI processes.
+
+The token runs as ``tokenagent virtual-token run`` (its own process), pcscd is a private
+instance (tests/pcscd.py), and every tokenagent command is a separate process that finds
+the token the way it finds a real key: python-fido2's ``CtapPcscDevice`` over pyscard.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from agentkit import cli
+from pcscd import PrivatePcscd, TokenProcess
+
+
+def run(home: Path, pcscd: PrivatePcscd, *args: str, **kw: object) -> object:
+    return cli(home, *args, env=pcscd.env, **kw)  # type: ignore[arg-type]
+
+
+def home_dir(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    return home
+
+
+def test_token_is_seen_through_pcscd(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    home = home_dir(tmp_path)
+    tokens.append(TokenProcess(pcscd, tmp_path / "a.json", 1111))
+    done = run(home, pcscd, "devices", "--json")
+    assert done.returncode == 0, done.stderr  # type: ignore[attr-defined]
+    listing = json.loads(done.stdout)  # type: ignore[attr-defined]
+    (device,) = listing["devices"]
+    assert device["type"] == "fido2" and device["transport"] == "pcsc" and device["hmac_secret"]
+    assert device["pin_set"] is False and "Virtual PCD" in device["name"]
+    tokens[0].unplug()
+    gone = json.loads(run(home, pcscd, "devices", "--json").stdout)  # type: ignore[attr-defined]
+    assert gone["devices"] == [] and gone["pcsc_readers"]
+
+
+def test_vault_on_a_token_opens_only_with_it_plugged(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                     tmp_path: Path) -> None:
+    home = home_dir(tmp_path)
+    tokens.append(TokenProcess(pcscd, tmp_path / "a.json", 2222))
+    created = run(home, pcscd, "init", "docs", "--fido2", "--json")
+    assert created.returncode == 0, created.stderr  # type: ignore[attr-defined]
+    opened = run(home, pcscd, "open", "docs", "--reveal", "--json")
+    assert opened.returncode == 0, opened.stderr  # type: ignore[attr-defined]
+    key = json.loads(opened.stdout)["key"]  # type: ignore[attr-defined]
+    tokens[0].unplug()
+    absent = run(home, pcscd, "open", "docs", "--reveal")
+    assert absent.returncode == 4 and "no FIDO2 key is plugged in" in absent.stderr  # type: ignore[attr-defined]
+    tokens[0].plug()
+    again = run(home, pcscd, "open", "docs", "--reveal", "--json")
+    assert json.loads(again.stdout)["key"] == key  # type: ignore[attr-defined]
+
+
+def test_backup_token_enrolled_while_the_main_one_is_plugged(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                             tmp_path: Path) -> None:
+    """Two keys present: the main one unlocks (pre-flight finds it), the touched one is enrolled."""
+    home = home_dir(tmp_path)
+    main = TokenProcess(pcscd, tmp_path / "main.json", 3001, touch="delay", touch_delay=2.0)
+    tokens.append(main)
+    assert run(home, pcscd, "init", "docs", "--fido2", "--label", "main").returncode == 0  # type: ignore[attr-defined]
+    backup = TokenProcess(pcscd, tmp_path / "backup.json", 3002, touch="explicit")
+    tokens.append(backup)
+    stop = threading.Event()
+
+    def keep_touching_backup() -> None:  # the person touches the backup key whenever it blinks
+        while not stop.is_set():
+            backup.touch()
+            time.sleep(0.3)
+
+    toucher = threading.Thread(target=keep_touching_backup, daemon=True)
+    toucher.start()
+    try:
+        enrolled = run(home, pcscd, "enroll", "docs", "--fido2", "--label", "backup", timeout=120)
+        assert enrolled.returncode == 0, enrolled.stderr  # type: ignore[attr-defined]
+        assert "touch the one to use" in enrolled.stderr  # type: ignore[attr-defined]
+        slots = json.loads(run(home, pcscd, "slots", "docs", "--json").stdout)["slots"]  # type: ignore[attr-defined]
+        assert [(s["label"], s["factors"]) for s in slots] == [("main", ["fido2"]), ("backup", ["fido2"])]
+        main.unplug()
+        with_backup = run(home, pcscd, "open", "docs", "--json", "--reveal")
+        assert with_backup.returncode == 0, with_backup.stderr  # type: ignore[attr-defined]
+        assert json.loads(with_backup.stdout)["slot"] == "2"  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        toucher.join()
+    main.plug()
+    backup.unplug()
+    with_main = run(home, pcscd, "open", "docs", "--json", "--reveal")
+    assert json.loads(with_main.stdout)["slot"] == "1"  # type: ignore[attr-defined]
+    assert json.loads(with_main.stdout)["key"] == json.loads(with_backup.stdout)["key"]  # type: ignore[attr-defined]
+
+
+def test_pin_slot_through_pcscd_with_pin_file(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    from fido2.ctap2 import Ctap2
+    from fido2.ctap2.pin import ClientPin
+
+    from tokenagent.virtual.provider import VirtualDevices  # noqa: F401 - the module must import
+    from tokenagent.virtual.token import VirtualToken
+
+    home = home_dir(tmp_path)
+    state = tmp_path / "pin.json"
+    seed = VirtualToken(state, serial=4444)  # set the PIN in the state file before the token runs
+    from fido2.pcsc import CtapPcscDevice
+
+    ClientPin(Ctap2(CtapPcscDevice(seed.connection(), "setup"))).set_pin("135790")
+    del seed
+    tokens.append(TokenProcess(pcscd, state, 4444))
+    pin = tmp_path / "pin"
+    pin.write_text("135790\n")
+    assert run(home, pcscd, "init", "docs", "--fido2", "--fido2-uv", "--pin-file", str(pin)).returncode == 0  # type: ignore[attr-defined]
+    wrong = tmp_path / "wrong"
+    wrong.write_text("000000\n")
+    failed = run(home, pcscd, "open", "docs", "--pin-file", str(wrong))
+    assert failed.returncode == 5 and "wrong PIN" in failed.stderr and "7 tries left" in failed.stderr  # type: ignore[attr-defined]
+    assert run(home, pcscd, "open", "docs", "--pin-file", str(pin)).returncode == 0  # type: ignore[attr-defined]
+    assert json.loads(state.read_text())["fido2"]["pin_retries"] == 8

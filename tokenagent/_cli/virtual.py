@@ -1,0 +1,193 @@
+"""``tokenagent virtual-token``: run a virtual token in a real pcscd, and plug, unplug or touch it.
+
+    tokenagent virtual-token run --state FILE [--serial N] [--vpcd HOST:PORT] [--touch MODE]
+    tokenagent virtual-token plug|unplug|touch|status --state FILE
+
+``run`` keeps the token in the foreground (state in FILE, created on first run) and listens
+for control commands on FILE.ctl, a Unix socket (0600). docs/virtual-token.md has the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import TokenError, UsageError
+from .util import emit, json_option
+
+TOUCH_MODES = ("auto", "delay", "explicit", "refuse")
+
+
+def control_path(state: Path) -> Path:
+    return state.with_name(state.name + ".ctl")
+
+
+def _parse_vpcd(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise UsageError(f"--vpcd {value!r}: use HOST:PORT, e.g. 127.0.0.1:35963") from None
+
+
+@click.group(name="virtual-token")
+def virtual_token() -> None:
+    """A software YubiKey (FIDO2) for tests and demos, as a card in a real pcscd."""
+
+
+@virtual_token.command()
+@click.option("--state", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The token's state file (keys, PIN, counters); created on first run.")
+@click.option("--serial", type=int, help="Serial number of a new token.")
+@click.option("--vpcd", default="127.0.0.1:35963", show_default=True, help="Where pcscd's vpcd driver listens.")
+@click.option("--touch", type=click.Choice(TOUCH_MODES), default="auto", show_default=True,
+              help="auto: touched at once; delay: after --touch-delay; explicit: 'touch' command; refuse: never.")
+@click.option("--touch-delay", type=float, default=1.0, show_default=True)
+@click.option("--unplugged", is_flag=True, help="Start unplugged (plug it with 'virtual-token plug').")
+def run(state: Path, serial: int | None, vpcd: str, touch: str, touch_delay: float, unplugged: bool) -> None:
+    """Run a virtual token in the foreground until SIGTERM or Ctrl-C."""
+    from ..virtual.token import VirtualToken
+    from ..virtual.vpcd import VpcdClient
+
+    host, port = _parse_vpcd(vpcd)
+    token = VirtualToken(state, serial, touch, touch_delay)
+    client = VpcdClient(token.card, host, port)
+    ctl = control_path(state)
+    with contextlib.suppress(FileNotFoundError):
+        ctl.unlink()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        server.bind(str(ctl))
+    finally:
+        os.umask(old)
+    server.listen(8)
+    stop = threading.Event()
+
+    def plug() -> dict[str, Any]:
+        try:
+            client.plug()
+        except OSError as err:
+            raise TokenError(f"cannot reach vpcd at {host}:{port} ({err.strerror or err}): is pcscd running with"
+                             " the vsmartcard-vpcd driver?") from None
+        return {"plugged": True}
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            command = conn.recv(64).decode(errors="replace").strip()
+            try:
+                if command == "plug":
+                    answer = plug()
+                elif command == "unplug":
+                    client.unplug()
+                    answer = {"plugged": False}
+                elif command == "touch":
+                    token.touch()
+                    answer = {"touched": True}
+                elif command == "status":
+                    answer = {}
+                else:
+                    raise UsageError(f"unknown command {command!r}")
+                answer = {"ok": True, "serial": token.serial, "plugged": client.plugged, **answer}
+            except (TokenError, UsageError) as err:
+                answer = {"ok": False, "error": err.code, "message": err.message}
+            conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            handle(conn)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if not unplugged:
+        plug()
+    click.echo(f"virtual token {token.serial} {'plugged into' if client.plugged else 'ready for'} vpcd at"
+               f" {host}:{port}; control: {ctl}", err=True)
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        while not stop.wait(0.2):
+            pass
+    finally:
+        client.unplug()
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            ctl.unlink()
+
+
+def _control(state: Path, command: str) -> dict[str, Any]:
+    path = control_path(state)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(15)
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise UsageError(f"no virtual token runs with --state {state} (start: tokenagent virtual-token run"
+                             f" --state {state})") from None
+        s.sendall(command.encode() + b"\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    answer = json.loads(data)
+    if not answer.get("ok"):
+        raise TokenError(answer.get("message", "the virtual token refused"))
+    return answer
+
+
+def _control_command(name: str, help_text: str) -> click.Command:
+    @click.command(name=name, help=help_text)
+    @click.option("--state", type=click.Path(dir_okay=False, path_type=Path), required=True)
+    @json_option
+    def command(state: Path, as_json: bool) -> None:
+        answer = _control(state, name)
+        emit(as_json, answer, f"virtual token {answer['serial']}: {'plugged in' if answer['plugged'] else 'unplugged'}"
+             + (" (touched)" if answer.get("touched") else ""))
+
+    return command
+
+
+for _name, _help in (("plug", "Plug the token in (connect to vpcd)."), ("unplug", "Pull the token out."),
+                     ("touch", "Touch the token (for --touch explicit)."), ("status", "Show the token.")):
+    virtual_token.add_command(_control_command(_name, _help))
+
+
+@click.command()
+@json_option
+def devices(as_json: bool) -> None:
+    """List the tokens present (FIDO2 over HID and PC/SC), without spending PIN tries."""
+    from ..discovery import describe_devices, pcsc_readers
+
+    found = describe_devices()
+    readers = pcsc_readers()
+
+    def text() -> None:
+        if not found:
+            click.echo("no tokens found" + ("" if readers else " (and pcscd shows no readers)"))
+        for d in found:
+            line = f"{d['type']}: {d['name']}"
+            if d.get("serial"):
+                line += f", serial {d['serial']}"
+            if "error" in d:
+                line += f" (not usable: {d['error']})"
+            else:
+                line += f", {'hmac-secret' if d['hmac_secret'] else 'NO hmac-secret'}"
+                line += f", PIN {'set, ' + str(d['pin_retries']) + ' tries left' if d['pin_set'] else 'not set'}"
+            click.echo(line)
+
+    emit(as_json, {"devices": found, "pcsc_readers": readers}, text)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(virtual_token)
+    cli.add_command(devices)

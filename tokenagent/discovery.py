@@ -1,0 +1,88 @@
+"""Finding tokens: one place that knows how to reach every device type.
+
+``default_provider()`` is what the CLI and the agent hand to factors as
+``FactorContext.devices``. FIDO2 keys are found over HID (``CtapHidDevice``) and over PC/SC
+(``CtapPcscDevice``: any reader, so NFC readers, smart-card readers and the virtual token
+behind vpcd all count). ``describe_devices()`` is ``tokenagent devices``: what is present,
+read without spending a PIN try.
+
+Serial numbers: HID keys report theirs; over PC/SC the FIDO2 applet has none, so
+``--serial`` matches only keys that report one (the virtual token's in-process transport
+does; its pcscd transport does not yet, pending its management applet).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger("tokenagent.discovery")
+
+
+class SystemDevices:
+    """Devices of this machine, opened on demand; the caller closes them."""
+
+    def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
+        if kind != "fido2":
+            return
+        for device in _fido2_devices():
+            if serial is not None and getattr(device, "serial_number", None) != serial:
+                device.close()
+                continue
+            yield device
+
+
+def _fido2_devices() -> Iterator[Any]:
+    try:
+        from fido2.hid import CtapHidDevice
+
+        yield from CtapHidDevice.list_devices()
+    except Exception as err:  # noqa: BLE001 - no hidraw access, no HID backend
+        log.debug("no HID FIDO2 devices: %s", err)
+    try:
+        from fido2.pcsc import CtapPcscDevice
+
+        yield from CtapPcscDevice.list_devices()
+    except Exception as err:  # noqa: BLE001 - pcscd not running, pyscard missing
+        log.debug("no PC/SC FIDO2 devices: %s", err)
+
+
+def pcsc_readers() -> list[str]:
+    """The PC/SC readers pcscd knows now ([] when pcscd is not running)."""
+    try:
+        from smartcard.System import readers
+
+        return [str(r) for r in readers()]
+    except Exception:  # noqa: BLE001 - no pcscd, no pyscard
+        return []
+
+
+def describe_devices() -> list[dict[str, Any]]:
+    """Every token present, with what can be read without spending a PIN try."""
+    from fido2.ctap2 import Ctap2
+    from fido2.ctap2.pin import ClientPin
+
+    out: list[dict[str, Any]] = []
+    for device in SystemDevices().connections("fido2"):
+        entry: dict[str, Any] = {"type": "fido2", "name": getattr(device, "product_name", None) or repr(device),
+                                 "serial": getattr(device, "serial_number", None),
+                                 "transport": "pcsc" if type(device).__name__.endswith("PcscDevice") else "hid"}
+        try:
+            ctap = Ctap2(device)
+            info = ctap.info
+            entry.update(versions=list(info.versions), aaguid=str(info.aaguid), extensions=list(info.extensions),
+                         hmac_secret="hmac-secret" in info.extensions,
+                         pin_set=bool(info.options.get("clientPin")))
+            if info.options.get("clientPin"):
+                entry["pin_retries"] = ClientPin(ctap).get_pin_retries()[0]
+        except Exception as err:  # noqa: BLE001 - a device that does not answer CTAP2
+            entry["error"] = str(err) or type(err).__name__
+        finally:
+            device.close()
+        out.append(entry)
+    return out
+
+
+def default_provider() -> SystemDevices:
+    return SystemDevices()
