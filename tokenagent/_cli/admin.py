@@ -211,7 +211,9 @@ def enroll(vault: str, unlock_slots: tuple[str, ...], unlock_keyfiles: tuple[str
     plan = _planned_factors(kw)
     ctx, ui = factor_context(kw, unlock_keyfiles)
     ui.notify("info", f"unlocking vault {vault!r} with an existing slot")
-    _, opened = open_vault(store, vault, ctx, ui, list(unlock_slots) or None)
+    loaded, opened = open_vault(store, vault, ctx, ui, list(unlock_slots) or None)
+    # token factors skip (and refuse) tokens already enrolled in this vault: a backup is another key
+    ctx.options["enrolled_factors"] = [f.descriptor() for s in loaded.slots for f in s.factors]
     try:
         ui.notify("info", f"opened with slot {opened.slot_id}; now enrolling the new factors")
         enrolled = _enroll_all(ctx, plan)

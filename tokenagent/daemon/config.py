@@ -6,6 +6,8 @@
     lock_on_remove = true   # lock vaults opened by a token when that token is removed
     removal_grace = 2.0     # seconds a removed token has to come back before the lock
     audit = true            # JSON lines of every key release in DATA/audit.log
+    watch_tokens = true     # watch PC/SC readers: unlock on plug, lock on removal
+    touch_timeout = 30      # seconds a plugged token has to be touched
 
     [vaults.NAME]           # per-vault overrides and client rules
     idle_ttl = 60
@@ -42,6 +44,8 @@ class AgentConfig:
     lock_on_remove: bool = True
     removal_grace: float = 2.0
     audit: bool = True
+    watch_tokens: bool = True
+    touch_timeout: float = 30.0
     vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def policy(self, vault: str) -> VaultPolicy:
@@ -58,7 +62,7 @@ class AgentConfig:
 
 
 _AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remove": bool,
-               "removal_grace": (int, float), "audit": bool}
+               "removal_grace": (int, float), "audit": bool, "watch_tokens": bool, "touch_timeout": (int, float)}
 _VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
                "unlock_on_plug": bool}
 

@@ -24,12 +24,14 @@ from typing import Any
 
 from .. import paths
 from ..errors import AgentError
+from ..plugins import load_factor_types
 from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request, Response
-from ..vault import VaultStore
+from ..vault import VaultStore, wipe
 from .config import AgentConfig, load_config
 from .hardening import harden_process
 from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
 from .state import AgentState, Peer
+from .watch import PcscWatcher, open_with_token
 
 log = logging.getLogger("tokenagent.agent")
 FRAME_TIMEOUT = 10.0
@@ -46,6 +48,8 @@ class AgentServer:
         self._server: asyncio.AbstractServer | None = None
         self._stopping = asyncio.Event()
         self._unlocked: dict[str, asyncio.Event] = {}
+        self.watcher: PcscWatcher | None = None
+        self._plugging: set[str] = set()
         state.listeners.append(self._on_event)
 
     def _on_event(self, event: Event) -> None:
@@ -58,6 +62,9 @@ class AgentServer:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(self._protocol, sock=self.sock)
         timer = asyncio.create_task(self._expiry_timer())
+        if self.state.config.watch_tokens:
+            self.watcher = PcscWatcher(asyncio.get_running_loop(), self._token_changed)
+            self.watcher.start()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stopping.set)
         _sd_notify("READY=1")
@@ -66,6 +73,8 @@ class AgentServer:
             await self._stopping.wait()
         finally:
             timer.cancel()
+            if self.watcher is not None:
+                self.watcher.stop()
             self.state.lock_all("agent-exit")
             self.state.close_audit()
             self._server.close()
@@ -83,6 +92,50 @@ class AgentServer:
             deadline = self.state.next_deadline()
             delay = 0.5 if deadline is None else min(0.5, max(0.01, deadline - self.state.clock()))
             await asyncio.sleep(delay)
+
+    # --- tokens coming and going ----------------------------------------------------------
+    def _token_changed(self, change: str, reader: str) -> None:
+        self.state.emit(f"token-{change}", reader=reader)
+        if change == "added":
+            asyncio.ensure_future(self._unlock_on_plug(reader))
+        elif self.state.config.lock_on_remove:
+            asyncio.get_running_loop().call_later(self.state.config.removal_grace, self._removed, reader)
+
+    def _removed(self, reader: str) -> None:
+        if self.watcher is not None and reader in self.watcher.present:
+            return  # back within the grace period
+        for name, session in list(self.state.sessions.items()):
+            if session.token == reader:
+                self.state.lock(name, "token-removed")
+
+    async def _unlock_on_plug(self, reader: str) -> None:
+        if reader in self._plugging:
+            return
+        self._plugging.add(reader)
+        try:
+            loop = asyncio.get_running_loop()
+
+            def emit(name: str, **data: Any) -> None:
+                loop.call_soon_threadsafe(lambda: self.state.emit(name, **data))
+
+            for vault in self.state.store.list():
+                if vault in self.state.sessions or not self.state.config.policy(vault).unlock_on_plug:
+                    continue
+                opened = await asyncio.to_thread(open_with_token, self.state.store, vault, reader, emit,
+                                                 self.state.config.touch_timeout)
+                if opened is None or (self.watcher is not None and reader not in self.watcher.present):
+                    if opened is not None:
+                        wipe(opened[1])
+                    continue
+                slot, key = opened
+                try:
+                    self.state.add_session(vault, key, slot, f"token in {reader}", token=reader)
+                except Exception:
+                    wipe(key)
+                    raise
+                log.info("vault %s unlocked by the token in %s (slot %s)", vault, reader, slot)
+        finally:
+            self._plugging.discard(reader)
 
     def _protocol(self) -> _ClientProtocol:
         return _ClientProtocol(self)
@@ -259,6 +312,7 @@ def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None
     path = None
     if sock is None:
         sock, path = bind_socket(socket_file)
+    load_factor_types()
     data = paths.ensure_private_dir(paths.data_dir())
     state = AgentState(VaultStore(), config, audit_path=data / "audit.log" if config.audit else None)
     server = AgentServer(state, sock, path)

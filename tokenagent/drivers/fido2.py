@@ -225,7 +225,15 @@ class Fido2Factor(Factor):
         if not devices:
             raise TokenNotFound("no FIDO2 key found: plug one in (or check its permissions: docs/agent.md, udev)")
         try:
-            device = _select_one(devices, ctx)
+            known = [cls.from_params(d["params"]) for d in ctx.options.get("enrolled_factors", [])
+                     if d.get("type") == cls.type]
+            fresh = [d for d in devices if not any(isinstance(k, cls) and k._holds(d) for k in known)]
+            if not fresh:
+                raise TokenError("every FIDO2 key present is already enrolled in this vault; plug in the new key"
+                                 " (a backup must be another key)")
+            if len(fresh) < len(devices):
+                ctx.ui.notify("info", "skipping the FIDO2 key already enrolled in this vault")
+            device = _select_one(fresh, ctx)
             name = _name(device)
             ctap = Ctap2(device)
             if "hmac-secret" not in ctap.info.extensions:
@@ -253,6 +261,9 @@ class Fido2Factor(Factor):
                 from None
         finally:
             _close(devices)
+
+    def _holds(self, device: CtapDevice) -> bool:
+        return self._find([device]) is not None
 
     def _find(self, devices: list[CtapDevice]) -> tuple[CtapDevice, Ctap2] | None:
         """Pre-flight: the key holding this credential, asked with up=false (no touch, no PIN)."""

@@ -1,0 +1,170 @@
+"""Token arrival and removal, and what the agent does about them.
+
+Theory of operation. ``PcscWatcher`` runs one thread that asks pcscd which readers hold a card
+(``SCardGetStatusChange``, half-second timeout, readers re-listed each round; when pcscd is
+not running it retries every few seconds) and reports each change to the event loop with
+``loop.call_soon_threadsafe``. The agent then:
+
+* on arrival, tries the locked vaults configured for it (``unlock_on_plug``) with the slots
+  it can open without a person typing anything: slots made only of FIDO2 factors enrolled
+  without a PIN. The FIDO2 factor's pre-flight (no touch) finds whether this token holds
+  the credential; only then is the person asked to touch it ("touch" event). A vault opened
+  this way is tied to the reader: it locks when the token leaves.
+* on removal, after ``removal_grace`` seconds (a token re-seated in time does not count),
+  locks every vault tied to that reader (``lock_on_remove``).
+
+Slots that need a PIN are not tried on plug: ``tokenagent unlock VAULT`` in a terminal asks
+for it. HID-only keys (no PC/SC interface) are not watched yet; udev/hidraw watching is the
+next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import NotMine, TokenAgentError
+from ..factors.base import FactorContext, Interaction, SecretRequest
+from ..plugins import load_factor_types
+from ..vault import VaultStore, unlock
+from ..vault.format import Slot
+
+log = logging.getLogger("tokenagent.agent")
+POLL_TIMEOUT_MS = 500
+RETRY_SECONDS = 3.0
+SETTLE_ATTEMPTS = 5
+SETTLE_DELAY = 0.3
+
+
+class PcscWatcher:
+    """Reports ("added" | "removed", reader) for cards coming and going in pcscd's readers."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, report: Callable[[str, str], None]) -> None:
+        self.loop = loop
+        self.report = report
+        self.present: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pcsc-watch")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            from smartcard import scard
+        except ImportError:
+            log.info("pyscard is not available: not watching smart-card readers")
+            return
+        context = None
+        while not self._stop.is_set():
+            try:
+                if context is None:
+                    rc, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+                    if rc != scard.SCARD_S_SUCCESS:
+                        context = None
+                        self._stop.wait(RETRY_SECONDS)
+                        continue
+                rc, readers = scard.SCardListReaders(context, [])
+                if rc != scard.SCARD_S_SUCCESS:
+                    readers = []
+                now = set()
+                if readers:
+                    rc, states = scard.SCardGetStatusChange(
+                        context, POLL_TIMEOUT_MS, [(r, scard.SCARD_STATE_UNAWARE) for r in readers])
+                    if rc == scard.SCARD_S_SUCCESS:
+                        now = {r for r, state, _ in states if state & scard.SCARD_STATE_PRESENT
+                               and not state & scard.SCARD_STATE_MUTE}
+                elif rc in (scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED):
+                    scard.SCardReleaseContext(context)
+                    context = None
+                self._publish(now)
+                self._stop.wait(POLL_TIMEOUT_MS / 1000)
+            except Exception as err:  # noqa: BLE001 - pcscd restarted, reader vanished mid-call
+                log.debug("reader watch: %s", err)
+                context = None
+                self._stop.wait(RETRY_SECONDS)
+
+    def _publish(self, now: set[str]) -> None:
+        for reader in sorted(now - self.present):
+            self.loop.call_soon_threadsafe(self.report, "added", reader)
+        for reader in sorted(self.present - now):
+            self.loop.call_soon_threadsafe(self.report, "removed", reader)
+        self.present = now
+
+
+class ReaderDevices:
+    """A device provider limited to one PC/SC reader: the token that just arrived."""
+
+    def __init__(self, reader: str) -> None:
+        self.reader = reader
+
+    def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
+        if kind != "fido2":
+            return
+        from fido2.pcsc import CtapPcscDevice
+        from smartcard.System import readers
+
+        for reader in readers():
+            if str(reader) != self.reader:
+                continue
+            for attempt in range(SETTLE_ATTEMPTS):  # a card just inserted may be reset by pcscd once more
+                try:
+                    device = CtapPcscDevice(reader.createConnection(), str(reader))
+                except Exception as err:  # noqa: BLE001 - "card was reset", "card removed", not CTAP
+                    log.debug("token in %s not ready (%s), attempt %d", self.reader, err, attempt + 1)
+                    time.sleep(SETTLE_DELAY)
+                    continue
+                yield device
+                break
+
+
+class AgentInteraction(Interaction):
+    """The agent has no terminal: no secrets can be typed; notices become events."""
+
+    def __init__(self, emit: Callable[..., None], vault: str, reader: str) -> None:
+        self.emit, self.vault, self.reader = emit, vault, reader
+
+    def ask_secret(self, request: SecretRequest) -> bytearray:
+        raise NotMine(f"a {request.kind} is needed: run 'tokenagent unlock {self.vault}'")
+
+    def notify(self, event: str, message: str) -> None:
+        if event == "touch":
+            self.emit("touch", vault=self.vault, reader=self.reader, message=message)
+
+
+def plug_slots(slots: tuple[Slot, ...]) -> list[str]:
+    """Slots that open with a plugged token and a touch alone (FIDO2 without PIN)."""
+    usable = []
+    for slot in slots:
+        types = [(f.descriptor()["type"], f.params().get("uv")) for f in slot.factors]
+        if types and all(t == "fido2" and uv is False for t, uv in types):
+            usable.append(slot.id)
+    return usable
+
+
+def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Callable[..., None],
+                    touch_timeout: float = 30.0) -> tuple[str, bytearray] | None:
+    """Try VAULT's plug slots with the token in ``reader`` (runs in a worker thread)."""
+    load_factor_types()  # before the vault is parsed, so its token factors are known
+    try:
+        vault = store.load(vault_name)
+        slot_ids = plug_slots(vault.slots)
+        if not slot_ids:
+            return None
+        ctx = FactorContext(ui=AgentInteraction(emit, vault_name, reader), devices=ReaderDevices(reader),
+                            options={"touch_timeout": touch_timeout})
+        result = unlock(vault, ctx, slot_ids)
+        return result.slot_id, result.masterkey
+    except TokenAgentError as err:
+        log.info("vault %s not opened with the token in %s: %s", vault_name, reader, err.message)
+        return None
+    except Exception as err:  # noqa: BLE001 - a token pulled out mid-way, a PC/SC failure
+        log.warning("vault %s: the token in %s failed: %s", vault_name, reader, type(err).__name__)
+        return None
