@@ -24,7 +24,15 @@ from fido2.utils import websafe_decode
 from scripted import context  # type: ignore[import-not-found]
 
 from tokenagent.drivers.fido2 import Fido2Factor
-from tokenagent.errors import NoSlotMatched, NotMine, PinAuthBlocked, PinInvalid, PinLastTry, TouchTimeout
+from tokenagent.errors import (
+    NoSlotMatched,
+    NotMine,
+    PinAuthBlocked,
+    PinInvalid,
+    PinLastTry,
+    TokenError,
+    TouchTimeout,
+)
 from tokenagent.factors.base import FactorContext
 from tokenagent.factors.password import PasswordFactor
 from tokenagent.vault import new_vault, unlock
@@ -255,3 +263,25 @@ def test_rp_id_hash_binds_the_credential(tmp_path: Path) -> None:
     with pytest.raises(NotMine):
         moved.unlock(ctx_for(tok))
     assert hashlib.sha256(b"a.example").digest() not in factor.credential
+
+
+def test_several_new_keys_the_touched_one_is_enrolled(tmp_path: Path) -> None:
+    untouched, touched = token(tmp_path, 31, touch=TouchMode.REFUSE), token(tmp_path, 32)
+    ctx = ctx_for(untouched, touched, touch_timeout=5.0)
+    notices: list[str] = []
+    ctx.ui.notify = lambda event, message: notices.append(message)  # type: ignore[method-assign]
+    untouched.presence.mode = TouchMode.REFUSE
+    factor, secret = Fido2Factor.enroll(ctx, {})
+    assert any("touch the one to use" in n for n in notices)
+    assert factor.unlock(ctx_for(touched)) == secret
+    with pytest.raises(NotMine):
+        factor.unlock(ctx_for(untouched))
+
+
+def test_enrolling_a_key_already_in_the_vault_is_refused(tmp_path: Path) -> None:
+    tok = token(tmp_path, 33)
+    factor, _ = Fido2Factor.enroll(ctx_for(tok), {})
+    ctx = ctx_for(tok)
+    ctx.options["enrolled_factors"] = [factor.descriptor()]
+    with pytest.raises(TokenError, match="already enrolled in this vault"):
+        Fido2Factor.enroll(ctx, {})

@@ -59,7 +59,7 @@ def test_vault_on_a_token_opens_only_with_it_plugged(pcscd: PrivatePcscd, tokens
 
 def test_backup_token_enrolled_while_the_main_one_is_plugged(pcscd: PrivatePcscd, tokens: list[TokenProcess],
                                                              tmp_path: Path) -> None:
-    """Two keys present: the main one unlocks (pre-flight finds it), the touched one is enrolled."""
+    """Two keys present: the main one unlocks (pre-flight finds it), the other one is enrolled."""
     home = home_dir(tmp_path)
     main = TokenProcess(pcscd, tmp_path / "main.json", 3001, touch="delay", touch_delay=2.0)
     tokens.append(main)
@@ -78,7 +78,7 @@ def test_backup_token_enrolled_while_the_main_one_is_plugged(pcscd: PrivatePcscd
     try:
         enrolled = run(home, pcscd, "enroll", "docs", "--fido2", "--label", "backup", timeout=120)
         assert enrolled.returncode == 0, enrolled.stderr  # type: ignore[attr-defined]
-        assert "touch the one to use" in enrolled.stderr  # type: ignore[attr-defined]
+        assert "skipping the FIDO2 key already enrolled" in enrolled.stderr  # type: ignore[attr-defined]
         slots = json.loads(run(home, pcscd, "slots", "docs", "--json").stdout)["slots"]  # type: ignore[attr-defined]
         assert [(s["label"], s["factors"]) for s in slots] == [("main", ["fido2"]), ("backup", ["fido2"])]
         main.unplug()
