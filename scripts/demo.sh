@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The tokenagent demo: sets up (scripts/setup.sh), then walks through the three flows in a
-# throw-away TOKENAGENT_HOME, with restic as the program that needs a key:
-#   1. an admin creates a vault with a main slot and a backup slot;
-#   2. the agent unlocks it, restic gets its own subkey from the agent, the vault locks again;
-#   3. the main factors are "lost": the backup slot unlocks it and restic works on.
-# The main slot here is a composite of a password and a key file on a "USB stick";
-# hardware-token slots (FIDO2, PIV, OTP, PKCS#11) and the virtual token are not in this
-# version yet: the demo says so where they would appear.
+# The tokenagent demo (README's main command). It sets up (scripts/setup.sh), then walks
+# through the three flows in a throw-away TOKENAGENT_HOME with restic as the program that
+# needs a key:
+#   1. an admin creates a vault with a main token, a backup token and a printed recovery key;
+#   2. the agent runs; plugging the main token in unlocks the vault (touch), restic gets its
+#      own subkey, pulling the token out locks the vault again;
+#   3. the main token is "lost": the backup token unlocks the vault the same way.
+# With no hardware, the tokens are virtual YubiKeys (tokenagent virtual-token) in a private
+# pcscd with the vsmartcard vpcd driver (a mount namespace: needs root). Without root it
+# runs the same flows with a password + key-file slot instead of tokens (TOKENAGENT_DEMO_SOFTWARE=1
+# chooses that version; TOKENAGENT_DEMO_KEEP=1 keeps the demo directory for a look around).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "setting up (Debian packages, .venv); the log is in /tmp/tokenagent-setup.log"
@@ -14,69 +17,148 @@ if ! bash scripts/setup.sh > /tmp/tokenagent-setup.log 2>&1; then
   cat /tmp/tokenagent-setup.log; echo "setup failed"; exit 1
 fi
 export PATH="$PWD/.venv/bin:$PATH"
+PY="$PWD/.venv/bin/python"
 
 demo=$(mktemp -d /tmp/tokenagent-demo.XXXXXX)
 export TOKENAGENT_HOME="$demo/home"
-mkdir -m 700 "$TOKENAGENT_HOME"
-agent_pid=""
+mkdir -m 700 "$TOKENAGENT_HOME" "$TOKENAGENT_HOME/config"
+printf '[agent]\nremoval_grace = 1.0\n' > "$TOKENAGENT_HOME/config/config.toml"
+pids=()
 cleanup() {
-  if [ -n "$agent_pid" ]; then kill "$agent_pid" 2>/dev/null || true; wait "$agent_pid" 2>/dev/null || true; fi
-  rm -rf "$demo"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  [ -n "${TOKENAGENT_DEMO_KEEP:-}" ] || rm -rf "$demo"
 }
 trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '   %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-# The demo types nothing: secrets come from files, as --password-file allows (never argv).
-printf 'correct horse battery staple\n' > "$demo/password"
-mkdir -m 700 "$demo/usb-stick"
-
-step "1. Admin: a vault whose main slot needs a password AND a key file, and a printed recovery key"
-run tokenagent keyfile generate "$demo/usb-stick/docs.keyx"
-run tokenagent init docs --password --keyfile "$demo/usb-stick/docs.keyx" --password-file "$demo/password" \
-    --label "password + USB stick"
-echo "$ tokenagent enroll docs --recovery --label 'paper, in the safe' ..."
-tokenagent enroll docs --recovery --label "paper, in the safe" --password-file "$demo/password" \
-    --unlock-keyfile "$demo/usb-stick/docs.keyx" --json > "$demo/recovery.json"
-python3 -c 'import json,sys; print("recovery key (shown once, print it):", json.load(open(sys.argv[1]))["shown"][0]["secret"])' \
-    "$demo/recovery.json"
-python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["shown"][0]["secret"])' "$demo/recovery.json" \
-    > "$demo/recovery"
-run tokenagent slots docs
-echo "(a FIDO2/PIV/OTP/PKCS#11 token slot would be enrolled here with --fido2, --piv, ...: token factors"
-echo " and the virtual token are not part of this version)"
-
-step "2. The agent serves keys; restic gets its own subkey"
-tokenagent agent > "$demo/agent.log" 2>&1 &
-agent_pid=$!
-for _ in $(seq 100); do tokenagent status >/dev/null 2>&1 && break; sleep 0.1; done
-run tokenagent status
-run tokenagent unlock docs --password-file "$demo/password" --keyfile "$demo/usb-stick/docs.keyx" --idle-ttl 600
 export RESTIC_REPOSITORY="$demo/restic-repo"
-export RESTIC_PASSWORD_COMMAND="tokenagent get docs --context restic:$RESTIC_REPOSITORY"
+export RESTIC_PASSWORD_COMMAND="tokenagent get docs --context restic:$RESTIC_REPOSITORY --wait 30"
 mkdir "$demo/data" && echo "quarterly report" > "$demo/data/report.txt"
-run restic init --quiet
-run restic backup --quiet "$demo/data"
-run restic snapshots --compact
-run tokenagent lock docs
-echo "$ restic snapshots   # vault locked: restic is told why and fails"
-if restic snapshots --compact 2>&1 | sed 's/^/  | /'; then echo "unexpected: restic ran while locked"; exit 1; fi
 
-step "3. The main factors are lost: the backup slot (the recovery key) unlocks, restic works on"
-run tokenagent unlock docs --slot 2 --recovery-file "$demo/recovery"
-run restic snapshots --compact
-run tokenagent status
-run tokenagent lock --all
+start_agent() {
+  tokenagent agent > "$demo/agent.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do tokenagent status >/dev/null 2>&1 && return 0; sleep 0.1; done
+  cat "$demo/agent.log"; echo "the agent did not start"; exit 1
+}
 
-step "Audit log: every key release, with the program that asked"
-python3 - "$TOKENAGENT_HOME/data/audit.log" <<'PY'
+show_audit() {
+  step "Audit log: every key release, with the program that asked"
+  "$PY" - "$TOKENAGENT_HOME/data/audit.log" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     e = json.loads(line)
-    who = f"{e.get('parent_exe') or '?'} via {e['exe']}"
-    print(f"  pid {e['pid']} ({who}): {e['vault']} context={e['context']} -> {'released' if e['ok'] else e['error']}")
+    who = f"{e.get('parent_exe') or '?'} via tokenagent get"
+    print(f"   pid {e['pid']} ({who}): {e['vault']} context={e['context']} -> {'released' if e['ok'] else e['error']}")
 PY
+}
+
+can_use_virtual_tokens() {
+  [ -z "${TOKENAGENT_DEMO_SOFTWARE:-}" ] && [ "$(id -u)" = 0 ] && command -v unshare >/dev/null && command -v pcscd >/dev/null \
+    && [ -e /usr/lib/pcsc/drivers/serial/libifdvpcd.so ]
+}
+
+# ------------------------------------------------------------------------------------------
+if can_use_virtual_tokens; then
+  port=$("$PY" -c 'import sys; sys.path.insert(0, "tests"); from pcscd import free_ports; print(free_ports(2))')
+  mkdir -p "$demo/pcscd/reader.conf.d"
+  printf 'FRIENDLYNAME "Virtual PCD"\nDEVICENAME   /dev/null:0x%04X\nLIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x%04X\n' \
+    "$port" "$port" > "$demo/pcscd/reader.conf.d/vpcd"
+  unshare --mount --propagation private sh -c \
+    "mkdir -p /run/pcscd && mount -t tmpfs -o mode=0755 tmpfs /run/pcscd && exec pcscd --foreground --config $demo/pcscd/reader.conf.d" \
+    > "$demo/pcscd/log" 2>&1 &
+  pcscd_pid=$!
+  pids+=($pcscd_pid)
+  export PCSCLITE_CSOCK_NAME=/proc/$pcscd_pid/root/run/pcscd/pcscd.comm
+  for _ in $(seq 100); do [ -S "$PCSCLITE_CSOCK_NAME" ] && break; sleep 0.1; done
+
+  cards() { tokenagent devices --json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["devices"]))'; }
+  wait_cards() { for _ in $(seq 60); do [ "$(cards)" = "$1" ] && return 0; sleep 0.25; done; echo "pcscd did not show $1 token(s)"; exit 1; }
+  start_token() {  # name serial slot
+    tokenagent virtual-token run --state "$demo/$1.json" --serial "$2" --vpcd "127.0.0.1:$((port + $3))" \
+      --unplugged > "$demo/$1.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do [ -S "$demo/$1.json.ctl" ] && return 0; sleep 0.1; done
+    cat "$demo/$1.log"; exit 1
+  }
+  plugged=0
+  plug() { printf '$ tokenagent virtual-token plug --state %s.json   # (you plug in the key)\n' "$1"
+           tokenagent virtual-token plug --state "$demo/$1.json" >/dev/null; plugged=$((plugged + 1)); wait_cards $plugged; }
+  unplug() { printf '$ tokenagent virtual-token unplug --state %s.json   # (you pull the key out)\n' "$1"
+             tokenagent virtual-token unplug --state "$demo/$1.json" >/dev/null; plugged=$((plugged - 1)); wait_cards $plugged; }
+
+  step "Two virtual YubiKeys (FIDO2) in a private pcscd: 'main' (serial 5001) and 'backup' (5002)"
+  start_token main 5001 0
+  start_token backup 5002 1
+  say "they answer like real keys over PC/SC: tokenagent, python-fido2 and pcsc-tools see them in pcscd"
+  say "(they touch themselves at once; run one with --touch explicit to press it by hand)"
+
+  step "1. Admin: a vault on the main key, a backup key, and a printed recovery key"
+  plug main
+  run tokenagent devices
+  run tokenagent init docs --fido2 --label "main key"
+  plug backup
+  say "both keys are plugged in: tokenagent unlocks with the main one and enrols the other"
+  run tokenagent enroll docs --fido2 --label "backup key, in the drawer"
+  printf '$ tokenagent enroll docs --recovery --label "paper, in the safe"\n'
+  tokenagent enroll docs --recovery --label "paper, in the safe" --json > "$demo/recovery.json"
+  "$PY" -c 'import json,sys; print("   recovery key (shown once; print it):", json.load(open(sys.argv[1]))["shown"][0]["secret"])' "$demo/recovery.json"
+  run tokenagent slots docs
+  unplug backup
+  unplug main
+
+  step "2. The agent: plug the key in -> unlocked; a client gets a key; pull it out -> locked"
+  start_agent
+  run tokenagent status
+  plug main
+  say "the agent saw the key, found the vault's credential on it (no touch needed for that), and asked for a touch"
+  run restic init --quiet
+  run restic backup --quiet "$demo/data"
+  run restic snapshots --compact
+  run tokenagent status
+  unplug main
+  sleep 1.5
+  run tokenagent status
+  printf '$ restic snapshots   # the vault is locked: restic is told why\n'
+  RESTIC_PASSWORD_COMMAND="tokenagent get docs --context restic:$RESTIC_REPOSITORY" restic snapshots --compact 2>&1 \
+    | sed 's/^/   | /' || true
+
+  step "3. The main key is lost: the backup key unlocks the vault"
+  plug backup
+  run restic snapshots --compact
+  run tokenagent status
+  unplug backup
+  show_audit
+else
+  # ----------------------------------------------------------------------------------------
+  echo
+  echo "No virtual tokens here (they need root for a private pcscd, and pcscd with vsmartcard-vpcd)."
+  echo "The same flows follow with a password + key-file slot standing in for the main token."
+  printf 'correct horse battery staple\n' > "$demo/password"
+  mkdir -m 700 "$demo/usb-stick"
+  step "1. Admin: a vault with a password + key-file slot and a printed recovery key"
+  run tokenagent keyfile generate "$demo/usb-stick/docs.keyx"
+  run tokenagent init docs --password --keyfile "$demo/usb-stick/docs.keyx" --password-file "$demo/password"
+  tokenagent enroll docs --recovery --password-file "$demo/password" --unlock-keyfile "$demo/usb-stick/docs.keyx" \
+    --json > "$demo/recovery.json"
+  "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["shown"][0]["secret"])' "$demo/recovery.json" > "$demo/recovery"
+  run tokenagent slots docs
+  step "2. The agent serves keys; restic gets its own subkey"
+  start_agent
+  run tokenagent unlock docs --password-file "$demo/password" --keyfile "$demo/usb-stick/docs.keyx"
+  run restic init --quiet
+  run restic backup --quiet "$demo/data"
+  run tokenagent lock docs
+  step "3. The backup slot (the recovery key) unlocks"
+  run tokenagent unlock docs --slot 2 --recovery-file "$demo/recovery"
+  run restic snapshots --compact
+  run tokenagent lock --all
+  show_audit
+fi
 
 step "Done"
-echo "Everything above ran in $demo (removed now). See README.md and docs/ for more."
+echo "Everything above ran in $demo$([ -n "${TOKENAGENT_DEMO_KEEP:-}" ] && echo ' (kept: TOKENAGENT_DEMO_KEEP)' || echo ' (removed now)'). See README.md and docs/ for more."

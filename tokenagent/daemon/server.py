@@ -37,6 +37,7 @@ log = logging.getLogger("tokenagent.agent")
 FRAME_TIMEOUT = 10.0
 MAX_CLIENTS = 512
 MAX_WAIT = 300.0
+PLUG_SETTLE = 0.5
 
 
 class AgentServer:
@@ -113,6 +114,7 @@ class AgentServer:
             return
         self._plugging.add(reader)
         try:
+            await asyncio.sleep(PLUG_SETTLE)  # pcscd may power-cycle a card just inserted
             loop = asyncio.get_running_loop()
 
             def emit(name: str, **data: Any) -> None:

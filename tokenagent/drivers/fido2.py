@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -268,15 +269,16 @@ class Fido2Factor(Factor):
     def _find(self, devices: list[CtapDevice]) -> tuple[CtapDevice, Ctap2] | None:
         """Pre-flight: the key holding this credential, asked with up=false (no touch, no PIN)."""
         for device in devices:
-            try:
-                ctap = Ctap2(device)
-                ctap.get_assertion(self.rp, secrets.token_bytes(32), [{"type": "public-key", "id": self.credential}],
-                                   None, {"up": False})
-                return device, ctap
-            except CtapError:
-                continue
-            except Exception:  # noqa: BLE001 - a device that went away or is not CTAP2
-                continue
+            for _attempt in range(2):
+                try:
+                    ctap = Ctap2(device)
+                    ctap.get_assertion(self.rp, secrets.token_bytes(32),
+                                       [{"type": "public-key", "id": self.credential}], None, {"up": False})
+                    return device, ctap
+                except CtapError:
+                    break  # the key answered: not its credential
+                except Exception:  # noqa: BLE001 - a transport hiccup (card reset just after insertion)
+                    time.sleep(0.3)
         return None
 
     def unlock(self, ctx: FactorContext) -> bytearray:
