@@ -1,9 +1,10 @@
 """The recipes of docs/integrations.md, run with the real tools against a running agent.
 
 Each tool gets its key from ``tokenagent`` (``get --context``, ``keepass exec``,
-``cryptomator keys``) served by a real ``tokenagent agent``; each test also locks the vault
-and checks that the tool fails cleanly, with tokenagent's message on its error output.
-The vault is unlocked with its password slot here: token slots come with the token factors.
+``cryptomator keys``) served by a real ``tokenagent agent``. The vault's slot is a FIDO2
+virtual token in a private pcscd: plugging it in is what unlocks the vault in the agent,
+pulling it out is what locks it, and each test checks that the tool then fails cleanly
+with tokenagent's message on its error output.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentkit import AgentProcess, make_vault, password_file
+from agentkit import AgentProcess, cli, start_agent
+from pcscd import PrivatePcscd, TokenProcess
 
+from tokenagent.client import AgentClient
 from tokenagent.integrations import cryptomator as cm
 
 BIN = str(Path(sys.executable).parent)
@@ -37,10 +41,11 @@ def need(tool: str) -> str:
 class Tools:
     """Runs commands as a user's shell would: tokenagent on PATH, the agent's socket in the env."""
 
-    def __init__(self, agent: AgentProcess, tmp: Path) -> None:
+    def __init__(self, agent: AgentProcess, token: TokenProcess, pcscd: PrivatePcscd, tmp: Path) -> None:
         self.agent = agent
+        self.token = token
         self.tmp = tmp
-        self.env = {**os.environ, **agent.env(), "TOKENAGENT_HOME": str(agent.home),
+        self.env = {**os.environ, **agent.env(), **pcscd.env, "TOKENAGENT_HOME": str(agent.home),
                     "PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
 
     def run(self, *args: str, stdin: str | bytes | None = None, env: dict[str, str] | None = None,
@@ -56,19 +61,45 @@ class Tools:
     def sh(self, script: str, **kw: object) -> subprocess.CompletedProcess[str]:
         return self.run("bash", "-c", "set -euo pipefail\n" + script, **kw)  # type: ignore[arg-type]
 
+    def _wait(self, vault: str, unlocked: bool) -> None:
+        deadline = time.monotonic() + 30
+        with AgentClient(self.agent.socket) as client:
+            while {v["vault"]: v["unlocked"] for v in client.status()["vaults"]}.get(vault) != unlocked:
+                assert time.monotonic() < deadline, f"vault {vault} did not become {'un' if unlocked else ''}locked"
+                time.sleep(0.1)
+
     def unlock(self, vault: str = "backup") -> None:
-        self.run(f"{BIN}/tokenagent", "unlock", vault, "--password-file", password_file(self.agent.home))
+        """Plug the token in (again): the agent unlocks the vault."""
+        if self.token.plugged:
+            self.lock("backup")  # out, until the agent has seen it leave (vault "backup" locked)
+        self.token.plug()
+        self._wait(vault, True)
 
     def lock(self, vault: str = "backup") -> None:
-        self.run(f"{BIN}/tokenagent", "lock", vault)
+        """Pull the token out: the agent locks the vault."""
+        self.token.unplug()
+        self._wait(vault, False)
 
 
 @pytest.fixture
-def tools(agent: AgentProcess, tmp_path: Path) -> Tools:
-    make_vault(agent.home, "backup", secret=None)  # a generated key: only per-tool subkeys leave the agent
-    t = Tools(agent, tmp_path)
-    t.unlock()
-    return t
+def tools(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> Iterator[Tools]:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "config").mkdir(mode=0o700)
+    (home / "config" / "config.toml").write_text("[agent]\nremoval_grace = 0.2\n")
+    token = TokenProcess(pcscd, tmp_path / "token.json", 6001)
+    tokens.append(token)
+    # a generated key: only per-tool subkeys leave the agent
+    done = cli(home, "init", "backup", "--fido2", env=pcscd.env)
+    assert done.returncode == 0, done.stderr
+    token.unplug()
+    agent = start_agent(home, extra_env=pcscd.env)
+    try:
+        t = Tools(agent, token, pcscd, tmp_path)
+        t.unlock()
+        yield t
+    finally:
+        agent.stop()
 
 
 def _unlock_later(tools: Tools, delay: float) -> threading.Thread:
@@ -285,8 +316,8 @@ def test_cryptomator_adopt_serve_export(tools: Tools) -> None:
     cm_pw = tools.tmp / "cm-pw"
     cm_pw.write_text(CM_PASSWORD + "\n")
 
-    adopted = tools.run("tokenagent", "cryptomator", "adopt", str(vault), "--name", "cloud", "--password",
-                        "--password-file", password_file(tools.agent.home), "--cryptomator-password-file",
+    adopted = tools.run("tokenagent", "cryptomator", "adopt", str(vault), "--name", "cloud", "--fido2",
+                        "--cryptomator-password-file",
                         str(cm_pw))
     assert "moved out of the vault folder" in adopted.stdout
     left = json.loads((vault / cm.MASTERKEY_NAME).read_text())
@@ -323,8 +354,8 @@ def test_cryptomator_adopt_with_a_wrong_password_changes_nothing(tools: Tools) -
     before = sorted(p.name for p in vault.iterdir())
     wrong = tools.tmp / "wrong"
     wrong.write_text("not it\n")
-    done = tools.run("tokenagent", "cryptomator", "adopt", str(vault), "--name", "cloud", "--password",
-                     "--password-file", password_file(tools.agent.home), "--cryptomator-password-file",
+    done = tools.run("tokenagent", "cryptomator", "adopt", str(vault), "--name", "cloud", "--fido2",
+                     "--cryptomator-password-file",
                      str(wrong), check=False)
     assert done.returncode == 4 and "wrong Cryptomator password" in done.stderr
     assert sorted(p.name for p in vault.iterdir()) == before
@@ -337,8 +368,7 @@ def test_cryptomator_adopted_twice_is_refused(tools: Tools) -> None:
     pycryptomator(tools, "--init", "--password", CM_PASSWORD, str(vault))
     cm_pw = tools.tmp / "cm-pw"
     cm_pw.write_text(CM_PASSWORD + "\n")
-    args = ["--password", "--password-file", password_file(tools.agent.home), "--cryptomator-password-file",
-            str(cm_pw)]
+    args = ["--fido2", "--cryptomator-password-file", str(cm_pw)]
     tools.run("tokenagent", "cryptomator", "adopt", str(vault), "--name", "first", *args)
     again = tools.run("tokenagent", "cryptomator", "adopt", str(vault), "--name", "second", *args, check=False)
     assert again.returncode == 3 and "placeholder" in again.stderr

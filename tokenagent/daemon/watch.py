@@ -63,6 +63,7 @@ class PcscWatcher:
             log.info("pyscard is not available: not watching smart-card readers")
             return
         context = None
+        known: dict[str, int] = {}  # reader -> last event state (its upper 16 bits count card events)
         while not self._stop.is_set():
             try:
                 if context is None:
@@ -72,30 +73,40 @@ class PcscWatcher:
                         self._stop.wait(RETRY_SECONDS)
                         continue
                 rc, readers = scard.SCardListReaders(context, [])
+                if rc != scard.SCARD_S_SUCCESS or not readers:
+                    if rc in (scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED):
+                        scard.SCardReleaseContext(context)
+                        context = None
+                    self._publish(set(), set())
+                    known = {}
+                    self._stop.wait(POLL_TIMEOUT_MS / 1000)
+                    continue
+                # blocks until a reader's state differs from what we know, or the timeout
+                rc, states = scard.SCardGetStatusChange(
+                    context, POLL_TIMEOUT_MS, [(r, known.get(r, scard.SCARD_STATE_UNAWARE)) for r in readers])
                 if rc != scard.SCARD_S_SUCCESS:
-                    readers = []
-                now = set()
-                if readers:
-                    rc, states = scard.SCardGetStatusChange(
-                        context, POLL_TIMEOUT_MS, [(r, scard.SCARD_STATE_UNAWARE) for r in readers])
-                    if rc == scard.SCARD_S_SUCCESS:
-                        now = {r for r, state, _ in states if state & scard.SCARD_STATE_PRESENT
-                               and not state & scard.SCARD_STATE_MUTE}
-                elif rc in (scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED):
-                    scard.SCardReleaseContext(context)
-                    context = None
-                self._publish(now)
-                self._stop.wait(POLL_TIMEOUT_MS / 1000)
+                    continue  # a timeout: nothing changed
+                now, reinserted = set(), set()
+                for reader, state, _ in states:
+                    present = bool(state & scard.SCARD_STATE_PRESENT) and not state & scard.SCARD_STATE_MUTE
+                    before = known.get(reader)
+                    if present:
+                        now.add(reader)
+                        if before is not None and before >> 16 != state >> 16 and reader in self.present:
+                            reinserted.add(reader)  # out and in again between two looks
+                    known[reader] = state & ~scard.SCARD_STATE_CHANGED
+                self._publish(now, reinserted)
             except Exception as err:  # noqa: BLE001 - pcscd restarted, reader vanished mid-call
                 log.debug("reader watch: %s", err)
                 context = None
+                known = {}
                 self._stop.wait(RETRY_SECONDS)
 
-    def _publish(self, now: set[str]) -> None:
-        for reader in sorted(now - self.present):
-            self.loop.call_soon_threadsafe(self.report, "added", reader)
-        for reader in sorted(self.present - now):
+    def _publish(self, now: set[str], reinserted: set[str]) -> None:
+        for reader in sorted((self.present - now) | reinserted):
             self.loop.call_soon_threadsafe(self.report, "removed", reader)
+        for reader in sorted((now - self.present) | reinserted):
+            self.loop.call_soon_threadsafe(self.report, "added", reader)
         self.present = now
 
 
