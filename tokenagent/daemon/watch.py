@@ -36,7 +36,7 @@ from ..vault.format import Slot
 log = logging.getLogger("tokenagent.agent")
 POLL_TIMEOUT_MS = 500
 RETRY_SECONDS = 3.0
-SETTLE_ATTEMPTS = 5
+SETTLE_ATTEMPTS = 10
 SETTLE_DELAY = 0.3
 
 

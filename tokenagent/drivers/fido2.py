@@ -55,6 +55,7 @@ SALT_LEN = 32
 CRED_PROTECT = 2  # userVerificationOptionalWithCredentialIDList
 ES256 = -7
 DEFAULT_TOUCH_TIMEOUT = 30.0
+PREFLIGHT_ATTEMPTS = 5  # transport errors (a card reset just after insertion) are retried, 0.3 s apart
 
 
 def _devices(ctx: FactorContext, serial: int | None) -> list[CtapDevice]:
@@ -269,7 +270,7 @@ class Fido2Factor(Factor):
     def _find(self, devices: list[CtapDevice]) -> tuple[CtapDevice, Ctap2] | None:
         """Pre-flight: the key holding this credential, asked with up=false (no touch, no PIN)."""
         for device in devices:
-            for _attempt in range(2):
+            for _attempt in range(PREFLIGHT_ATTEMPTS):
                 try:
                     ctap = Ctap2(device)
                     ctap.get_assertion(self.rp, secrets.token_bytes(32),
