@@ -125,6 +125,15 @@ def exec_(vault: str, context_label: str | None, env_name: str, fmt: str, wait: 
         raise UsageError(f"command not found: {command[0]}") from None
 
 
+@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def get(args: tuple[str, ...]) -> None:
+    """Print a key from the agent: get VAULT [--context LABEL] [--format raw|hex|base64] [--wait S] [--json]."""
+    from ..fastget import main as fast_main  # 'tokenagent get' normally runs it before click loads
+
+    sys.exit(fast_main(list(args)))
+
+
 def register(cli: click.Group) -> None:
-    for command in (agent, status, unlock, lock, events, exec_):
+    for command in (agent, status, unlock, lock, events, exec_, get):
         cli.add_command(command)
