@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from agentkit import cli
@@ -18,6 +20,25 @@ from pcscd import PrivatePcscd, TokenProcess
 
 def run(home: Path, pcscd: PrivatePcscd, *args: str, **kw: object) -> object:
     return cli(home, *args, env=pcscd.env, **kw)  # type: ignore[arg-type]
+
+
+@contextmanager
+def touching(token: TokenProcess) -> Iterator[None]:
+    """A person who touches the key whenever it blinks (for tokens run with --touch explicit)."""
+    stop = threading.Event()
+
+    def keep_touching() -> None:
+        while not stop.is_set():
+            token.touch()
+            time.sleep(0.3)
+
+    toucher = threading.Thread(target=keep_touching, daemon=True)
+    toucher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        toucher.join()
 
 
 def home_dir(tmp_path: Path) -> Path:
@@ -66,16 +87,7 @@ def test_backup_token_enrolled_while_the_main_one_is_plugged(pcscd: PrivatePcscd
     assert run(home, pcscd, "init", "docs", "--fido2", "--label", "main").returncode == 0  # type: ignore[attr-defined]
     backup = TokenProcess(pcscd, tmp_path / "backup.json", 3002, touch="explicit")
     tokens.append(backup)
-    stop = threading.Event()
-
-    def keep_touching_backup() -> None:  # the person touches the backup key whenever it blinks
-        while not stop.is_set():
-            backup.touch()
-            time.sleep(0.3)
-
-    toucher = threading.Thread(target=keep_touching_backup, daemon=True)
-    toucher.start()
-    try:
+    with touching(backup):
         enrolled = run(home, pcscd, "enroll", "docs", "--fido2", "--label", "backup", timeout=120)
         assert enrolled.returncode == 0, enrolled.stderr  # type: ignore[attr-defined]
         assert "skipping the FIDO2 key already enrolled" in enrolled.stderr  # type: ignore[attr-defined]
@@ -85,9 +97,6 @@ def test_backup_token_enrolled_while_the_main_one_is_plugged(pcscd: PrivatePcscd
         with_backup = run(home, pcscd, "open", "docs", "--json", "--reveal")
         assert with_backup.returncode == 0, with_backup.stderr  # type: ignore[attr-defined]
         assert json.loads(with_backup.stdout)["slot"] == "2"  # type: ignore[attr-defined]
-    finally:
-        stop.set()
-        toucher.join()
     main.plug()
     backup.unplug()
     with_main = run(home, pcscd, "open", "docs", "--json", "--reveal")
@@ -119,3 +128,32 @@ def test_pin_slot_through_pcscd_with_pin_file(pcscd: PrivatePcscd, tokens: list[
     assert failed.returncode == 5 and "wrong PIN" in failed.stderr and "7 tries left" in failed.stderr  # type: ignore[attr-defined]
     assert run(home, pcscd, "open", "docs", "--pin-file", str(pin)).returncode == 0  # type: ignore[attr-defined]
     assert json.loads(state.read_text())["fido2"]["pin_retries"] == 8
+
+
+def test_token_pulled_out_while_waiting_for_touch(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                  tmp_path: Path) -> None:
+    """DESIGN §6 #13: a clean error, no hang, the vault unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    home = home_dir(tmp_path)
+    token = TokenProcess(pcscd, tmp_path / "a.json", 7001, touch="explicit")
+    tokens.append(token)
+    with touching(token):
+        assert run(home, pcscd, "init", "docs", "--fido2", timeout=60).returncode == 0  # type: ignore[attr-defined]
+    time.sleep(1.5)  # the last touch is forgotten
+    vault_file = home / "data" / "vaults" / "docs.vault"
+    before = sorted(p.name for p in vault_file.parent.iterdir()), vault_file.read_bytes()
+    env = {**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1", **pcscd.env}
+    waiting = subprocess.Popen([sys.executable, "-m", "tokenagent._cli.entry", "drill", "docs"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)  # the key blinks: it waits for a touch that will not come
+    assert waiting.poll() is None
+    started = time.monotonic()
+    token.unplug()
+    out, err = waiting.communicate(timeout=20)
+    assert time.monotonic() - started < 15
+    assert waiting.returncode in (4, 5), (out, err)
+    assert "Traceback" not in err and err.strip(), err
+    assert (sorted(p.name for p in vault_file.parent.iterdir()), vault_file.read_bytes()) == before

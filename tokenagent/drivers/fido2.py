@@ -42,8 +42,10 @@ from ..errors import (
     PinInvalid,
     PinLastTry,
     PinRequired,
+    TokenAgentError,
     TokenError,
     TokenNotFound,
+    TokenRemoved,
     TouchTimeout,
     VaultFormatError,
 )
@@ -261,6 +263,10 @@ class Fido2Factor(Factor):
         except CtapError as err:
             raise TokenError(f"the FIDO2 key refused: {err.code.name if hasattr(err.code, 'name') else err.code}") \
                 from None
+        except TokenAgentError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the transport failed: pulled out, reader gone
+            raise _removed("the FIDO2 key", err) from None
         finally:
             _close(devices)
 
@@ -298,11 +304,20 @@ class Fido2Factor(Factor):
                 return hmac_secret(ctap, ctx, name, self.rp, self.credential, self.salt, self.uv)
             except CtapError as err:
                 raise TokenError(f"{name} refused: {getattr(err.code, 'name', err.code)}") from None
+            except TokenAgentError:
+                raise
+            except Exception as err:  # noqa: BLE001 - the transport failed: pulled out, reader gone
+                raise _removed(name, err) from None
         finally:
             _close(devices)
 
     def describe(self) -> str:
         return f"FIDO2 key (hmac-secret, rp {self.rp}{', PIN' if self.uv else ''})"
+
+
+def _removed(name: str, err: Exception) -> TokenRemoved:
+    return TokenRemoved(f"{name} stopped answering ({type(err).__name__}): was it pulled out? Nothing was"
+                        " changed; plug it in and try again")
 
 
 def _name(device: CtapDevice) -> str:

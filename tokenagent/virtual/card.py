@@ -229,13 +229,17 @@ class TouchMode(StrEnum):
 class Presence:
     """User presence ("touch") shared by the applets of one token."""
 
+    TOUCH_MEMORY = 1.0  # seconds a touch given just before a wait still counts (control-channel races)
+
     def __init__(self, mode: TouchMode = TouchMode.AUTO, delay: float = 0.5) -> None:
         self.mode = TouchMode(mode)
         self.delay = delay
         self._touched = threading.Event()
+        self._touched_at = float("-inf")
 
     def touch(self) -> None:
         """A person touched the key (control channel)."""
+        self._touched_at = time.monotonic()
         self._touched.set()
 
     def wait(
@@ -247,10 +251,10 @@ class Presence:
         """Wait for a touch; True if touched, False on timeout or cancel. ``keepalive`` is called ~every 0.1 s."""
         if self.mode is TouchMode.AUTO:
             return True
-        if self.mode is not TouchMode.EXPLICIT:  # an explicit touch given just before the wait counts
-            self._touched.clear()
-        deadline = time.monotonic() + timeout
         start = time.monotonic()
+        if self.mode is not TouchMode.EXPLICIT or start - self._touched_at > self.TOUCH_MEMORY:
+            self._touched.clear()  # a real key does not remember an old touch; one just before the wait counts
+        deadline = start + timeout
         while time.monotonic() < deadline:
             if cancelled():
                 return False
