@@ -6,10 +6,12 @@ Test modules import these as ``agentkit``; conftest.py turns them into fixtures.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,33 @@ def password_file(home: Path) -> str:
     path = home.parent / "pw-unlock"
     path.write_text(PASSWORD + "\n")
     return str(path)
+
+
+class Person:
+    """Watches the terminal pinentry draws on and types when the prompt shows."""
+
+    def __init__(self) -> None:
+        self.master, slave = os.openpty()
+        self.tty = os.ttyname(slave)
+        self.screen = b""
+        self.typed: bytes | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def will_type(self, text: bytes) -> None:
+        self.typed = text
+        self._thread.start()
+
+    def _watch(self) -> None:
+        sent = False
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.1)
+            if ready:
+                self.screen += os.read(self.master, 4096)
+            if not sent and b"PIN" in self.screen and self.typed is not None:
+                time.sleep(0.2)
+                os.write(self.master, self.typed)
+                sent = True
+
+    def close(self) -> None:
+        self._stop.set()

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from agentkit import cli, start_agent
+from agentkit import Person, cli, start_agent
 from pcscd import PrivatePcscd, TokenProcess
 
 from tokenagent.client import AgentClient
@@ -85,4 +85,46 @@ def test_plug_unlocks_unplug_locks_backup_unlocks(pcscd: PrivatePcscd, tokens: l
             assert expected_event in names, names
         assert any(e["event"] == "locked" and e.get("reason") == "token-removed" for e in events)
     finally:
+        agent.stop()
+
+
+def test_pin_slot_unlocked_on_plug_through_pinentry(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                    tmp_path: Path) -> None:
+    """A slot that needs the key's PIN: the agent asks for it with pinentry-curses when the key arrives."""
+    import shutil
+
+    from fido2.ctap2 import Ctap2
+    from fido2.ctap2.pin import ClientPin
+    from fido2.pcsc import CtapPcscDevice
+
+    from tokenagent.virtual.token import VirtualToken
+
+    program = shutil.which("pinentry-curses")
+    assert program, "pinentry-curses is not installed (Debian package pinentry-curses)"
+    state = tmp_path / "pin.json"
+    ClientPin(Ctap2(CtapPcscDevice(VirtualToken(state, serial=8001).connection(), "setup"))).set_pin("135790")
+    person = Person()
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "config").mkdir(mode=0o700)
+    (home / "config" / "config.toml").write_text(
+        f'[agent]\npinentry = "{program}"\npinentry_tty = "{person.tty}"\n')
+    token = TokenProcess(pcscd, state, 8001)
+    tokens.append(token)
+    pin = tmp_path / "pin"
+    pin.write_text("135790\n")
+    done = cli(home, "init", "docs", "--fido2", "--fido2-uv", "--pin-file", str(pin), env=pcscd.env)
+    assert done.returncode == 0, done.stderr
+    token.unplug()
+    agent = start_agent(home, extra_env=pcscd.env)
+    try:
+        person.will_type(b"135790\r")
+        token.plug()
+        with AgentClient(agent.socket) as client:
+            key = client.get("docs", context="x", wait=40)
+            assert len(key) == 32 and client.status()["vaults"][0]["slot"] == "1"
+        assert b"unlock vault 'docs'" in person.screen and b"8 tries left" in person.screen
+        assert json.loads(state.read_text())["fido2"]["pin_retries"] == 8
+    finally:
+        person.close()
         agent.stop()

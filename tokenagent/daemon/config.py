@@ -8,6 +8,8 @@
     audit = true            # JSON lines of every key release in DATA/audit.log
     watch_tokens = true     # watch PC/SC readers: unlock on plug, lock on removal
     touch_timeout = 30      # seconds a plugged token has to be touched
+    pinentry = "pinentry-gnome3"   # ask PINs of plugged tokens with this program (default: none)
+    pinentry_tty = "/dev/pts/3"    # for terminal pinentries (pinentry-curses): the terminal to use
 
     [vaults.NAME]           # per-vault overrides and client rules
     idle_ttl = 60
@@ -46,6 +48,8 @@ class AgentConfig:
     audit: bool = True
     watch_tokens: bool = True
     touch_timeout: float = 30.0
+    pinentry: str | None = None
+    pinentry_tty: str | None = None
     vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def policy(self, vault: str) -> VaultPolicy:
@@ -62,7 +66,8 @@ class AgentConfig:
 
 
 _AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remove": bool,
-               "removal_grace": (int, float), "audit": bool, "watch_tokens": bool, "touch_timeout": (int, float)}
+               "removal_grace": (int, float), "audit": bool, "watch_tokens": bool, "touch_timeout": (int, float),
+               "pinentry": str, "pinentry_tty": str}
 _VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
                "unlock_on_plug": bool}
 

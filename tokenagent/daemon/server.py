@@ -29,6 +29,7 @@ from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request
 from ..vault import VaultStore, wipe
 from .config import AgentConfig, load_config
 from .hardening import harden_process
+from .pinentry import Pinentry
 from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
 from .state import AgentState, Peer
 from .watch import PcscWatcher, open_with_token
@@ -123,8 +124,10 @@ class AgentServer:
             for vault in self.state.store.list():
                 if vault in self.state.sessions or not self.state.config.policy(vault).unlock_on_plug:
                     continue
+                config = self.state.config
+                pinentry = Pinentry(config.pinentry, config.pinentry_tty) if config.pinentry else None
                 opened = await asyncio.to_thread(open_with_token, self.state.store, vault, reader, emit,
-                                                 self.state.config.touch_timeout)
+                                                 config.touch_timeout, pinentry)
                 if opened is None or (self.watcher is not None and reader not in self.watcher.present):
                     if opened is not None:
                         wipe(opened[1])

@@ -13,8 +13,10 @@ not running it retries every few seconds) and reports each change to the event l
 * on removal, after ``removal_grace`` seconds (a token re-seated in time does not count),
   locks every vault tied to that reader (``lock_on_remove``).
 
-Slots that need a PIN are not tried on plug: ``tokenagent unlock VAULT`` in a terminal asks
-for it. HID-only keys (no PC/SC interface) are not watched yet; udev/hidraw watching is the
+Slots that need a PIN are tried only when ``pinentry`` is configured: the PIN dialog is the
+pinentry program's (``tokenagent.daemon.pinentry``), and the FIDO2 factor's PIN rules apply
+(retries read first, the last one kept, never sent twice). Otherwise ``tokenagent unlock
+VAULT`` in a terminal asks for it. HID-only keys (no PC/SC interface) are not watched yet; udev/hidraw watching is the
 next step.
 """
 
@@ -32,6 +34,7 @@ from ..factors.base import FactorContext, Interaction, SecretRequest
 from ..plugins import load_factor_types
 from ..vault import VaultStore, unlock
 from ..vault.format import Slot
+from .pinentry import Pinentry
 
 log = logging.getLogger("tokenagent.agent")
 POLL_TIMEOUT_MS = 500
@@ -137,39 +140,43 @@ class ReaderDevices:
 
 
 class AgentInteraction(Interaction):
-    """The agent has no terminal: no secrets can be typed; notices become events."""
+    """The agent has no terminal: PINs come from pinentry (if configured); notices become events."""
 
-    def __init__(self, emit: Callable[..., None], vault: str, reader: str) -> None:
-        self.emit, self.vault, self.reader = emit, vault, reader
+    def __init__(self, emit: Callable[..., None], vault: str, reader: str, pinentry: Pinentry | None = None) -> None:
+        self.emit, self.vault, self.reader, self.pinentry = emit, vault, reader, pinentry
 
     def ask_secret(self, request: SecretRequest) -> bytearray:
-        raise NotMine(f"a {request.kind} is needed: run 'tokenagent unlock {self.vault}'")
+        if request.kind != "pin" or self.pinentry is None:
+            raise NotMine(f"a {request.kind} is needed: run 'tokenagent unlock {self.vault}'")
+        self.emit("pin", vault=self.vault, reader=self.reader)
+        tries = f" ({request.retries} tries left)" if request.retries is not None else ""
+        return self.pinentry.ask(f"tokenagent: unlock vault '{self.vault}'\n{request.prompt}{tries}")
 
     def notify(self, event: str, message: str) -> None:
         if event == "touch":
             self.emit("touch", vault=self.vault, reader=self.reader, message=message)
 
 
-def plug_slots(slots: tuple[Slot, ...]) -> list[str]:
-    """Slots that open with a plugged token and a touch alone (FIDO2 without PIN)."""
+def plug_slots(slots: tuple[Slot, ...], with_pin: bool = False) -> list[str]:
+    """Slots that open with a plugged token and a touch (and its PIN, when pinentry can ask for it)."""
     usable = []
     for slot in slots:
         types = [(f.descriptor()["type"], f.params().get("uv")) for f in slot.factors]
-        if types and all(t == "fido2" and uv is False for t, uv in types):
+        if types and all(t == "fido2" and (uv is False or with_pin) for t, uv in types):
             usable.append(slot.id)
     return usable
 
 
 def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Callable[..., None],
-                    touch_timeout: float = 30.0) -> tuple[str, bytearray] | None:
+                    touch_timeout: float = 30.0, pinentry: Pinentry | None = None) -> tuple[str, bytearray] | None:
     """Try VAULT's plug slots with the token in ``reader`` (runs in a worker thread)."""
     load_factor_types()  # before the vault is parsed, so its token factors are known
     try:
         vault = store.load(vault_name)
-        slot_ids = plug_slots(vault.slots)
+        slot_ids = plug_slots(vault.slots, with_pin=pinentry is not None)
         if not slot_ids:
             return None
-        ctx = FactorContext(ui=AgentInteraction(emit, vault_name, reader), devices=ReaderDevices(reader),
+        ctx = FactorContext(ui=AgentInteraction(emit, vault_name, reader, pinentry), devices=ReaderDevices(reader),
                             options={"touch_timeout": touch_timeout})
         result = unlock(vault, ctx, slot_ids)
         return result.slot_id, result.masterkey
