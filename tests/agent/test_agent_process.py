@@ -159,3 +159,18 @@ def _try_get(client: AgentClient, vault: str) -> object:
         return client.get(vault, context="x", wait=20)
     except Exception as err:  # noqa: BLE001 - the test inspects it
         return err
+
+
+def _locked_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmLck:")))
+
+
+def test_unlocked_key_is_locked_in_memory_until_lock(agent: AgentProcess) -> None:
+    assert _locked_kib(agent.pid) == 0
+    unlock(agent)
+    status = json.loads(agent.cli("status", "--json").stdout)
+    assert status["vaults"][0]["mlocked"] is True
+    assert _locked_kib(agent.pid) > 0  # the page holding the key cannot be swapped out
+    agent.cli("lock", "v1")
+    assert _locked_kib(agent.pid) == 0

@@ -39,3 +39,27 @@ def harden_process() -> dict[str, bool]:
     if not done["dumpable_off"]:
         log.warning("could not mark the agent non-dumpable; same-uid processes may read its memory")
     return done
+
+
+def lock_in_memory(buf: bytearray) -> bool:
+    """``mlock`` the pages of ``buf`` so the key is not swapped out; False where not allowed.
+
+    The buffer must not be resized while locked (it would move); ``unlock_memory`` undoes it.
+    """
+    if not buf:
+        return False
+    try:
+        address = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+        return _libc().mlock(ctypes.c_void_p(address), ctypes.c_size_t(len(buf))) == 0
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def unlock_memory(buf: bytearray) -> None:
+    if not buf:
+        return
+    try:
+        address = ctypes.addressof((ctypes.c_char * len(buf)).from_buffer(buf))
+        _libc().munlock(ctypes.c_void_p(address), ctypes.c_size_t(len(buf)))
+    except (OSError, ValueError, TypeError):
+        pass

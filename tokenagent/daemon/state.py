@@ -29,6 +29,7 @@ from ..errors import AccessDenied, AgentError, PolicyError, TokenAgentError, Usa
 from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Response
 from ..vault import VaultStore, check_name, derive_subkey, verify, wipe
 from .config import AgentConfig
+from .hardening import lock_in_memory, unlock_memory
 
 MAX_CONTEXT = 256
 log = logging.getLogger("tokenagent.agent")
@@ -57,9 +58,13 @@ class Session:
     idle_ttl: float = 0.0  # each key release pushes idle_deadline this far (0: no idle lock)
     token: str | None = None  # token id whose removal locks this session
     releases: int = 0
+    mlocked: bool = False  # the secret's pages are locked in memory (never swapped)
 
     def wipe(self) -> None:
         wipe(self.secret)
+        if self.mlocked:
+            unlock_memory(self.secret)
+            self.mlocked = False
 
 
 @dataclass
@@ -92,6 +97,7 @@ class AgentState:
         self.lock(vault, "replaced", quiet=True)
         session = Session(vault, secret, loaded.allow_raw, loaded.fingerprint, slot, source, now,
                           now + idle if idle > 0 else None, now + hard if hard > 0 else None, idle, token)
+        session.mlocked = lock_in_memory(secret)
         self.sessions[vault] = session
         self.emit("unlocked", vault=vault, slot=slot, source=source)
         return session
@@ -156,7 +162,7 @@ class AgentState:
             s = self.sessions.get(name)
             entry: dict[str, Any] = {"vault": name, "unlocked": s is not None}
             if s is not None:
-                entry.update(slot=s.slot, source=s.source, fingerprint=s.fingerprint,
+                entry.update(slot=s.slot, source=s.source, fingerprint=s.fingerprint, mlocked=s.mlocked,
                              unlocked_for=round(now - s.unlocked_at, 3), releases=s.releases,
                              idle_left=_left(s.idle_deadline, now), max_left=_left(s.hard_deadline, now))
             vaults.append(entry)
