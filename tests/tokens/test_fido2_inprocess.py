@@ -285,3 +285,30 @@ def test_enrolling_a_key_already_in_the_vault_is_refused(tmp_path: Path) -> None
     ctx.options["enrolled_factors"] = [factor.descriptor()]
     with pytest.raises(TokenError, match="already enrolled in this vault"):
         Fido2Factor.enroll(ctx, {})
+
+
+def test_rotate_renews_the_salt_in_one_touch(tmp_path: Path) -> None:
+    from tokenagent.vault import VaultStore, operations
+    from tokenagent.vault.slots import open_slot
+
+    tok = token(tmp_path, 41)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok), {})
+    store_dir = tmp_path / "vaults"
+    store_dir.mkdir(mode=0o700)
+    store = VaultStore(store_dir)
+    vault, key = new_vault("v", [(factor, secret)])
+    store.create(vault)
+    touches: list[float] = []
+    original = tok.presence.wait
+    tok.presence.wait = lambda *a, **k: touches.append(time.monotonic()) or original(*a, **k)  # type: ignore
+    renewed, old, new = factor.rotate(ctx_for(tok))
+    assert len(touches) == 1  # one assertion answered for both salts
+    assert old == secret and new != secret and isinstance(renewed, Fido2Factor) and renewed.salt != factor.salt
+    loaded = store.load("v")
+    masterkey = open_slot(loaded, loaded.slots[0], ctx_for(tok), given=[old])
+    assert masterkey == key
+    operations.replace_slot(store, "v", masterkey, "1", [(renewed, new)])
+    after = store.load("v")
+    assert after.slots[0].id == "1" and after.slots[0].factors[0].params()["salt"] != factor.params()["salt"]
+    assert unlock(after, ctx_for(tok)).masterkey == key
+    assert renewed.unlock(ctx_for(tok)) == new

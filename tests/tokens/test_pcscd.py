@@ -157,3 +157,22 @@ def test_token_pulled_out_while_waiting_for_touch(pcscd: PrivatePcscd, tokens: l
     assert waiting.returncode in (4, 5), (out, err)
     assert "Traceback" not in err and err.strip(), err
     assert (sorted(p.name for p in vault_file.parent.iterdir()), vault_file.read_bytes()) == before
+
+
+def test_rotate_through_the_cli(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    home = home_dir(tmp_path)
+    tokens.append(TokenProcess(pcscd, tmp_path / "a.json", 9001))
+    assert run(home, pcscd, "init", "docs", "--fido2").returncode == 0  # type: ignore[attr-defined]
+    key = json.loads(run(home, pcscd, "open", "docs", "--reveal", "--json").stdout)["key"]  # type: ignore[attr-defined]
+    before = (home / "data" / "vaults" / "docs.vault").read_text()
+    rotated = run(home, pcscd, "rotate", "docs", "1", "--json")
+    assert rotated.returncode == 0, rotated.stderr  # type: ignore[attr-defined]
+    after = (home / "data" / "vaults" / "docs.vault").read_text()
+    salt = lambda text: json.loads(text)["slots"][0]["factors"][0]["params"]["salt"]  # noqa: E731
+    assert salt(before) != salt(after)
+    assert json.loads(run(home, pcscd, "open", "docs", "--reveal", "--json").stdout)["key"] == key  # type: ignore[attr-defined]
+    pw = tmp_path / "pw"
+    pw.write_text("a password\n")
+    assert run(home, pcscd, "enroll", "docs", "--password", "--password-file", str(pw)).returncode == 0  # type: ignore[attr-defined]
+    refused = run(home, pcscd, "rotate", "docs", "2", "--password-file", str(pw))
+    assert refused.returncode == 5 and "cannot be rotated" in refused.stderr  # type: ignore[attr-defined]

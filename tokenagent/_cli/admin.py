@@ -1,4 +1,4 @@
-"""Admin commands: init, enroll, slots, info, list, remove-slot, drill, open, keyfile generate.
+"""Admin commands: init, enroll, slots, info, list, remove-slot, rotate, drill, open, keyfile generate.
 
 Factor flags (``--password``, ``--keyfile PATH``, ``--recovery``, ``--fido2``, ``--piv``, ``--otp``,
 ``--pkcs11 URI``) may be repeated; all the factors of one command form one slot that needs
@@ -21,6 +21,7 @@ from ..factors.base import Factor, FactorContext
 from ..plugins import load_factor_types
 from ..vault import VaultStore, check_name, new_vault, operations, unlock, wipe
 from ..vault.format import Vault
+from ..vault.slots import open_slot
 from .interaction import TerminalInteraction, make_context
 from .util import emit, json_option
 
@@ -310,6 +311,33 @@ def remove_slot(vault: str, slot: str, unlock_keyfiles: tuple[str, ...], unlock_
 
 @click.command()
 @click.argument("vault")
+@click.argument("slot")
+@secret_file_options
+def rotate(vault: str, slot: str, **kw: Any) -> None:
+    """Renew SLOT's token secrets: one touch per key (FIDO2: a new salt); the slot keeps its id and label."""
+    store = VaultStore()
+    loaded = store.load(vault)
+    target = loaded.slot(slot)
+    ctx, ui = factor_context(kw)
+    results: list[tuple[Factor, bytearray, bytearray]] = []
+    try:
+        for factor in target.factors:
+            results.append(factor.rotate(ctx))  # old and new secret from one use of the token
+        masterkey = open_slot(loaded, target, ctx, given=[old for _, old, _ in results])
+        try:
+            _, renewed = operations.replace_slot(store, vault, masterkey, slot, [(f, new) for f, _, new in results])
+        finally:
+            wipe(masterkey)
+    finally:
+        for _, old, new in results:
+            wipe(old)
+            wipe(new)
+    emit(kw["as_json"], {"vault": vault, "slot": renewed.id},
+         f"slot {renewed.id} of vault {vault!r} rotated: {renewed.describe()}")
+
+
+@click.command()
+@click.argument("vault")
 @click.argument("slot_ids", nargs=-1, metavar="[SLOT]...")
 @secret_file_options
 @click.option("--keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file to offer.")
@@ -400,6 +428,6 @@ def keyfile_generate(path: Path, as_json: bool) -> None:
 
 
 def register(cli: click.Group) -> None:
-    for command in (init, enroll, slots, info, list_, remove_slot, drill, open_, keyfile):
+    for command in (init, enroll, slots, info, list_, remove_slot, rotate, drill, open_, keyfile):
         cli.add_command(command)
 

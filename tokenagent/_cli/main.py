@@ -15,6 +15,7 @@ import click
 
 from .. import __version__
 from ..errors import ExitCode, TokenAgentError
+from ..plugins import load_factor_types
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +26,7 @@ def cli() -> None:
     Exit codes: 0 ok, 1 failure, 2 usage, 3 vault, 4 authentication, 5 token,
     6 agent, 7 locked, 8 denied by policy, 9 cancelled (docs/exit-codes.md).
     """
+    load_factor_types()  # before any vault is read, so its token factors are known
 
 
 def _load_commands() -> None:

@@ -142,7 +142,7 @@ def pin_token(ctap: Ctap2, ctx: FactorContext, name: str, rp: str) -> tuple[PinP
 
 def hmac_secret(ctap: Ctap2, ctx: FactorContext, name: str, rp: str, credential: bytes, salt: bytes,
                 uv: bool) -> bytearray:
-    """One assertion with user presence: HMAC(CredRandom, salt) from the key."""
+    """One assertion with user presence: HMAC(CredRandom, salt) from the key; two salts give 64 bytes."""
     token = None
     protocol = _protocol(ctap)
     if uv:
@@ -165,7 +165,7 @@ def hmac_secret(ctap: Ctap2, ctx: FactorContext, name: str, rp: str, credential:
     output = (assertion.auth_data.extensions or {}).get("hmac-secret")
     if not isinstance(output, bytes):
         raise NotSupported(f"{name} did not answer the hmac-secret extension")
-    return bytearray(protocol.decrypt(shared, output)[:32])
+    return bytearray(protocol.decrypt(shared, output)[:len(salt)])
 
 
 def _select_one(devices: list[CtapDevice], ctx: FactorContext) -> CtapDevice:
@@ -289,6 +289,9 @@ class Fido2Factor(Factor):
         return None
 
     def unlock(self, ctx: FactorContext) -> bytearray:
+        return self._secret(ctx, self.salt)
+
+    def _secret(self, ctx: FactorContext, salts: bytes) -> bytearray:
         devices = _devices(ctx, ctx.options.get("serial"))
         try:
             found = self._find(devices)
@@ -301,7 +304,7 @@ class Fido2Factor(Factor):
                 ctx.ui.notify("warning", f"{name} now requires user verification for everything; this slot was"
                                          " enrolled without it and will not open with this key")
             try:
-                return hmac_secret(ctap, ctx, name, self.rp, self.credential, self.salt, self.uv)
+                return hmac_secret(ctap, ctx, name, self.rp, self.credential, salts, self.uv)
             except CtapError as err:
                 raise TokenError(f"{name} refused: {getattr(err.code, 'name', err.code)}") from None
             except TokenAgentError:
@@ -313,6 +316,16 @@ class Fido2Factor(Factor):
 
     def describe(self) -> str:
         return f"FIDO2 key (hmac-secret, rp {self.rp}{', PIN' if self.uv else ''})"
+
+    def rotate(self, ctx: FactorContext) -> tuple[Factor, bytearray, bytearray]:
+        """A new salt, in one touch: the key answers for the old salt and the new one together."""
+        new_salt = secrets.token_bytes(SALT_LEN)
+        both = self._secret(ctx, self.salt + new_salt)
+        try:
+            renewed = Fido2Factor(self.rp, self.credential, new_salt, self.uv, self.aaguid)
+            return renewed, bytearray(both[:SALT_LEN]), bytearray(both[SALT_LEN:])
+        finally:
+            both[:] = bytes(len(both))
 
 
 def _removed(name: str, err: Exception) -> TokenRemoved:

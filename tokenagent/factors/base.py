@@ -108,6 +108,15 @@ class Factor(ABC):
         """A one-line description for ``tokenagent slots`` (no secrets)."""
         return self.type
 
+    def rotate(self, ctx: FactorContext) -> tuple[Factor, bytearray, bytearray]:
+        """Optional: a renewed factor with (old secret, new secret), from one use of the source.
+
+        Factors that cannot renew their secret raise ``NotSupported`` (``tokenagent rotate``).
+        """
+        from ..errors import NotSupported
+
+        raise NotSupported(f"{self.describe()} cannot be rotated")
+
     def descriptor(self) -> dict[str, JSONValue]:
         return {"type": self.type, "params": self.params()}
 

@@ -1,4 +1,4 @@
-"""Changes to an existing vault: add, remove and drill slots.
+"""Changes to an existing vault: add, remove, drill and rotate slots.
 
 Each change runs under the store's lock on the *current* file: the caller has opened the
 vault and holds its secret, the current version is verified with that secret (so a file
@@ -89,3 +89,26 @@ def set_label(store: VaultStore, name: str, masterkey: bytes | bytearray, slot_i
         return sign(current.with_changes(seq=current.seq + 1, slots=slots), masterkey)
 
     return store.update(name, change)
+
+
+def replace_slot(
+    store: VaultStore,
+    name: str,
+    masterkey: bytes | bytearray,
+    slot_id: str,
+    enrolled: Sequence[tuple[Factor, bytes | bytearray]],
+) -> tuple[Vault, Slot]:
+    """Re-wrap slot ``slot_id`` for new factor secrets (same id, label, policy; a fresh salt)."""
+    replaced: list[Slot] = []
+
+    def change(current: Vault) -> Vault:
+        verify(current, masterkey)
+        old = current.slot(slot_id)
+        slot = make_slot(current.vault_id, slot_id, masterkey, enrolled, old.policy.k, old.label, old.created)
+        slot = Slot(**{**slot.__dict__, "last_drill": int(time.time())})  # it was just opened
+        replaced.append(slot)
+        slots = tuple(slot if s.id == slot_id else s for s in current.slots)
+        return sign(current.with_changes(seq=current.seq + 1, slots=slots), masterkey)
+
+    vault = store.update(name, change)
+    return vault, replaced[0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from ..errors import (
@@ -101,20 +101,31 @@ def make_slot(
     return Slot(**{**slot.__dict__, "nonce": nonce, "wrapped": wrapped, "shares": shares})
 
 
-def open_slot(vault: Vault, slot: Slot, ctx: FactorContext) -> bytearray:
-    """Return the vault secret through ``slot``; NotMine/WrongSecret when it does not open."""
+def open_slot(vault: Vault, slot: Slot, ctx: FactorContext,
+              given: Sequence[bytes | bytearray] | None = None) -> bytearray:
+    """Return the vault secret through ``slot``; NotMine/WrongSecret when it does not open.
+
+    ``given``: the factors' secrets, already obtained (one per factor, in order), instead of
+    asking each factor (``rotate`` gets old and new secrets in one token operation).
+    """
     bound = slot.bound(vault.vault_id)
+
+    def secret_of(i: int, factor: Factor) -> bytearray:
+        if given is not None:
+            return bytearray(given[i])
+        return factor.unlock(_factor_context(ctx, slot, i))
+
     if slot.policy.k is None:
         secrets_: list[bytearray] = []
         try:
             for i, factor in enumerate(slot.factors):
-                secrets_.append(factor.unlock(_factor_context(ctx, slot, i)))
+                secrets_.append(secret_of(i, factor))
             kek = crypto.derive_kek(secrets_, slot.salt, bound)
         finally:
             for s in secrets_:
                 crypto.wipe(s)
     else:
-        kek = _open_threshold(slot, bound, ctx)
+        kek = _open_threshold(slot, bound, secret_of)
     try:
         return crypto.open_sealed(kek, slot.nonce, slot.wrapped, _wrap_ad(bound))
     finally:
@@ -152,7 +163,7 @@ def _factor_context(ctx: FactorContext, slot: Slot, index: int) -> FactorContext
     return replace(ctx, ui=_NumberedPrompts(ctx.ui, f"{_ORDINALS.get(nth, f'{nth}th')} {types[index]}"))
 
 
-def _open_threshold(slot: Slot, bound: bytes, ctx: FactorContext) -> bytearray:
+def _open_threshold(slot: Slot, bound: bytes, secret_of: Callable[[int, Factor], bytearray]) -> bytearray:
     k = slot.policy.k or len(slot.factors)
     points: dict[int, bytearray] = {}
     problems: list[str] = []
@@ -161,7 +172,7 @@ def _open_threshold(slot: Slot, bound: bytes, ctx: FactorContext) -> bytearray:
             if len(points) >= k:
                 break
             try:
-                secret = factor.unlock(_factor_context(ctx, slot, i - 1))
+                secret = secret_of(i - 1, factor)
             except (NotMine, WrongSecret) as err:
                 problems.append(f"{factor.describe()}: {err.message}")
                 continue
