@@ -6,9 +6,10 @@
 behind vpcd all count). ``describe_devices()`` is ``tokenagent devices``: what is present,
 read without spending a PIN try.
 
-Serial numbers: HID keys report theirs; over PC/SC the FIDO2 applet has none, so
-``--serial`` matches only keys that report one (the virtual token's in-process transport
-does; its pcscd transport does not yet, pending its management applet).
+Serial numbers: HID keys report theirs; over PC/SC the serial is read from the YubiKey
+management applet (yubikit's ``ManagementSession``), which the virtual token has too; keys
+of other makers have none there, and ``--serial`` then matches nothing: touch the key to
+choose it instead.
 """
 
 from __future__ import annotations
@@ -41,11 +42,67 @@ def _fido2_devices() -> Iterator[Any]:
     except Exception as err:  # noqa: BLE001 - no hidraw access, no HID backend
         log.debug("no HID FIDO2 devices: %s", err)
     try:
+        from smartcard.System import readers
+
+        found = readers()
+    except Exception as err:  # noqa: BLE001 - pcscd not running, pyscard missing
+        log.debug("no PC/SC readers: %s", err)
+        return
+    for reader in found:
+        device = pcsc_fido2_device(reader)
+        if device is not None:
+            yield device
+
+
+def pcsc_fido2_device(reader: Any) -> Any | None:
+    """The FIDO2 device in a PC/SC reader (None: no card, or no FIDO2 applet), with its serial."""
+    serial = pcsc_serial(reader)
+    try:
+        return _serial_pcsc_class()(reader.createConnection(), str(reader), serial)
+    except Exception as err:  # noqa: BLE001 - no card, not FIDO2, card being reset
+        log.debug("no FIDO2 device in %s: %s", reader, err)
+        return None
+
+
+def pcsc_serial(reader: Any) -> int | None:
+    """The serial a YubiKey (or the virtual token) reports through its management applet."""
+    try:
+        from ykman.pcsc import ScardSmartCardConnection
+        from yubikit.management import ManagementSession
+
+        connection = ScardSmartCardConnection(reader.createConnection())
+        try:
+            return ManagementSession(connection).read_device_info().serial
+        finally:
+            connection.close()
+    except Exception:  # noqa: BLE001 - not a YubiKey, no card, no management applet
+        return None
+
+
+_SERIAL_CLASS: Any = None
+
+
+def _serial_pcsc_class() -> Any:
+    """``CtapPcscDevice`` that knows the serial read from the management applet."""
+    global _SERIAL_CLASS
+    if _SERIAL_CLASS is None:
         from fido2.pcsc import CtapPcscDevice
 
-        yield from CtapPcscDevice.list_devices()
-    except Exception as err:  # noqa: BLE001 - pcscd not running, pyscard missing
-        log.debug("no PC/SC FIDO2 devices: %s", err)
+        class SerialCtapPcscDevice(CtapPcscDevice):  # type: ignore[misc]
+            def __init__(self, connection: Any, name: str, serial: int | None) -> None:
+                self._serial = serial
+                super().__init__(connection, name)
+
+            @property
+            def serial_number(self) -> int | None:
+                return self._serial
+
+        _SERIAL_CLASS = SerialCtapPcscDevice
+    return _SERIAL_CLASS
+
+
+def serial_pcsc_device(connection: Any, name: str, serial: int | None) -> Any:
+    return _serial_pcsc_class()(connection, name, serial)
 
 
 def pcsc_readers() -> list[str]:

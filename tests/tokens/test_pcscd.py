@@ -56,6 +56,7 @@ def test_token_is_seen_through_pcscd(pcscd: PrivatePcscd, tokens: list[TokenProc
     (device,) = listing["devices"]
     assert device["type"] == "fido2" and device["transport"] == "pcsc" and device["hmac_secret"]
     assert device["pin_set"] is False and "Virtual PCD" in device["name"]
+    assert device["serial"] == 1111  # read through yubikit's management session
     tokens[0].unplug()
     gone = json.loads(run(home, pcscd, "devices", "--json").stdout)  # type: ignore[attr-defined]
     assert gone["devices"] == [] and gone["pcsc_readers"]
@@ -176,3 +177,15 @@ def test_rotate_through_the_cli(pcscd: PrivatePcscd, tokens: list[TokenProcess],
     assert run(home, pcscd, "enroll", "docs", "--password", "--password-file", str(pw)).returncode == 0  # type: ignore[attr-defined]
     refused = run(home, pcscd, "rotate", "docs", "2", "--password-file", str(pw))
     assert refused.returncode == 5 and "cannot be rotated" in refused.stderr  # type: ignore[attr-defined]
+
+
+def test_serial_picks_the_key_among_two(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    home = home_dir(tmp_path)
+    tokens.append(TokenProcess(pcscd, tmp_path / "a.json", 9101, touch="refuse"))
+    tokens.append(TokenProcess(pcscd, tmp_path / "b.json", 9102))
+    done = run(home, pcscd, "init", "docs", "--fido2", "--serial", "9102", "--touch-timeout", "10")
+    assert done.returncode == 0, done.stderr  # type: ignore[attr-defined]
+    assert "touch the one to use" not in done.stderr  # type: ignore[attr-defined]
+    tokens[1].unplug()
+    absent = run(home, pcscd, "open", "docs")
+    assert absent.returncode == 4 and "not plugged in" in absent.stderr  # type: ignore[attr-defined]

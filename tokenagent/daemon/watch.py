@@ -122,20 +122,21 @@ class ReaderDevices:
     def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
         if kind != "fido2":
             return
-        from fido2.pcsc import CtapPcscDevice
         from smartcard.System import readers
+
+        from ..discovery import pcsc_fido2_device
 
         for reader in readers():
             if str(reader) != self.reader:
                 continue
             for attempt in range(SETTLE_ATTEMPTS):  # a card just inserted may be reset by pcscd once more
-                try:
-                    device = CtapPcscDevice(reader.createConnection(), str(reader))
-                except Exception as err:  # noqa: BLE001 - "card was reset", "card removed", not CTAP
-                    log.debug("token in %s not ready (%s), attempt %d", self.reader, err, attempt + 1)
+                device = pcsc_fido2_device(reader)
+                if device is None:
+                    log.debug("token in %s not ready, attempt %d", self.reader, attempt + 1)
                     time.sleep(SETTLE_DELAY)
                     continue
-                yield device
+                if serial is None or device.serial_number == serial:
+                    yield device
                 break
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fido2.pcsc import CtapPcscDevice
-
+from ..discovery import serial_pcsc_device
 from .token import VirtualToken
 
 
@@ -24,16 +23,4 @@ class VirtualDevices:
             if serial is not None and token.serial != serial:
                 continue
             if kind == "fido2":
-                yield _SerialCtapPcscDevice(token.connection(), f"virtual token {token.serial}", token.serial)
-
-
-class _SerialCtapPcscDevice(CtapPcscDevice):
-    """A PC/SC CTAP device that knows its serial (read from the management applet on real keys)."""
-
-    def __init__(self, connection: Any, name: str, serial: int) -> None:
-        self._serial = serial
-        super().__init__(connection, name)
-
-    @property
-    def serial_number(self) -> int | None:
-        return self._serial
+                yield serial_pcsc_device(token.connection(), f"virtual token {token.serial}", token.serial)

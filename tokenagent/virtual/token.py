@@ -19,6 +19,7 @@ from typing import Any
 
 from .card import Presence, TouchMode, VirtualCard
 from .ctap2 import Fido2Applet
+from .management import ManagementApplet
 
 # The ATR of a YubiKey 5 NFC over USB ("YubiKey" in its historical bytes).
 ATR = bytes.fromhex("3BFD1300008131FE158073C021C057597562694B657940")
@@ -46,7 +47,7 @@ class VirtualToken:
                     applet.load_state(state[applet.state_key])
         for applet in self.applets:
             applet.changed = self.save
-        self.card = VirtualCard(list(self.applets), ATR)
+        self.card = VirtualCard([*self.applets, ManagementApplet(self.serial, VERSION)], ATR)
         self.card.power_on()
 
     def replug(self) -> None:

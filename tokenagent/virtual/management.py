@@ -1,0 +1,43 @@
+"""The virtual token's management applet: what yubikit's ManagementSession reads.
+
+SELECT (AID A000000527471117) answers the firmware version as text ("5.7.2"); READ CONFIG
+(INS 1D, P1 = page) answers one length byte and the DeviceInfo TLVs: serial, version, form
+factor, and the USB/NFC capabilities supported and enabled (FIDO2 only: this token has no
+OTP, PIV or OpenPGP applet yet). Writing the configuration is refused.
+"""
+
+from __future__ import annotations
+
+from .card import SW_INS_NOT_SUPPORTED, SW_WRONG_P1P2, Apdu, ApduStatus, Applet
+
+AID = bytes.fromhex("A000000527471117")
+INS_READ_CONFIG = 0x1D
+CAPABILITY_FIDO2 = 0x0200
+FORM_FACTOR_USB_A_KEYCHAIN = 0x01
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    return bytes([tag, len(value)]) + value
+
+
+class ManagementApplet(Applet):
+    aid = AID
+    name = "Management"
+
+    def __init__(self, serial: int, version: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.serial, self.version = serial, version
+
+    def select(self, p2: int) -> bytes:
+        return ".".join(str(v) for v in self.version).encode()
+
+    def process(self, apdu: Apdu) -> bytes:
+        if apdu.ins != INS_READ_CONFIG:
+            raise ApduStatus(SW_INS_NOT_SUPPORTED)
+        if apdu.p1 != 0:
+            raise ApduStatus(SW_WRONG_P1P2)
+        caps = CAPABILITY_FIDO2.to_bytes(2, "big")
+        body = (_tlv(0x01, caps) + _tlv(0x02, self.serial.to_bytes(4, "big")) + _tlv(0x03, caps)
+                + _tlv(0x04, bytes([FORM_FACTOR_USB_A_KEYCHAIN])) + _tlv(0x05, bytes(self.version))
+                + _tlv(0x0D, caps) + _tlv(0x0E, caps))
+        return bytes([len(body)]) + body
