@@ -1,7 +1,8 @@
 """Finding tokens: one place that knows how to reach every device type.
 
 ``default_provider()`` is what the CLI and the agent hand to factors as
-``FactorContext.devices``. FIDO2 keys are found over HID (``CtapHidDevice``) and over PC/SC
+``FactorContext.devices``. YubiKeys' OTP applications (kind "otp") are reached over PC/SC.
+FIDO2 keys are found over HID (``CtapHidDevice``) and over PC/SC
 (``CtapPcscDevice``: any reader, so NFC readers, smart-card readers and the virtual token
 behind vpcd all count). ``describe_devices()`` is ``tokenagent devices``: what is present,
 read without spending a PIN try.
@@ -25,6 +26,9 @@ class SystemDevices:
     """Devices of this machine, opened on demand; the caller closes them."""
 
     def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
+        if kind == "otp":
+            yield from _otp_devices(serial)
+            return
         if kind != "fido2":
             return
         for device in _fido2_devices():
@@ -52,6 +56,29 @@ def _fido2_devices() -> Iterator[Any]:
         device = pcsc_fido2_device(reader)
         if device is not None:
             yield device
+
+
+def _otp_devices(serial: int | None) -> Iterator[Any]:
+    """YubiKeys' smart-card connections (the OTP factor opens its session on them)."""
+    from .drivers.otp import OtpDevice
+
+    try:
+        from smartcard.System import readers
+
+        found = readers()
+    except Exception as err:  # noqa: BLE001 - pcscd not running, pyscard missing
+        log.debug("no PC/SC readers: %s", err)
+        return
+    for reader in found:
+        reader_serial = pcsc_serial(reader)
+        if serial is not None and reader_serial != serial:
+            continue
+        try:
+            from ykman.pcsc import ScardSmartCardConnection
+
+            yield OtpDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), reader_serial)
+        except Exception as err:  # noqa: BLE001 - no card in this reader
+            log.debug("no card in %s: %s", reader, err)
 
 
 def pcsc_fido2_device(reader: Any) -> Any | None:

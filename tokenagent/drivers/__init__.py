@@ -1,11 +1,13 @@
 """Token factor types. Importing this package registers the ones whose libraries are present.
 
 * ``fido2``: FIDO2 hmac-secret (python-fido2), over HID or PC/SC.
+* ``otp``: YubiKey OTP HMAC-SHA1 challenge-response (yubikit), over PC/SC.
 
-PIV, YubiKey OTP and PKCS#11 are not in this version; vaults holding such slots still load
+PIV and PKCS#11 are not in this version; vaults holding such slots still load
 (their factors show as "not supported here") and their other slots still open.
 """
 
 from __future__ import annotations
 
 from . import fido2 as _fido2  # noqa: F401 - registers the factor type
+from . import otp as _otp  # noqa: F401 - registers the factor type

@@ -24,3 +24,10 @@ class VirtualDevices:
                 continue
             if kind == "fido2":
                 yield serial_pcsc_device(token.connection(), f"virtual token {token.serial}", token.serial)
+            elif kind == "otp":
+                from ykman.pcsc import ScardSmartCardConnection
+
+                from ..drivers.otp import OtpDevice
+
+                yield OtpDevice(ScardSmartCardConnection(token.connection()), f"virtual token {token.serial}",
+                                token.serial)

@@ -17,9 +17,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .card import Presence, TouchMode, VirtualCard
+from .card import Applet, Presence, TouchMode, VirtualCard
 from .ctap2 import Fido2Applet
 from .management import ManagementApplet
+from .otp import OtpApplet
 
 # The ATR of a YubiKey 5 NFC over USB ("YubiKey" in its historical bytes).
 ATR = bytes.fromhex("3BFD1300008131FE158073C021C057597562694B657940")
@@ -32,7 +33,8 @@ class VirtualToken:
         self.state_path = Path(state_path)
         self.presence = Presence(TouchMode(touch), touch_delay)
         self.fido2 = Fido2Applet(self.presence)
-        self.applets = [self.fido2]
+        self.otp = OtpApplet(self.presence, 0, VERSION)
+        self.applets: list[Applet] = [self.fido2, self.otp]
         self._lock = threading.Lock()
         state = self._read()
         if state is None:
@@ -45,6 +47,7 @@ class VirtualToken:
             for applet in self.applets:
                 if applet.state_key in state:
                     applet.load_state(state[applet.state_key])
+        self.otp.serial = self.serial
         for applet in self.applets:
             applet.changed = self.save
         self.card = VirtualCard([*self.applets, ManagementApplet(self.serial, VERSION)], ATR)

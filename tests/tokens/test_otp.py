@@ -1,0 +1,136 @@
+"""The YubiKey OTP (HMAC-SHA1 challenge-response) factor against the virtual token's OTP applet."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentkit import cli
+from factor_conformance import FactorConformance  # type: ignore[import-not-found]
+from pcscd import PrivatePcscd, TokenProcess
+from scripted import context  # type: ignore[import-not-found]
+from ykman.pcsc import ScardSmartCardConnection
+from yubikit.yubiotp import SLOT, HmacSha1SlotConfiguration, YubiOtpSession
+
+from tokenagent.drivers.otp import OtpFactor
+from tokenagent.errors import Cancelled, NotMine, UsageError
+from tokenagent.factors.base import FactorContext
+from tokenagent.virtual.provider import VirtualDevices
+from tokenagent.virtual.token import VirtualToken
+
+
+def token(tmp_path: Path, serial: int) -> VirtualToken:
+    return VirtualToken(tmp_path / f"otp-{serial}.json", serial=serial)
+
+
+def ctx_for(*tokens: VirtualToken, force: bool = False, confirm: bool = False) -> FactorContext:
+    ctx = context()
+    ctx.devices = VirtualDevices(list(tokens))
+    ctx.force = force
+    ctx.ui.confirm = lambda question: confirm  # type: ignore[method-assign]
+    return ctx
+
+
+def program(tok: VirtualToken, key: bytes, slot: int = 2, touch: bool = False) -> None:
+    session = YubiOtpSession(ScardSmartCardConnection(tok.connection()))
+    session.put_configuration(SLOT(slot), HmacSha1SlotConfiguration(key).require_touch(touch))
+
+
+@pytest.fixture(autouse=True)
+def _tmp(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if request.instance is not None:
+        request.instance.tmp = tmp_path
+
+
+class TestOtpConformance(FactorConformance):
+    factor_type = "otp"
+    tmp: Path
+
+    def _tokens(self) -> tuple[VirtualToken, VirtualToken]:
+        if not hasattr(self, "_pair"):
+            self._pair = (token(self.tmp, 501), token(self.tmp, 502))
+            program(self._pair[0], os.urandom(20))
+            program(self._pair[1], os.urandom(20))
+        return self._pair
+
+    def enroll_context(self) -> FactorContext:
+        return ctx_for(self._tokens()[0])
+
+    def unlock_context(self) -> FactorContext:
+        return ctx_for(self._tokens()[0])
+
+    def foreign_context(self) -> FactorContext:
+        return ctx_for(self._tokens()[1])
+
+    def enroll_options(self) -> dict[str, Any]:
+        return {"otp_slot": 2}
+
+
+def test_secret_is_the_hmac_of_the_slot_key(tmp_path: Path) -> None:
+    tok = token(tmp_path, 511)
+    key = os.urandom(20)
+    program(tok, key, slot=1)
+    factor, secret = OtpFactor.enroll(ctx_for(tok), {"otp_slot": 1})
+    assert isinstance(factor, OtpFactor) and factor.serial == 511 and factor.slot == 1
+    assert bytes(secret) == hmac.digest(key, factor.challenge, hashlib.sha1)
+    # another key programmed with the same secret is a working backup (as with ykman/KeePassXC)
+    backup = token(tmp_path, 512)
+    program(backup, key, slot=1)
+    copy = OtpFactor(1, factor.challenge, None, False)
+    assert copy.unlock(ctx_for(backup)) == secret
+
+
+def test_programming_asks_first_and_keeps_the_slot_when_refused(tmp_path: Path) -> None:
+    tok = token(tmp_path, 521)
+    key = os.urandom(20)
+    program(tok, key)
+    with pytest.raises(Cancelled, match="was not changed"):
+        OtpFactor.enroll(ctx_for(tok, confirm=False), {"otp_slot": 2, "otp_program": True})
+    kept, secret = OtpFactor.enroll(ctx_for(tok), {"otp_slot": 2})
+    assert bytes(secret) == hmac.digest(key, kept.challenge, hashlib.sha1)  # type: ignore[attr-defined]
+    new, new_secret = OtpFactor.enroll(ctx_for(tok, confirm=True), {"otp_slot": 2, "otp_program": True})
+    assert new.unlock(ctx_for(tok)) == new_secret
+    assert kept.unlock(ctx_for(tok)) != secret  # the old secret is gone, as the question said
+
+
+def test_empty_slot_and_absent_key(tmp_path: Path) -> None:
+    tok = token(tmp_path, 531)
+    with pytest.raises(UsageError, match="--otp-program"):
+        OtpFactor.enroll(ctx_for(tok), {"otp_slot": 1})
+    program(tok, os.urandom(20))
+    factor, _ = OtpFactor.enroll(ctx_for(tok), {})
+    with pytest.raises(NotMine, match="YubiKey 531 is not plugged in"):
+        factor.unlock(ctx_for(token(tmp_path, 532)))
+
+
+def test_touch_slot_asks_for_a_touch(tmp_path: Path) -> None:
+    tok = token(tmp_path, 541)
+    program(tok, os.urandom(20), touch=True)
+    ctx = ctx_for(tok)
+    notices: list[str] = []
+    ctx.ui.notify = lambda event, message: notices.append(event)  # type: ignore[method-assign]
+    factor, secret = OtpFactor.enroll(ctx, {})
+    assert factor.touch and "touch" in notices and "touch" in factor.describe()
+
+
+def test_otp_slot_through_pcscd_and_the_cli(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    tok = TokenProcess(pcscd, tmp_path / "otp.json", 551)
+    tokens.append(tok)
+    refused = cli(home, "init", "docs", "--otp", "--otp-program", env=pcscd.env)
+    assert refused.returncode == 9 and "--force" in refused.stderr  # no terminal to confirm at
+    done = cli(home, "init", "docs", "--otp", "--otp-program", "--force", "--json", env=pcscd.env)
+    assert done.returncode == 0, done.stderr
+    opened = cli(home, "open", "docs", "--reveal", "--json", env=pcscd.env)
+    assert opened.returncode == 0, opened.stderr
+    slots = json.loads(cli(home, "slots", "docs", "--json", env=pcscd.env).stdout)["slots"]
+    assert "YubiKey 551" in slots[0]["describe"]
+    tok.unplug()
+    absent = cli(home, "open", "docs", env=pcscd.env)
+    assert absent.returncode == 4 and "YubiKey 551 is not plugged in" in absent.stderr

@@ -1,0 +1,163 @@
+"""The YubiKey OTP factor: HMAC-SHA1 challenge-response in slot 1 or 2 (yubikit).
+
+Theory of operation. Enrolment picks a random 32-byte challenge; the factor's secret is the
+key's 20-byte HMAC-SHA1 response to it, which the key computes with the slot's secret
+(programmed by ``ykman otp chalresp``, by KeePassXC, or by ``--otp-program``, which asks
+before it overwrites anything). The vault stores the slot, the challenge, the key's serial
+and whether the slot wants a touch. Unlock sends the same challenge to the key with that
+serial (or to each key present) and gets the same response. The secret never leaves the
+key; a copy of the slot's HMAC key (another key programmed with it) works as a backup.
+
+Keys are reached over PC/SC (the OTP application, AID A0000005272001), as KeePassXC's
+challenge-response does over USB HID; HID-only OTP access is not in this version.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import (
+    Cancelled,
+    NotMine,
+    TokenAgentError,
+    TokenError,
+    TokenNotFound,
+    TokenRemoved,
+    UsageError,
+    VaultFormatError,
+)
+from ..factors.base import Factor, FactorContext, JSONValue, register
+from ..factors.params import expect_b64, expect_keys
+
+CHALLENGE_LEN = 32
+HMAC_KEY_LEN = 20
+
+
+class OtpDevice:
+    """A YubiKey's smart-card connection, as discovery hands it out for kind "otp"."""
+
+    def __init__(self, connection: Any, name: str, serial: int | None) -> None:
+        self.connection, self.name, self.serial = connection, name, serial
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except Exception:  # noqa: BLE001 - a device already gone
+            pass
+
+
+def _session(device: OtpDevice) -> Any:
+    from yubikit.yubiotp import YubiOtpSession
+
+    return YubiOtpSession(device.connection)
+
+
+def _label(device: OtpDevice) -> str:
+    return f"YubiKey {device.serial}" if device.serial else f"the YubiKey in {device.name}"
+
+
+@register
+class OtpFactor(Factor):
+    type = "otp"
+
+    def __init__(self, slot: int, challenge: bytes, serial: int | None, touch: bool) -> None:
+        self.slot, self.challenge, self.serial, self.touch = slot, challenge, serial, touch
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, JSONValue]) -> Factor:
+        expect_keys(params, {"slot", "challenge", "serial", "touch"}, "otp")
+        slot, serial, touch = params["slot"], params["serial"], params["touch"]
+        if slot not in (1, 2) or isinstance(slot, bool):
+            raise VaultFormatError("otp: slot must be 1 or 2")
+        if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool) or serial < 0):
+            raise VaultFormatError("otp: serial must be a non-negative integer or null")
+        if not isinstance(touch, bool):
+            raise VaultFormatError("otp: touch must be a boolean")
+        return cls(int(slot), expect_b64(params, "challenge", CHALLENGE_LEN, "otp"), serial, touch)  # type: ignore[arg-type]
+
+    def params(self) -> dict[str, JSONValue]:
+        return {"slot": self.slot, "challenge": base64.b64encode(self.challenge).decode(), "serial": self.serial,
+                "touch": self.touch}
+
+    def describe(self) -> str:
+        who = f"YubiKey {self.serial}" if self.serial else "a YubiKey"
+        return f"YubiKey OTP challenge-response ({who}, slot {self.slot}{', touch' if self.touch else ''})"
+
+    @classmethod
+    def enroll(cls, ctx: FactorContext, options: Mapping[str, Any]) -> tuple[Factor, bytearray]:
+        from yubikit.yubiotp import SLOT, HmacSha1SlotConfiguration
+
+        slot = int(options.get("otp_slot") or 2)
+        devices = list(ctx.devices.connections("otp", options.get("serial"))) if ctx.devices else []
+        if not devices:
+            raise TokenNotFound("no YubiKey with its OTP application found: plug one in")
+        try:
+            if len(devices) > 1:
+                raise UsageError(f"{len(devices)} YubiKeys are present: name one with --serial")
+            device = devices[0]
+            label = _label(device)
+            try:
+                session = _session(device)
+                state = session.get_config_state()
+                if options.get("otp_program"):
+                    in_use = state.is_configured(SLOT(slot))
+                    question = (f"Program a new challenge-response secret into slot {slot} of {label}?"
+                                + (" The slot is in use: what it holds now is lost for good." if in_use else ""))
+                    if not (ctx.force or ctx.ui.confirm(question)):
+                        raise Cancelled(f"slot {slot} of {label} was not changed (confirm at the prompt, or --force)")
+                    session.put_configuration(SLOT(slot), HmacSha1SlotConfiguration(secrets.token_bytes(HMAC_KEY_LEN)))
+                    state = session.get_config_state()
+                elif not state.is_configured(SLOT(slot)):
+                    raise UsageError(f"slot {slot} of {label} is empty: program it with --otp-program"
+                                     " (or 'ykman otp chalresp --generate')")
+                touch = bool(state.is_touch_triggered(SLOT(slot)))
+                factor = cls(slot, secrets.token_bytes(CHALLENGE_LEN), device.serial, touch)
+                return factor, factor._respond(session, ctx, label)
+            except TokenAgentError:
+                raise
+            except Exception as err:  # noqa: BLE001 - transport failures, the key refusing
+                raise _failed(label, err) from None
+        finally:
+            for d in devices:
+                d.close()
+
+    def _respond(self, session: Any, ctx: FactorContext, label: str) -> bytearray:
+        from yubikit.yubiotp import SLOT
+
+        if self.touch:
+            ctx.ui.notify("touch", f"Touch {label} (challenge-response, slot {self.slot})")
+        response = session.calculate_hmac_sha1(SLOT(self.slot), self.challenge)
+        return bytearray(response)
+
+    def unlock(self, ctx: FactorContext) -> bytearray:
+        from yubikit.yubiotp import SLOT
+
+        devices = list(ctx.devices.connections("otp", self.serial)) if ctx.devices else []
+        try:
+            for device in devices:
+                label = _label(device)
+                try:
+                    session = _session(device)
+                    if not session.get_config_state().is_configured(SLOT(self.slot)):
+                        continue
+                    return self._respond(session, ctx, label)
+                except TokenAgentError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - transport failures, the key refusing
+                    raise _failed(label, err) from None
+            who = f"YubiKey {self.serial}" if self.serial else "the YubiKey of this slot"
+            raise NotMine(f"{who} is not plugged in")
+        finally:
+            for d in devices:
+                d.close()
+
+
+def _failed(label: str, err: Exception) -> TokenError:
+    name = type(err).__name__
+    if "Connection" in name or "Removed" in name or isinstance(err, OSError):
+        return TokenRemoved(f"{label} stopped answering ({name}): was it pulled out? Nothing was changed")
+    return TokenError(f"{label} refused the challenge-response ({name}); a slot set to need a touch times"
+                      " out after 15 s")
