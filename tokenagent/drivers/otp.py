@@ -91,6 +91,8 @@ class OtpFactor(Factor):
         from yubikit.yubiotp import SLOT, HmacSha1SlotConfiguration
 
         slot = int(options.get("otp_slot") or 2)
+        if options.get("otp_rolling"):
+            raise UsageError("--otp-rolling (a new challenge after each unlock) is not in this version")
         devices = list(ctx.devices.connections("otp", options.get("serial"))) if ctx.devices else []
         if not devices:
             raise TokenNotFound("no YubiKey with its OTP application found: plug one in")
