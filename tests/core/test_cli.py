@@ -104,13 +104,13 @@ def test_errors_are_one_clear_line(home: Path, tmp_path: Path, case: str, exit_c
         "bad-name": ["init", "../etc", "--password"],
         "exists": ["init", "v", "--password", "--password-file", pw],
         "no-terminal": ["open", "v"],
-        "unavailable-type": ["init", "w", "--pkcs11", "pkcs11:token=x"],
+        "unavailable-type": ["init", "w", "--piv"],
     }[case]
     if case == "damaged":
         vault_file = home / "data" / "vaults" / "v.vault"
         vault_file.write_text("{ truncated")
     if case == "unavailable-type" and not _no_drivers():
-        pytest.skip("optional: the PKCS#11 driver is installed, so this error cannot happen here")
+        pytest.skip("optional: the PIV driver is installed, so this error cannot happen here")
     r = run(home, *args, stdin=b"")
     assert r.returncode == exit_code, (r.returncode, r.stderr)
     assert words in r.stderr
@@ -121,7 +121,7 @@ def test_errors_are_one_clear_line(home: Path, tmp_path: Path, case: str, exit_c
 def _no_drivers() -> bool:
     from tokenagent.plugins import load_factor_types
 
-    return "pkcs11" not in load_factor_types()
+    return "piv" not in load_factor_types()
 
 
 def test_damaged_primary_falls_back_to_backup_loudly(home: Path, tmp_path: Path) -> None:
