@@ -27,6 +27,28 @@ def cli(home: Path, *args: str, stdin: str | None = None, env: dict[str, str] | 
                           capture_output=True, text=True, timeout=timeout, input=stdin)
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, 10 s to go, then SIGKILL; the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def private_home(tmp_path: Path, config: str | None = None) -> Path:
+    """A TOKENAGENT_HOME (0700) with an optional config.toml."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    if config is not None:
+        (home / "config").mkdir(mode=0o700)
+        (home / "config" / "config.toml").write_text(config)
+    return home
+
+
 class AgentProcess:
     def __init__(self, home: Path, socket_path: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.home = home
@@ -53,14 +75,7 @@ class AgentProcess:
 
     def stop(self) -> int:
         self.stopped = True
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,11 @@ from tokenagent.vault import new_vault, unlock
 
 class FactorConformance:
     factor_type: str = ""
+    tmp: Path  # a private directory for each test (token state files, key files)
+
+    @pytest.fixture(autouse=True)
+    def _private_tmp(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
 
     # --- to provide ----------------------------------------------------------------------
     def enroll_context(self) -> FactorContext:

@@ -45,14 +45,7 @@ def _fido2_devices() -> Iterator[Any]:
         yield from CtapHidDevice.list_devices()
     except Exception as err:  # noqa: BLE001 - no hidraw access, no HID backend
         log.debug("no HID FIDO2 devices: %s", err)
-    try:
-        from smartcard.System import readers
-
-        found = readers()
-    except Exception as err:  # noqa: BLE001 - pcscd not running, pyscard missing
-        log.debug("no PC/SC readers: %s", err)
-        return
-    for reader in found:
+    for reader in _pcsc_readers():
         device = pcsc_fido2_device(reader)
         if device is not None:
             yield device
@@ -62,14 +55,7 @@ def _otp_devices(serial: int | None) -> Iterator[Any]:
     """YubiKeys' smart-card connections (the OTP factor opens its session on them)."""
     from .drivers.otp import OtpDevice
 
-    try:
-        from smartcard.System import readers
-
-        found = readers()
-    except Exception as err:  # noqa: BLE001 - pcscd not running, pyscard missing
-        log.debug("no PC/SC readers: %s", err)
-        return
-    for reader in found:
+    for reader in _pcsc_readers():
         reader_serial = pcsc_serial(reader)
         if serial is not None and reader_serial != serial:
             continue
@@ -132,14 +118,20 @@ def serial_pcsc_device(connection: Any, name: str, serial: int | None) -> Any:
     return _serial_pcsc_class()(connection, name, serial)
 
 
-def pcsc_readers() -> list[str]:
-    """The PC/SC readers pcscd knows now ([] when pcscd is not running)."""
+def _pcsc_readers() -> list[Any]:
+    """pyscard's readers ([] when pcscd is not running or pyscard is missing)."""
     try:
         from smartcard.System import readers
 
-        return [str(r) for r in readers()]
-    except Exception:  # noqa: BLE001 - no pcscd, no pyscard
+        return list(readers())
+    except Exception as err:  # noqa: BLE001 - no pcscd, no pyscard
+        log.debug("no PC/SC readers: %s", err)
         return []
+
+
+def pcsc_readers() -> list[str]:
+    """The names of the PC/SC readers pcscd knows now."""
+    return [str(r) for r in _pcsc_readers()]
 
 
 def describe_devices() -> list[dict[str, Any]]:

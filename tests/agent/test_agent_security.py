@@ -19,8 +19,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agentkit import CANARY_SECRET, AgentProcess, cli, password_file, start_agent
@@ -83,31 +84,14 @@ def open_socket_agent(agent_home: Path) -> Iterator[AgentProcess]:
 
 # --- #1 peer uid ---------------------------------------------------------------------------------
 
-def _as_nobody(fn_source: str, path: Path) -> dict[str, int]:
-    """Fork, drop to nobody, run 100 connection attempts; return counts through a pipe."""
+def _in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``work`` in a forked child (which may drop privileges); return its JSON result."""
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child
+    if pid == 0:
         try:
             os.close(r)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            counts = {"connected": 0, "answered": 0, "closed_unanswered": 0}
-            for _ in range(100):
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.settimeout(5)
-                try:
-                    s.connect(str(path))
-                    counts["connected"] += 1
-                    s.sendall(frame({"op": fn_source, "id": 1}))
-                    data = s.recv(4096)
-                    counts["answered" if data else "closed_unanswered"] += 1
-                except (ConnectionResetError, BrokenPipeError):
-                    counts["closed_unanswered"] += 1
-                finally:
-                    s.close()
-            os.write(w, json.dumps(counts).encode())
+            os.write(w, json.dumps(work()).encode())
         finally:
             os._exit(0)
     os.close(w)
@@ -117,6 +101,32 @@ def _as_nobody(fn_source: str, path: Path) -> dict[str, int]:
     os.close(r)
     os.waitpid(pid, 0)
     return json.loads(data)
+
+
+def _as_nobody(op: str, path: Path) -> dict[str, Any]:
+    """In a child dropped to nobody: 100 connection attempts, each sending ``op``; the counts."""
+
+    def attempts() -> dict[str, Any]:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        counts = {"connected": 0, "answered": 0, "closed_unanswered": 0}
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            try:
+                s.connect(str(path))
+                counts["connected"] += 1
+                s.sendall(frame({"op": op, "id": 1}))
+                data = s.recv(4096)
+                counts["answered" if data else "closed_unanswered"] += 1
+            except (ConnectionResetError, BrokenPipeError):
+                counts["closed_unanswered"] += 1
+            finally:
+                s.close()
+        return counts
+
+    return _in_child(attempts)
 
 
 @needs_root
@@ -240,37 +250,27 @@ def _drop_all_capabilities() -> None:
         raise OSError(ctypes.get_errno(), "capset")
 
 
-def _read_mem_as_same_uid_without_privilege(target_pid: int) -> dict[str, str]:
+def _read_mem_as_same_uid_without_privilege(target_pid: int) -> dict[str, Any]:
     """In a forked child of the same uid with no capabilities: read the target's and a control's memory."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        result: dict[str, str] = {}
-        try:
-            os.close(r)
-            _drop_all_capabilities()
-            control = subprocess.Popen(["sleep", "30"])
-            for name, victim in (("agent", target_pid), ("control", control.pid)):
-                try:
-                    with open(f"/proc/{victim}/maps") as maps:
-                        start = int(maps.readline().split("-")[0], 16)
-                    with open(f"/proc/{victim}/mem", "rb") as mem:
-                        mem.seek(start)
-                        result[name] = f"read {len(mem.read(64))} bytes"
-                except OSError as err:
-                    result[name] = f"refused: {err.strerror}"
-            control.kill()
-            control.wait()
-            os.write(w, json.dumps(result).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 4096):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
-    return json.loads(data)
+
+    def reads() -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        _drop_all_capabilities()
+        control = subprocess.Popen(["sleep", "30"])
+        for name, victim in (("agent", target_pid), ("control", control.pid)):
+            try:
+                with open(f"/proc/{victim}/maps") as maps:
+                    start = int(maps.readline().split("-")[0], 16)
+                with open(f"/proc/{victim}/mem", "rb") as mem:
+                    mem.seek(start)
+                    result[name] = f"read {len(mem.read(64))} bytes"
+            except OSError as err:
+                result[name] = f"refused: {err.strerror}"
+        control.kill()
+        control.wait()
+        return result
+
+    return _in_child(reads)
 
 
 def _capabilities(pid: int) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentkit import AgentProcess, cli, start_agent
+from agentkit import AgentProcess, cli, private_home, start_agent
 from pcscd import PrivatePcscd, TokenProcess
 
 from tokenagent.client import AgentClient
@@ -83,10 +83,7 @@ class Tools:
 
 @pytest.fixture
 def tools(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> Iterator[Tools]:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    (home / "config").mkdir(mode=0o700)
-    (home / "config" / "config.toml").write_text("[agent]\nremoval_grace = 0.2\n")
+    home = private_home(tmp_path, "[agent]\nremoval_grace = 0.2\n")
     token = TokenProcess(pcscd, tmp_path / "token.json", 6001)
     tokens.append(token)
     # a generated key: only per-tool subkeys leave the agent

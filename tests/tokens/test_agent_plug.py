@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from agentkit import Person, cli, start_agent
+from agentkit import Person, cli, private_home, start_agent
 from pcscd import PrivatePcscd, TokenProcess
 
 from tokenagent.client import AgentClient
@@ -22,10 +22,7 @@ from tokenagent.client import AgentClient
 
 def test_plug_unlocks_unplug_locks_backup_unlocks(pcscd: PrivatePcscd, tokens: list[TokenProcess],
                                                    tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    (home / "config").mkdir(mode=0o700)
-    (home / "config" / "config.toml").write_text("[agent]\nremoval_grace = 0.5\n")
+    home = private_home(tmp_path, "[agent]\nremoval_grace = 0.5\n")
 
     # 1. the admin flow: main token, then a backup token enrolled with both plugged in
     main = TokenProcess(pcscd, tmp_path / "main.json", 5001)
@@ -104,11 +101,7 @@ def test_pin_slot_unlocked_on_plug_through_pinentry(pcscd: PrivatePcscd, tokens:
     state = tmp_path / "pin.json"
     ClientPin(Ctap2(CtapPcscDevice(VirtualToken(state, serial=8001).connection(), "setup"))).set_pin("135790")
     person = Person()
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    (home / "config").mkdir(mode=0o700)
-    (home / "config" / "config.toml").write_text(
-        f'[agent]\npinentry = "{program}"\npinentry_tty = "{person.tty}"\n')
+    home = private_home(tmp_path, f'[agent]\npinentry = "{program}"\npinentry_tty = "{person.tty}"\n')
     token = TokenProcess(pcscd, state, 8001)
     tokens.append(token)
     pin = tmp_path / "pin"

@@ -64,15 +64,8 @@ def retries(tok: VirtualToken) -> int:
     return tok.fido2.pin_retries
 
 
-@pytest.fixture(autouse=True)
-def _tmp(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if request.instance is not None:
-        request.instance.tmp = tmp_path
-
-
 class TestFido2Conformance(FactorConformance):
     factor_type = "fido2"
-    tmp: Path
 
     def _tokens(self) -> tuple[VirtualToken, VirtualToken]:
         if not hasattr(self, "_pair"):

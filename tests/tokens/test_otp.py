@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentkit import cli
+from agentkit import cli, private_home
 from factor_conformance import FactorConformance  # type: ignore[import-not-found]
 from pcscd import PrivatePcscd, TokenProcess
 from scripted import context  # type: ignore[import-not-found]
@@ -41,15 +41,8 @@ def program(tok: VirtualToken, key: bytes, slot: int = 2, touch: bool = False) -
     session.put_configuration(SLOT(slot), HmacSha1SlotConfiguration(key).require_touch(touch))
 
 
-@pytest.fixture(autouse=True)
-def _tmp(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if request.instance is not None:
-        request.instance.tmp = tmp_path
-
-
 class TestOtpConformance(FactorConformance):
     factor_type = "otp"
-    tmp: Path
 
     def _tokens(self) -> tuple[VirtualToken, VirtualToken]:
         if not hasattr(self, "_pair"):
@@ -119,8 +112,7 @@ def test_touch_slot_asks_for_a_touch(tmp_path: Path) -> None:
 
 
 def test_otp_slot_through_pcscd_and_the_cli(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
+    home = private_home(tmp_path)
     tok = TokenProcess(pcscd, tmp_path / "otp.json", 551)
     tokens.append(tok)
     refused = cli(home, "init", "docs", "--otp", "--otp-program", env=pcscd.env)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from agentkit import cli
+from agentkit import cli, private_home
 from pcscd import PrivatePcscd, TokenProcess
 
 
@@ -41,14 +41,8 @@ def touching(token: TokenProcess) -> Iterator[None]:
         toucher.join()
 
 
-def home_dir(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
-    return home
-
-
 def test_token_is_seen_through_pcscd(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
-    home = home_dir(tmp_path)
+    home = private_home(tmp_path)
     tokens.append(TokenProcess(pcscd, tmp_path / "a.json", 1111))
     done = run(home, pcscd, "devices", "--json")
     assert done.returncode == 0, done.stderr  # type: ignore[attr-defined]
@@ -64,7 +58,7 @@ def test_token_is_seen_through_pcscd(pcscd: PrivatePcscd, tokens: list[TokenProc
 
 def test_vault_on_a_token_opens_only_with_it_plugged(pcscd: PrivatePcscd, tokens: list[TokenProcess],
                                                      tmp_path: Path) -> None:
-    home = home_dir(tmp_path)
+    home = private_home(tmp_path)
     tokens.append(TokenProcess(pcscd, tmp_path / "a.json", 2222))
     created = run(home, pcscd, "init", "docs", "--fido2", "--json")
     assert created.returncode == 0, created.stderr  # type: ignore[attr-defined]
@@ -82,7 +76,7 @@ def test_vault_on_a_token_opens_only_with_it_plugged(pcscd: PrivatePcscd, tokens
 def test_backup_token_enrolled_while_the_main_one_is_plugged(pcscd: PrivatePcscd, tokens: list[TokenProcess],
                                                              tmp_path: Path) -> None:
     """Two keys present: the main one unlocks (pre-flight finds it), the other one is enrolled."""
-    home = home_dir(tmp_path)
+    home = private_home(tmp_path)
     main = TokenProcess(pcscd, tmp_path / "main.json", 3001, touch="delay", touch_delay=2.0)
     tokens.append(main)
     assert run(home, pcscd, "init", "docs", "--fido2", "--label", "main").returncode == 0  # type: ignore[attr-defined]
@@ -112,7 +106,7 @@ def test_pin_slot_through_pcscd_with_pin_file(pcscd: PrivatePcscd, tokens: list[
     from tokenagent.virtual.provider import VirtualDevices  # noqa: F401 - the module must import
     from tokenagent.virtual.token import VirtualToken
 
-    home = home_dir(tmp_path)
+    home = private_home(tmp_path)
     state = tmp_path / "pin.json"
     seed = VirtualToken(state, serial=4444)  # set the PIN in the state file before the token runs
     from fido2.pcsc import CtapPcscDevice
@@ -138,7 +132,7 @@ def test_token_pulled_out_while_waiting_for_touch(pcscd: PrivatePcscd, tokens: l
     import subprocess
     import sys
 
-    home = home_dir(tmp_path)
+    home = private_home(tmp_path)
     token = TokenProcess(pcscd, tmp_path / "a.json", 7001, touch="explicit")
     tokens.append(token)
     with touching(token):
@@ -161,7 +155,7 @@ def test_token_pulled_out_while_waiting_for_touch(pcscd: PrivatePcscd, tokens: l
 
 
 def test_rotate_through_the_cli(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
-    home = home_dir(tmp_path)
+    home = private_home(tmp_path)
     tokens.append(TokenProcess(pcscd, tmp_path / "a.json", 9001))
     assert run(home, pcscd, "init", "docs", "--fido2").returncode == 0  # type: ignore[attr-defined]
     key = json.loads(run(home, pcscd, "open", "docs", "--reveal", "--json").stdout)["key"]  # type: ignore[attr-defined]
@@ -180,7 +174,7 @@ def test_rotate_through_the_cli(pcscd: PrivatePcscd, tokens: list[TokenProcess],
 
 
 def test_serial_picks_the_key_among_two(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
-    home = home_dir(tmp_path)
+    home = private_home(tmp_path)
     tokens.append(TokenProcess(pcscd, tmp_path / "a.json", 9101, touch="refuse"))
     tokens.append(TokenProcess(pcscd, tmp_path / "b.json", 9102))
     done = run(home, pcscd, "init", "docs", "--fido2", "--serial", "9102", "--touch-timeout", "10")

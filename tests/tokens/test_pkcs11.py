@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentkit import cli
+from agentkit import cli, private_home
 from factor_conformance import FactorConformance  # type: ignore[import-not-found]
 from scripted import context  # type: ignore[import-not-found]
 
@@ -133,8 +133,7 @@ def test_uri_rules() -> None:
 
 
 def test_cli_with_softhsm(hsm: SoftHsm, tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    home.mkdir(mode=0o700)
+    home = private_home(tmp_path)
     pin = tmp_path / "pin"
     pin.write_text(PIN.decode() + "\n")
     env = {"SOFTHSM2_CONF": str(hsm.conf)}

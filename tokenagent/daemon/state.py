@@ -56,7 +56,7 @@ class Session:
     idle_deadline: float | None
     hard_deadline: float | None
     idle_ttl: float = 0.0  # each key release pushes idle_deadline this far (0: no idle lock)
-    token: str | None = None  # token id whose removal locks this session
+    token: str | None = None  # the reader whose key's removal locks this vault (None: not tied)
     releases: int = 0
     mlocked: bool = False  # the secret's pages are locked in memory (never swapped)
 
