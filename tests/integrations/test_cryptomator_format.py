@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +204,13 @@ def test_write_refuses_weak_costs_and_empty_password() -> None:
         cm.wrap_masterkey(bytes(64), "pw", scrypt_cost=1024)
     with pytest.raises(UsageError, match="empty"):
         cm.wrap_masterkey(bytes(64), "")
+
+
+def test_pycryptomator_key_arguments_never_look_like_options() -> None:
+    """pycryptomator's argparse would take a key beginning with '-' for an option."""
+    for _ in range(2000):
+        keys = os.urandom(64)
+        enc, mac = cm.encode_keys(keys, "pycryptomator").decode().split()
+        assert not enc.startswith("-") and not mac.startswith("-")
+        # decoded the way pycryptomator's tryDecode falls back to: urlsafe_b64decode
+        assert base64.urlsafe_b64decode(enc) + base64.urlsafe_b64decode(mac) == keys

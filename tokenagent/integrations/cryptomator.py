@@ -275,7 +275,9 @@ def encode_keys(keys: bytes | bytearray, fmt: str) -> bytes:
     if fmt == "base64":
         return base64.b64encode(bytes(keys)) + b"\n"
     if fmt == "pycryptomator":  # the two arguments of pycryptomator --master-keys
-        return base64.urlsafe_b64encode(enc) + b" " + base64.urlsafe_b64encode(mac) + b"\n"
+        # Standard base64, which its base64url decoder also reads: a base64url (or ASCII85) key can
+        # begin with "-", and its argument parser would take that for an option.
+        return base64.b64encode(enc) + b" " + base64.b64encode(mac) + b"\n"
     if fmt == "json":
         body = {"encKey": base64.b64encode(enc).decode(), "macKey": base64.b64encode(mac).decode()}
         return json.dumps(body).encode("ascii") + b"\n"
