@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import time
 
 from . import _locations
 from .errors import AgentNotRunning, ProtocolError, UnsafePath, error_for_code
@@ -59,11 +60,18 @@ class AgentClient:
         check_socket_owner(self.path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            sock.close()
-            raise AgentNotRunning(f"no agent is listening on {self.path}; start one: tokenagent agent") from None
+        for attempt in range(50):
+            try:
+                sock.connect(self.path)
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                sock.close()
+                raise AgentNotRunning(f"no agent is listening on {self.path}; start one: tokenagent agent") from None
+            except BlockingIOError:  # the agent's backlog is full for a moment: it is busy accepting
+                if attempt == 49:
+                    sock.close()
+                    raise AgentNotRunning(f"the agent on {self.path} accepts no connection; is it stuck?") from None
+                time.sleep(0.02)
         self._sock = sock
         if hello:
             self.version = self.request("hello", versions=[VERSION])["version"]

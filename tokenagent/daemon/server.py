@@ -62,7 +62,7 @@ class AgentServer:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(self._protocol, sock=self.sock)
+        self._server = await loop.create_unix_server(self._protocol, sock=self.sock, backlog=MAX_CLIENTS)
         timer = asyncio.create_task(self._expiry_timer())
         if self.state.config.watch_tokens:
             self.watcher = PcscWatcher(asyncio.get_running_loop(), self._token_changed)

@@ -61,7 +61,7 @@ def bind_socket(path: Path | None = None) -> tuple[socket.socket, Path]:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
-    sock.listen(128)
+    sock.listen(512)  # the server's MAX_CLIENTS
     sock.setblocking(False)
     return sock, path
 
