@@ -1,7 +1,8 @@
 """Finding tokens: one place that knows how to reach every device type.
 
 ``default_provider()`` is what the CLI and the agent hand to factors as
-``FactorContext.devices``. YubiKeys' OTP applications (kind "otp") are reached over PC/SC.
+``FactorContext.devices``. Smart cards (kinds "otp" and "piv": YubiKeys' OTP and PIV
+applications, any PIV card) are reached over PC/SC.
 FIDO2 keys are found over HID (``CtapHidDevice``) and over PC/SC
 (``CtapPcscDevice``: any reader, so NFC readers, smart-card readers and the virtual token
 behind vpcd all count). ``describe_devices()`` is ``tokenagent devices``: what is present,
@@ -26,8 +27,8 @@ class SystemDevices:
     """Devices of this machine, opened on demand; the caller closes them."""
 
     def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
-        if kind == "otp":
-            yield from _otp_devices(serial)
+        if kind in ("otp", "piv"):
+            yield from _smartcard_devices(serial)
             return
         if kind != "fido2":
             return
@@ -51,9 +52,9 @@ def _fido2_devices() -> Iterator[Any]:
             yield device
 
 
-def _otp_devices(serial: int | None) -> Iterator[Any]:
-    """YubiKeys' smart-card connections (the OTP factor opens its session on them)."""
-    from .drivers.otp import OtpDevice
+def _smartcard_devices(serial: int | None) -> Iterator[Any]:
+    """The cards in PC/SC readers (the OTP and PIV factors open their sessions on them)."""
+    from .drivers.smartcard import SmartCardDevice
 
     for reader in _pcsc_readers():
         reader_serial = pcsc_serial(reader)
@@ -62,7 +63,7 @@ def _otp_devices(serial: int | None) -> Iterator[Any]:
         try:
             from ykman.pcsc import ScardSmartCardConnection
 
-            yield OtpDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), reader_serial)
+            yield SmartCardDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), reader_serial)
         except Exception as err:  # noqa: BLE001 - no card in this reader
             log.debug("no card in %s: %s", reader, err)
 

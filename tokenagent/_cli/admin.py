@@ -62,8 +62,12 @@ def factor_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--piv-cert", "piv_certs", multiple=True, metavar="FILE",
                      help="PIV/PKCS#11: enrol offline from this certificate or public key."),
         click.option("--piv-existing", is_flag=True, help="PIV: use the key already in the slot."),
-        click.option("--pin-policy", default="default", help="PIV: key PIN policy when generating."),
-        click.option("--touch-policy", default="default", help="PIV: key touch policy when generating."),
+        click.option("--piv-management-key-file", metavar="FILE",
+                     help="PIV: the card's management key (hex) for generating a key; default: the factory key."),
+        click.option("--pin-policy", default="default", show_default=True,
+                     help="PIV: PIN policy of a generated key (never, once, always)."),
+        click.option("--touch-policy", default="default", show_default=True,
+                     help="PIV: touch policy of a generated key (never, always, cached)."),
         click.option("--otp-slot", type=click.IntRange(1, 2), default=2, show_default=True, help="OTP: slot 1 or 2."),
         click.option("--otp-program", is_flag=True, help="OTP: program a fresh secret into the slot (asks first)."),
         click.option("--otp-rolling", is_flag=True, help="OTP: use a new challenge after every unlock."),
@@ -81,8 +85,8 @@ def _planned_factors(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if kw["recovery_shares"] and not kw["n_recovery"]:
         raise UsageError("--recovery-shares goes with --recovery")
     token_common = {k: kw[k] for k in ("fido2_uv", "fido2_rp", "piv_slot", "piv_algorithm", "piv_existing",
-                                       "pin_policy", "touch_policy", "otp_slot", "otp_program", "otp_rolling",
-                                       "touch_timeout")}
+                                       "piv_management_key_file", "pin_policy", "touch_policy", "otp_slot",
+                                       "otp_program", "otp_rolling", "touch_timeout")}
     plan += [("fido2", dict(token_common)) for _ in range(kw["n_fido2"])]
     certs = list(kw["piv_certs"])
     for _ in range(kw["n_piv"]):

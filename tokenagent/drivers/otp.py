@@ -31,32 +31,16 @@ from ..errors import (
 )
 from ..factors.base import Factor, FactorContext, JSONValue, register
 from ..factors.params import expect_b64, expect_keys
+from .smartcard import SmartCardDevice
 
 CHALLENGE_LEN = 32
 HMAC_KEY_LEN = 20
 
 
-class OtpDevice:
-    """A YubiKey's smart-card connection, as discovery hands it out for kind "otp"."""
-
-    def __init__(self, connection: Any, name: str, serial: int | None) -> None:
-        self.connection, self.name, self.serial = connection, name, serial
-
-    def close(self) -> None:
-        try:
-            self.connection.close()
-        except Exception:  # noqa: BLE001 - a device already gone
-            pass
-
-
-def _session(device: OtpDevice) -> Any:
+def _session(device: SmartCardDevice) -> Any:
     from yubikit.yubiotp import YubiOtpSession
 
     return YubiOtpSession(device.connection)
-
-
-def _label(device: OtpDevice) -> str:
-    return f"YubiKey {device.serial}" if device.serial else f"the YubiKey in {device.name}"
 
 
 @register
@@ -100,7 +84,7 @@ class OtpFactor(Factor):
             if len(devices) > 1:
                 raise UsageError(f"{len(devices)} YubiKeys are present: name one with --serial")
             device = devices[0]
-            label = _label(device)
+            label = device.label()
             try:
                 session = _session(device)
                 state = session.get_config_state()
@@ -140,7 +124,7 @@ class OtpFactor(Factor):
         devices = list(ctx.devices.connections("otp", self.serial)) if ctx.devices else []
         try:
             for device in devices:
-                label = _label(device)
+                label = device.label()
                 try:
                     session = _session(device)
                     if not session.get_config_state().is_configured(SLOT(self.slot)):

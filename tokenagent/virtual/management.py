@@ -2,8 +2,8 @@
 
 SELECT (AID A000000527471117) answers the firmware version as text ("5.7.2"); READ CONFIG
 (INS 1D, P1 = page) answers one length byte and the DeviceInfo TLVs: serial, version, form
-factor, and the USB/NFC capabilities supported and enabled (FIDO2 only: this token has no
-OTP, PIV or OpenPGP applet yet). Writing the configuration is refused.
+factor, and the USB/NFC capabilities supported and enabled (OTP, PIV and FIDO2: the
+applets this token has). Writing the configuration is refused.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from .card import SW_INS_NOT_SUPPORTED, SW_WRONG_P1P2, Apdu, ApduStatus, Applet
 
 AID = bytes.fromhex("A000000527471117")
 INS_READ_CONFIG = 0x1D
-CAPABILITY_FIDO2 = 0x0200
+CAPABILITY_OTP, CAPABILITY_PIV, CAPABILITY_FIDO2 = 0x0001, 0x0010, 0x0200
 FORM_FACTOR_USB_A_KEYCHAIN = 0x01
 
 
@@ -36,7 +36,7 @@ class ManagementApplet(Applet):
             raise ApduStatus(SW_INS_NOT_SUPPORTED)
         if apdu.p1 != 0:
             raise ApduStatus(SW_WRONG_P1P2)
-        caps = CAPABILITY_FIDO2.to_bytes(2, "big")
+        caps = (CAPABILITY_OTP | CAPABILITY_PIV | CAPABILITY_FIDO2).to_bytes(2, "big")
         body = (_tlv(0x01, caps) + _tlv(0x02, self.serial.to_bytes(4, "big")) + _tlv(0x03, caps)
                 + _tlv(0x04, bytes([FORM_FACTOR_USB_A_KEYCHAIN])) + _tlv(0x05, bytes(self.version))
                 + _tlv(0x0D, caps) + _tlv(0x0E, caps))

@@ -24,10 +24,10 @@ class VirtualDevices:
                 continue
             if kind == "fido2":
                 yield serial_pcsc_device(token.connection(), f"virtual token {token.serial}", token.serial)
-            elif kind == "otp":
+            elif kind in ("otp", "piv"):
                 from ykman.pcsc import ScardSmartCardConnection
 
-                from ..drivers.otp import OtpDevice
+                from ..drivers.smartcard import SmartCardDevice
 
-                yield OtpDevice(ScardSmartCardConnection(token.connection()), f"virtual token {token.serial}",
-                                token.serial)
+                yield SmartCardDevice(ScardSmartCardConnection(token.connection()), f"virtual token {token.serial}",
+                                      token.serial)

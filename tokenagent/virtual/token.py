@@ -1,6 +1,6 @@
 """A virtual token: a card with its applets, its state file, its touch model and transports.
 
-Theory of operation. ``VirtualToken`` owns one ``VirtualCard`` (FIDO2 so far) and a JSON
+Theory of operation. ``VirtualToken`` owns one ``VirtualCard`` (FIDO2, OTP, PIV and management applets) and a JSON
 state file (serial, firmware version, each applet's ``state_dict``), rewritten atomically
 after every persistent change, so a token keeps its keys, PIN and counters across plugs and
 processes. Transports only move APDUs: ``DirectConnection`` looks like a pyscard connection
@@ -21,9 +21,13 @@ from .card import Applet, Presence, TouchMode, VirtualCard
 from .ctap2 import Fido2Applet
 from .management import ManagementApplet
 from .otp import OtpApplet
+from .piv import PivApplet
 
-# The ATR of a YubiKey 5 NFC over USB ("YubiKey" in its historical bytes).
-ATR = bytes.fromhex("3BFD1300008131FE158073C021C057597562694B657940")
+# The ATR of a YubiKey 5 NFC held to an NFC reader ("YubiKey" in its historical bytes). The token
+# speaks CTAP over the NFC framing, so clients that tell USB from NFC by the ATR (ykman, yubikit)
+# must see a contactless card: over USB they would look for the USB product id, which a PC/SC
+# reader does not have.
+ATR = bytes.fromhex("3B8D80018073C021C057597562694B6579F9")
 VERSION = (5, 7, 2)
 
 
@@ -34,7 +38,8 @@ class VirtualToken:
         self.presence = Presence(TouchMode(touch), touch_delay)
         self.fido2 = Fido2Applet(self.presence)
         self.otp = OtpApplet(self.presence, 0, VERSION)
-        self.applets: list[Applet] = [self.fido2, self.otp]
+        self.piv = PivApplet(self.presence, 0, VERSION)
+        self.applets: list[Applet] = [self.fido2, self.otp, self.piv]
         self._lock = threading.Lock()
         state = self._read()
         if state is None:
@@ -47,7 +52,7 @@ class VirtualToken:
             for applet in self.applets:
                 if applet.state_key in state:
                     applet.load_state(state[applet.state_key])
-        self.otp.serial = self.serial
+        self.otp.serial = self.piv.serial = self.serial
         for applet in self.applets:
             applet.changed = self.save
         self.card = VirtualCard([*self.applets, ManagementApplet(self.serial, VERSION)], ATR)

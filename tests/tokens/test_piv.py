@@ -1,0 +1,339 @@
+"""The PIV factor against the virtual token's PIV applet (yubikit over the in-process
+connection), and end to end through the CLI and the private pcscd."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agentkit import cli, private_home
+from cryptography.hazmat.primitives import serialization
+from factor_conformance import FactorConformance  # type: ignore[import-not-found]
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from pcscd import PrivatePcscd, TokenProcess
+from scripted import context  # type: ignore[import-not-found]
+from ykman.pcsc import ScardSmartCardConnection
+from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, PIN_POLICY, SLOT, TOUCH_POLICY, PivSession
+
+from tokenagent.drivers.piv import PivFactor
+from tokenagent.errors import (
+    Cancelled,
+    NoSlotMatched,
+    NotMine,
+    PinBlocked,
+    PinInvalid,
+    PinLastTry,
+    TokenError,
+    UsageError,
+)
+from tokenagent.factors.base import FactorContext
+from tokenagent.factors.password import PasswordFactor
+from tokenagent.vault import new_vault, unlock
+from tokenagent.virtual.card import Apdu, TouchMode
+from tokenagent.virtual.piv import INS_VERIFY
+from tokenagent.virtual.provider import VirtualDevices
+from tokenagent.virtual.token import VirtualToken
+
+PIN = b"123456"
+
+
+def token(tmp_path: Path, serial: int, key: KEY_TYPE | None = KEY_TYPE.ECCP256, slot: SLOT = SLOT.KEY_MANAGEMENT,
+          **policies: Any) -> VirtualToken:
+    tok = VirtualToken(tmp_path / f"piv-{serial}.json", serial=serial)
+    if key is not None:
+        piv = PivSession(ScardSmartCardConnection(tok.connection()))
+        piv.authenticate(DEFAULT_MANAGEMENT_KEY)
+        piv.generate_key(slot, key, **policies)
+    return tok
+
+
+def ctx_for(*tokens: VirtualToken, pins: list[bytes] | None = None, force: bool = False,
+            confirm: bool = False) -> FactorContext:
+    ctx = context(pin=list(pins if pins is not None else [PIN]))
+    ctx.devices = VirtualDevices(list(tokens))
+    ctx.force = force
+    ctx.ui.confirm = lambda question: confirm  # type: ignore[method-assign]
+    return ctx
+
+
+def count_pin_submissions(tok: VirtualToken) -> Callable[[], int]:
+    """Count the VERIFY commands that carry a PIN (an empty VERIFY only reads the counter)."""
+    submitted = [0]
+    handlers = dict(tok.piv._handlers)
+    verify = handlers[INS_VERIFY]
+
+    def counting(applet: Any, apdu: Apdu) -> bytes:
+        if apdu.data:
+            submitted[0] += 1
+        return verify(applet, apdu)
+
+    handlers[INS_VERIFY] = counting
+    tok.piv._handlers = handlers  # type: ignore[misc]
+    return lambda: submitted[0]
+
+
+def public_key_file(tok: VirtualToken, path: Path, slot: SLOT = SLOT.KEY_MANAGEMENT) -> Path:
+    piv = PivSession(ScardSmartCardConnection(tok.connection()))
+    public = piv.get_slot_metadata(slot).public_key
+    path.write_bytes(public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+class TestPivConformance(FactorConformance):
+    factor_type = "piv"
+
+    def _tokens(self) -> tuple[VirtualToken, VirtualToken]:
+        if not hasattr(self, "_pair"):
+            self._pair = (token(self.tmp, 601), token(self.tmp, 602))
+        return self._pair
+
+    def enroll_context(self) -> FactorContext:
+        return ctx_for(self._tokens()[0])
+
+    def unlock_context(self) -> FactorContext:
+        return ctx_for(self._tokens()[0])
+
+    def foreign_context(self) -> FactorContext:
+        return ctx_for(self._tokens()[1])
+
+    def enroll_options(self) -> dict[str, Any]:
+        return {"piv_existing": True}
+
+
+@pytest.mark.parametrize("algorithm", ["p256", "p384", "rsa2048"])
+def test_generated_key_round_trip(tmp_path: Path, algorithm: str) -> None:
+    tok = token(tmp_path, 610, key=None)
+    factor, secret = PivFactor.enroll(ctx_for(tok), {"piv_algorithm": algorithm, "piv_slot": "85"})
+    assert isinstance(factor, PivFactor) and factor.serial == 610 and factor.algorithm == algorithm
+    assert factor.slot == "85" and len(secret) == 32
+    assert PivFactor.from_params(factor.params()).unlock(ctx_for(tok)) == secret
+    metadata = PivSession(ScardSmartCardConnection(tok.connection())).get_slot_metadata(SLOT.RETIRED4)
+    assert metadata.generated
+
+
+def test_pin_policy_never_asks_no_pin(tmp_path: Path) -> None:
+    tok = token(tmp_path, 611, key=None)
+    factor, secret = PivFactor.enroll(ctx_for(tok), {"pin_policy": "never"})
+    ctx = ctx_for(tok, pins=[])
+    assert factor.unlock(ctx) == secret
+    assert ctx.ui.asked == []  # type: ignore[attr-defined]
+
+
+def test_occupied_slot_is_replaced_only_when_confirmed(tmp_path: Path) -> None:
+    tok = token(tmp_path, 612)
+    before = public_key_file(tok, tmp_path / "before.pem").read_bytes()
+    with pytest.raises(Cancelled, match="--piv-existing"):
+        PivFactor.enroll(ctx_for(tok), {})
+    assert public_key_file(tok, tmp_path / "still.pem").read_bytes() == before
+    factor, secret = PivFactor.enroll(ctx_for(tok, confirm=True), {})
+    assert public_key_file(tok, tmp_path / "after.pem").read_bytes() != before
+    assert factor.unlock(ctx_for(tok)) == secret
+
+
+def test_management_key_other_than_the_default(tmp_path: Path) -> None:
+    from yubikit.piv import MANAGEMENT_KEY_TYPE
+
+    tok = token(tmp_path, 613, key=None)
+    new_key = os.urandom(24)
+    piv = PivSession(ScardSmartCardConnection(tok.connection()))
+    piv.authenticate(DEFAULT_MANAGEMENT_KEY)
+    piv.set_management_key(MANAGEMENT_KEY_TYPE.AES192, new_key)
+    with pytest.raises(UsageError, match="--piv-management-key-file"):
+        PivFactor.enroll(ctx_for(tok), {})
+    key_file = tmp_path / "mgm"
+    key_file.write_text(new_key.hex() + "\n")
+    factor, secret = PivFactor.enroll(ctx_for(tok), {"piv_management_key_file": str(key_file)})
+    assert factor.unlock(ctx_for(tok)) == secret
+
+
+def test_offline_backup_from_its_certificate(tmp_path: Path) -> None:
+    """DESIGN §3: the backup card need not be present; later it alone unlocks."""
+    main, backup = token(tmp_path, 620), token(tmp_path, 621, key=KEY_TYPE.RSA2048, slot=SLOT.RETIRED1)
+    cert = public_key_file(backup, tmp_path / "backup.pem", SLOT.RETIRED1)
+    factor, secret = PivFactor.enroll(ctx_for(main), {"cert": str(cert), "piv_slot": "82", "serial": 621})
+    assert isinstance(factor, PivFactor) and factor.algorithm == "rsa2048" and factor.serial == 621
+    with pytest.raises(NotMine):
+        factor.unlock(ctx_for(main))  # the main card is not the backup
+    assert factor.unlock(ctx_for(main, backup)) == secret  # the backup alone holds the key
+
+
+def test_wrong_pin_spends_one_try_and_is_not_resubmitted(tmp_path: Path) -> None:
+    tok = token(tmp_path, 630)
+    factor, _ = PivFactor.enroll(ctx_for(tok), {"piv_existing": True})
+    submissions = count_pin_submissions(tok)
+    with pytest.raises(PinInvalid, match="2 tries left"):
+        factor.unlock(ctx_for(tok, pins=[b"000000", PIN]))
+    assert submissions() == 1 and tok.piv.pin.remaining == 2
+
+
+def test_last_try_is_kept_unless_forced_and_blocked_is_refused(tmp_path: Path) -> None:
+    tok = token(tmp_path, 631)
+    factor, secret = PivFactor.enroll(ctx_for(tok), {"piv_existing": True})
+    tok.piv.pin.remaining = 1
+    submissions = count_pin_submissions(tok)
+    ctx = ctx_for(tok)
+    with pytest.raises(PinLastTry, match="--force"):
+        factor.unlock(ctx)
+    assert submissions() == 0 and ctx.ui.asked == []  # type: ignore[attr-defined]
+    assert factor.unlock(ctx_for(tok, force=True)) == secret
+    assert submissions() == 1 and tok.piv.pin.remaining == 3
+    tok.piv.pin.remaining = 0
+    with pytest.raises(PinBlocked, match="PUK"):
+        factor.unlock(ctx_for(tok, force=True))
+    assert submissions() == 1 and tok.piv.puk.remaining == 3  # the PUK is never used
+
+
+def test_preflight_spends_no_pin_on_other_cards(tmp_path: Path) -> None:
+    mine, other = token(tmp_path, 640), token(tmp_path, 641)
+    factor, secret = PivFactor.enroll(ctx_for(mine), {"piv_existing": True})
+    counted = count_pin_submissions(other)
+    assert factor.unlock(ctx_for(other, mine)) == secret
+    assert counted() == 0 and other.piv.pin.remaining == 3
+    with pytest.raises(NotMine):
+        factor.unlock(ctx_for(other))
+    assert counted() == 0
+
+
+def test_touch_policy_timeout_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tokenagent.virtual.piv as piv_module
+
+    monkeypatch.setattr(piv_module, "TOUCH_TIMEOUT", 0.3)
+    tok = token(tmp_path, 650, touch_policy=TOUCH_POLICY.ALWAYS, pin_policy=PIN_POLICY.NEVER)
+    factor, secret = PivFactor.enroll(ctx_for(tok), {"piv_existing": True})
+    notices: list[str] = []
+    ctx = ctx_for(tok)
+    ctx.ui.notify = lambda event, message: notices.append(event)  # type: ignore[method-assign]
+    tok.presence.mode = TouchMode.REFUSE
+    with pytest.raises(TokenError, match="touch"):
+        factor.unlock(ctx)
+    assert "touch" in notices
+    tok.presence.mode = TouchMode.AUTO
+    assert factor.unlock(ctx_for(tok)) == secret
+
+
+def test_composite_slot_and_two_of_three_cards(tmp_path: Path) -> None:
+    a, b, c = token(tmp_path, 661), token(tmp_path, 662), token(tmp_path, 663)
+    composite = [PasswordFactor.enroll(context([b"pw"]), {}), PivFactor.enroll(ctx_for(a), {"piv_existing": True})]
+    vault, key = new_vault("v", composite)
+    with_both = ctx_for(a)
+    with_both.ui.by_kind["password"] = [b"pw"]  # type: ignore[attr-defined]
+    assert unlock(vault, with_both).masterkey == key
+    with pytest.raises(NoSlotMatched):
+        unlock(vault, ctx_for(a))  # the card alone
+    everyone = ctx_for(a, b, c)
+    enrolled = [PivFactor.enroll(everyone, {"piv_existing": True, "serial": s}) for s in (661, 662, 663)]
+    vault, key = new_vault("w", enrolled, threshold=2)
+    for pair in ((a, b), (a, c), (b, c)):
+        assert unlock(vault, ctx_for(*pair, pins=[PIN, PIN])).masterkey == key
+    for single in (a, b, c):
+        with pytest.raises(NoSlotMatched):
+            unlock(vault, ctx_for(single))
+
+
+def test_bad_params_are_refused(tmp_path: Path) -> None:
+    from tokenagent.errors import VaultFormatError
+
+    factor, _ = PivFactor.enroll(ctx_for(token(tmp_path, 670)), {"piv_existing": True})
+    good = factor.params()
+    for bad in ({"slot": "9a"}, {"algorithm": "rsa1024"}, {"key": "zz" * 32}, {"challenge": "AAAA"},
+                {"serial": -1}, {"challenge": __import__("base64").b64encode(b"\x04" + bytes(64)).decode()}):
+        with pytest.raises(VaultFormatError):
+            PivFactor.from_params({**good, **bad})
+    with pytest.raises(UsageError, match="9d"):
+        PivFactor.enroll(ctx_for(token(tmp_path, 671)), {"piv_slot": "9a"})
+
+
+class PinSafety(RuleBasedStateMachine):
+    """DESIGN §6 #12 over random sequences: no PIN sent at <= 1 try without --force, never two
+    PINs per unlock, none to a card that does not hold the key; the PUK is never touched."""
+
+    tmp: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mine = token(self.tmp, 690 + os.getpid() % 7)
+        self.other = token(self.tmp, 680 + os.getpid() % 7)
+        self.factor, self.secret = PivFactor.enroll(ctx_for(self.mine), {"piv_existing": True})
+        self.mine_sent = count_pin_submissions(self.mine)
+        self.other_sent = count_pin_submissions(self.other)
+
+    @rule(right=st.booleans(), force=st.booleans(), with_other=st.booleans())
+    def unlock(self, right: bool, force: bool, with_other: bool) -> None:
+        before, remaining = self.mine_sent(), self.mine.piv.pin.remaining
+        cards = (self.other, self.mine) if with_other else (self.mine,)
+        ctx = ctx_for(*cards, pins=[PIN if right else b"999999", PIN], force=force)
+        try:
+            assert self.factor.unlock(ctx) == self.secret
+            assert right and remaining >= 1
+        except PinLastTry:
+            assert remaining == 1 and not force
+        except PinBlocked:
+            assert remaining <= 1
+        except PinInvalid:
+            assert not right
+        sent = self.mine_sent() - before
+        assert sent <= 1
+        if remaining == 0 or (remaining == 1 and not force):
+            assert sent == 0
+
+    @rule(value=st.integers(min_value=0, max_value=3))
+    def counter_set_elsewhere(self, value: int) -> None:
+        """Another program spent (or restored) tries."""
+        self.mine.piv.pin.remaining = value
+
+    @invariant()
+    def nothing_to_the_other_card_and_no_puk(self) -> None:
+        assert self.other_sent() == 0
+        assert self.mine.piv.puk.remaining == 3
+
+
+def test_pin_safety_sequences(tmp_path: Path) -> None:
+    PinSafety.tmp = tmp_path
+    runner = PinSafety.TestCase
+    runner.settings = settings(max_examples=40, stateful_step_count=15, deadline=None,
+                               suppress_health_check=[HealthCheck.too_slow])
+    runner().runTest()
+
+
+# --- end to end: the CLI through the private pcscd ----------------------------------------
+
+
+def test_cli_init_enroll_offline_and_open(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    home = private_home(tmp_path)
+    main = TokenProcess(pcscd, tmp_path / "main.json", 7101)
+    tokens.append(main)
+    backup = token(tmp_path, 7102)  # a card in a drawer: only its public key is at hand
+    cert = public_key_file(backup, tmp_path / "backup.pem")
+    pin = tmp_path / "pin"
+    pin.write_text("123456\n")
+
+    def run(*args: str) -> Any:
+        return cli(home, *args, env=pcscd.env)
+
+    created = run("init", "docs", "--piv", "--piv-algorithm", "p384", "--pin-file", str(pin), "--label", "main")
+    assert created.returncode == 0, created.stderr
+    offline = run("enroll", "docs", "--piv", "--piv-cert", str(cert), "--serial", "7102", "--label", "backup",
+                  "--pin-file", str(pin))
+    assert offline.returncode == 0, offline.stderr
+    slots = json.loads(run("slots", "docs", "--json").stdout)["slots"]
+    assert [s["label"] for s in slots] == ["main", "backup"] and "card 7102" in slots[1]["describe"]
+    opened = run("open", "docs", "--reveal", "--json", "--pin-file", str(pin))
+    assert opened.returncode == 0, opened.stderr
+    assert json.loads(opened.stdout)["slot"] == "1"
+    main.unplug()
+    absent = run("open", "docs", "--pin-file", str(pin))
+    assert absent.returncode == 4 and "not plugged in" in absent.stderr and "Traceback" not in absent.stderr
+    main.stop()
+    pcscd.tokens.clear()
+    tokens.clear()
+    tokens.append(TokenProcess(pcscd, tmp_path / "piv-7102.json", 7102))  # now the backup card is plugged in
+    with_backup = run("open", "docs", "--reveal", "--json", "--pin-file", str(pin))
+    assert with_backup.returncode == 0, with_backup.stderr
+    assert json.loads(with_backup.stdout)["slot"] == "2"
+    assert json.loads(with_backup.stdout)["key"] == json.loads(opened.stdout)["key"]

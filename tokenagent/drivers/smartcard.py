@@ -1,0 +1,23 @@
+"""A smart card in a PC/SC reader, as discovery hands it out for the kinds "otp" and "piv".
+
+The factor opens its yubikit session (``YubiOtpSession``, ``PivSession``) on ``connection``;
+``serial`` is what the card's management applet reported (None for cards of other makers).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SmartCardDevice:
+    def __init__(self, connection: Any, name: str, serial: int | None) -> None:
+        self.connection, self.name, self.serial = connection, name, serial
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except Exception:  # noqa: BLE001 - a device already gone
+            pass
+
+    def label(self, what: str = "YubiKey") -> str:
+        return f"{what} {self.serial}" if self.serial else f"the card in {self.name}"
