@@ -337,3 +337,64 @@ def test_cli_init_enroll_offline_and_open(pcscd: PrivatePcscd, tokens: list[Toke
     assert with_backup.returncode == 0, with_backup.stderr
     assert json.loads(with_backup.stdout)["slot"] == "2"
     assert json.loads(with_backup.stdout)["key"] == json.loads(opened.stdout)["key"]
+
+
+OPENSC = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ykman's certificate helper parses the subject itself
+def test_pkcs11_factor_through_opensc_and_the_virtual_piv_card(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                               tmp_path: Path) -> None:
+    """The PKCS#11 code path that runs on SoftHSM2 also runs on OpenSC's module, reaching the
+    virtual card through pcscd; a backup card is enrolled offline from its certificate."""
+    import datetime
+
+    from ykman.piv import generate_self_signed_certificate
+
+    if not os.path.exists(OPENSC):
+        pytest.skip(f"{OPENSC} is missing (Debian package opensc-pkcs11)")
+    cards = {}
+    for serial, name in ((7201, "vault-main"), (7202, "vault-backup")):
+        tok = token(tmp_path, serial)
+        piv = PivSession(ScardSmartCardConnection(tok.connection()))
+        piv.verify_pin("123456")
+        public = piv.get_slot_metadata(SLOT.KEY_MANAGEMENT).public_key
+        cert = generate_self_signed_certificate(piv, SLOT.KEY_MANAGEMENT, public, f"CN={name}",
+                                                datetime.datetime(2025, 1, 1), datetime.datetime(2035, 1, 1))
+        piv.authenticate(DEFAULT_MANAGEMENT_KEY)
+        piv.put_certificate(SLOT.KEY_MANAGEMENT, cert)
+        (tmp_path / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        cards[serial] = tok.state_path
+    main = TokenProcess(pcscd, cards[7201], 7201)
+    tokens.append(main)
+    home = private_home(tmp_path)
+    pin = tmp_path / "pin"
+    pin.write_text("123456\n")
+
+    def run(*args: str) -> Any:
+        return cli(home, *args, env=pcscd.env, timeout=120)
+
+    # OpenSC names the token after the certificate's subject; slot 9d is key id 03
+    main_uri = f"pkcs11:token=vault-main;id=%03?module-path={OPENSC}"
+    backup_uri = f"pkcs11:token=vault-backup;id=%03?module-path={OPENSC}"
+    created = run("init", "docs", "--pkcs11", main_uri, "--pin-file", str(pin))
+    assert created.returncode == 0, created.stderr
+    offline = run("enroll", "docs", "--pkcs11", backup_uri, "--piv-cert", str(tmp_path / "vault-backup.pem"),
+                  "--pin-file", str(pin))
+    assert offline.returncode == 0, offline.stderr
+    opened = run("open", "docs", "--reveal", "--json", "--pin-file", str(pin))
+    assert opened.returncode == 0, opened.stderr
+    assert json.loads(opened.stdout)["slot"] == "1"
+    main.stop()
+    pcscd.tokens.clear()
+    tokens.clear()
+    tokens.append(TokenProcess(pcscd, cards[7202], 7202))
+    with_backup = run("open", "docs", "--reveal", "--json", "--pin-file", str(pin))
+    assert with_backup.returncode == 0, with_backup.stderr
+    assert json.loads(with_backup.stdout)["slot"] == "2"
+    assert json.loads(with_backup.stdout)["key"] == json.loads(opened.stdout)["key"]
+    wrong = tmp_path / "wrong"
+    wrong.write_text("000000\n")
+    refused = run("open", "docs", "--pin-file", str(wrong))
+    assert refused.returncode == 5 and "wrong PIN" in refused.stderr, refused.stderr
+    assert json.loads(cards[7202].read_text())["piv"]["pin"]["remaining"] == 2  # one try spent, not resent
