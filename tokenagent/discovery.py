@@ -33,10 +33,20 @@ class SystemDevices:
         if kind != "fido2":
             return
         for device in _fido2_devices():
-            if serial is not None and getattr(device, "serial_number", None) != serial:
+            if serial is not None and device_serial(device) != serial:
                 device.close()
                 continue
             yield device
+
+
+def device_serial(device: Any) -> int | None:
+    """A FIDO2 device's serial as a number: PC/SC devices carry the management applet's, HID
+    devices their USB serial string (a YubiKey's is its serial when it reports one)."""
+    value = getattr(device, "serial_number", None)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _fido2_devices() -> Iterator[Any]:
@@ -143,7 +153,7 @@ def describe_devices() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for device in SystemDevices().connections("fido2"):
         entry: dict[str, Any] = {"type": "fido2", "name": getattr(device, "product_name", None) or repr(device),
-                                 "serial": getattr(device, "serial_number", None),
+                                 "serial": device_serial(device),
                                  "transport": "pcsc" if type(device).__name__.endswith("PcscDevice") else "hid"}
         try:
             ctap = Ctap2(device)

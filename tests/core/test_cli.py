@@ -86,7 +86,7 @@ def test_import_secret_from_stdin(home: Path, tmp_path: Path) -> None:
         ("bad-name", 2, "invalid vault name"),
         ("exists", 2, "exists already"),
         ("no-terminal", 4, "use --password-file"),
-        ("no-card", 4, "no PIV card found"),
+        ("no-card", 5, "no PIV card found"),
     ],
 )
 def test_errors_are_one_clear_line(home: Path, tmp_path: Path, case: str, exit_code: int, words: str,

@@ -1,4 +1,5 @@
-"""The FIDO2 factor against virtual tokens in process (python-fido2's PC/SC framing, no pcscd).
+"""The FIDO2 factor against virtual tokens in process, every test over both framings python-fido2
+has: PC/SC (``CtapPcscDevice``, NFC framing) and USB HID (``CtapHidDevice``, CTAPHID).
 
 Covers the factor contract, hmac-secret agreement with python-fido2's own client, the PIN
 rules of DESIGN §3 (retries read first, the last try kept, no resubmission, the 3-strike
@@ -41,6 +42,19 @@ from tokenagent.virtual.provider import VirtualDevices
 from tokenagent.virtual.token import VirtualToken
 
 PIN = b"246810"
+TRANSPORT = ["pcsc"]
+
+
+@pytest.fixture(autouse=True, params=["pcsc", "hid"])
+def transport(request: pytest.FixtureRequest) -> Any:
+    TRANSPORT[0] = request.param
+    yield request.param
+    TRANSPORT[0] = "pcsc"
+
+
+def raw_device(tok: VirtualToken) -> Any:
+    """python-fido2's device for the token over the transport under test."""
+    return tok.hid_device() if TRANSPORT[0] == "hid" else CtapPcscDevice(tok.connection(), "raw")
 
 
 def token(tmp_path: Path, serial: int, **kw: Any) -> VirtualToken:
@@ -50,14 +64,14 @@ def token(tmp_path: Path, serial: int, **kw: Any) -> VirtualToken:
 def ctx_for(*tokens: VirtualToken, pins: list[bytes] | None = None, force: bool = False,
             answers: list[bytes] | None = None, **options: Any) -> FactorContext:
     ctx = context(answers, pin=list(pins or []))
-    ctx.devices = VirtualDevices(list(tokens))
+    ctx.devices = VirtualDevices(list(tokens), fido2_transport=TRANSPORT[0])
     ctx.force = force
     ctx.options.update(options)
     return ctx
 
 
 def set_pin(tok: VirtualToken, pin: bytes = PIN) -> None:
-    ClientPin(Ctap2(CtapPcscDevice(tok.connection(), "setup")), PinProtocolV2()).set_pin(pin.decode())
+    ClientPin(Ctap2(raw_device(tok)), PinProtocolV2()).set_pin(pin.decode())
 
 
 def retries(tok: VirtualToken) -> int:
@@ -87,7 +101,7 @@ def test_secret_matches_python_fido2_hmac_secret_client(tmp_path: Path) -> None:
     tok = token(tmp_path, 7)
     factor, secret = Fido2Factor.enroll(ctx_for(tok), {"fido2_rp": "example.com"})
     assert isinstance(factor, Fido2Factor)
-    client = Fido2Client(CtapPcscDevice(tok.connection(), "client"),
+    client = Fido2Client(raw_device(tok),
                          DefaultClientDataCollector("https://example.com"), extensions=[HmacSecretExtension(allow_hmac_secret=True)])
     result = client.get_assertion({
         "challenge": b"x" * 32, "rpId": "example.com", "userVerification": "discouraged",
@@ -101,7 +115,7 @@ def test_secret_matches_python_fido2_hmac_secret_client(tmp_path: Path) -> None:
 @pytest.mark.parametrize("protocol", [PinProtocolV1, PinProtocolV2])
 def test_two_salts_and_both_pin_protocols(tmp_path: Path, protocol: type) -> None:
     tok = token(tmp_path, 8)
-    ctap = Ctap2(CtapPcscDevice(tok.connection(), "raw"))
+    ctap = Ctap2(raw_device(tok))
     cred = ctap.make_credential(b"h" * 32, {"id": "rp"}, {"id": b"u", "name": "u"}, [{"type": "public-key",
                                 "alg": -7}], extensions={"hmac-secret": True}).auth_data.credential_data
     p = protocol()

@@ -211,6 +211,14 @@ class Fido2Applet(Applet):
     def select(self, p2: int) -> bytes:
         return b"FIDO_2_0"
 
+    def start_request(self) -> None:
+        """A new command begins (HID transport): forget an earlier cancel."""
+        self._cancel.clear()
+
+    def cancel(self) -> None:
+        """The client cancelled (CTAPHID_CANCEL, NFCCTAP_GETRESPONSE with P1 11) or the key was pulled out."""
+        self._cancel.set()
+
     def process(self, apdu: Apdu) -> bytes:
         if apdu.ins == INS_MSG:
             if self._worker is not None and self._worker.is_alive():
@@ -218,7 +226,7 @@ class Fido2Applet(Applet):
             return self._start(apdu.data)
         if apdu.ins == INS_GET_RESPONSE:
             if apdu.p1 == P1_CANCEL:
-                self._cancel.set()
+                self.cancel()
             return self._poll()
         raise ApduStatus(SW_INS_NOT_SUPPORTED)
 

@@ -1,8 +1,9 @@
 """Virtual tokens as a device provider (``FactorContext.devices``), without pcscd.
 
 For in-process tests and the factor conformance suite: each token's FIDO2 applet is reached
-through python-fido2's own ``CtapPcscDevice`` over a ``DirectConnection``, so the NFC
-framing code that real PC/SC keys use runs unchanged.
+through python-fido2's own ``CtapPcscDevice`` over a ``DirectConnection`` (the NFC framing
+that PC/SC keys use) or its ``CtapHidDevice`` over the CTAPHID front end (the framing of USB
+keys); the OTP and PIV applets through yubikit's smart-card sessions.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from .token import VirtualToken
 
 
 class VirtualDevices:
-    def __init__(self, tokens: list[VirtualToken]) -> None:
+    def __init__(self, tokens: list[VirtualToken], fido2_transport: str = "pcsc") -> None:
         self.tokens = tokens  # the tokens "plugged in"; tests change this list
+        self.fido2_transport = fido2_transport  # "pcsc" (NFC framing) or "hid" (CTAPHID)
 
     def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
         for token in list(self.tokens):
             if serial is not None and token.serial != serial:
                 continue
-            if kind == "fido2":
+            if kind == "fido2" and self.fido2_transport == "hid":
+                yield token.hid_device()
+            elif kind == "fido2":
                 yield serial_pcsc_device(token.connection(), f"virtual token {token.serial}", token.serial)
             elif kind in ("otp", "piv"):
                 from ykman.pcsc import ScardSmartCardConnection

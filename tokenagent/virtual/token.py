@@ -5,7 +5,8 @@ state file (serial, firmware version, each applet's ``state_dict``), rewritten a
 after every persistent change, so a token keeps its keys, PIN and counters across plugs and
 processes. Transports only move APDUs: ``DirectConnection`` looks like a pyscard connection
 (what python-fido2's ``CtapPcscDevice`` and yubikit take), for in-process tests;
-``tokenagent.virtual.vpcd`` plugs the same card into a real pcscd.
+``tokenagent.virtual.vpcd`` plugs the same card into a real pcscd; ``hid_device`` gives
+python-fido2's ``CtapHidDevice`` over the CTAPHID front end (``tokenagent.virtual.ctaphid``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from .card import Applet, Presence, TouchMode, VirtualCard
 from .ctap2 import Fido2Applet
+from .ctaphid import HidFrontEnd, hid_device
 from .management import ManagementApplet
 from .otp import OtpApplet
 from .piv import PivApplet
@@ -57,11 +59,14 @@ class VirtualToken:
             applet.changed = self.save
         self.card = VirtualCard([*self.applets, ManagementApplet(self.serial, VERSION)], ATR)
         self.card.power_on()
+        self.hid = HidFrontEnd(self.fido2, VERSION)
 
     def replug(self) -> None:
         """Pull the token out and put it back: a power cycle (PIN sessions and 3-strike counters reset)."""
+        self.hid.unplug()
         self.card.power_off()
         self.card.power_on()
+        self.hid.plug()
 
     def _read(self) -> dict[str, Any] | None:
         try:
@@ -88,6 +93,10 @@ class VirtualToken:
 
     def connection(self) -> DirectConnection:
         return DirectConnection(self.card)
+
+    def hid_device(self) -> Any:
+        """python-fido2's ``CtapHidDevice`` on this token's CTAPHID transport (in process)."""
+        return hid_device(self.hid, self.serial)
 
 
 class DirectConnection:
