@@ -5,8 +5,9 @@
 applications, any PIV card) are reached over PC/SC.
 FIDO2 keys are found over HID (``CtapHidDevice``) and over PC/SC
 (``CtapPcscDevice``: any reader, so NFC readers, smart-card readers and the virtual token
-behind vpcd all count). ``describe_devices()`` is ``tokenagent devices``: what is present,
-read without spending a PIN try.
+behind vpcd all count). ``describe_devices()`` is ``tokenagent devices``: FIDO2 keys, PIV
+applications (version, PIN tries left, decryption keys in 9d and 82-95) and YubiKey OTP
+applications (configured slots), read without spending a PIN try.
 
 Serial numbers: HID keys report theirs; over PC/SC the serial is read from the YubiKey
 management applet (yubikit's ``ManagementSession``), which the virtual token has too; keys
@@ -168,6 +169,41 @@ def describe_devices() -> list[dict[str, Any]]:
         finally:
             device.close()
         out.append(entry)
+    out.extend(_describe_smartcards())
+    return out
+
+
+def _describe_smartcards() -> list[dict[str, Any]]:
+    """PIV applications and YubiKey OTP applications on the cards in PC/SC readers."""
+    from yubikit.piv import SLOT, PivSession
+    from yubikit.yubiotp import SLOT as OTP_SLOT
+    from yubikit.yubiotp import YubiOtpSession
+
+    out: list[dict[str, Any]] = []
+    for device in SystemDevices().connections("piv"):
+        try:
+            base = {"name": device.name, "serial": device.serial, "transport": "pcsc"}
+            try:
+                piv = PivSession(device.connection)
+                keys = []
+                for slot in [SLOT.KEY_MANAGEMENT, *(SLOT(n) for n in range(0x82, 0x96))]:
+                    try:
+                        keys.append({"slot": f"{int(slot):02x}", "algorithm": piv.get_slot_metadata(slot).key_type.name})
+                    except Exception:  # noqa: BLE001 - empty slot, or no metadata before firmware 5.3
+                        continue
+                out.append({"type": "piv", **base, "version": str(piv.version),
+                            "pin_retries": piv.get_pin_attempts(), "decryption_keys": keys})
+            except Exception as err:  # noqa: BLE001 - no PIV application on this card
+                log.debug("no PIV application in %s: %s", device.name, err)
+            try:
+                state = YubiOtpSession(device.connection).get_config_state()
+                slots = [{"slot": int(n), "touch": bool(state.is_touch_triggered(n))}
+                         for n in (OTP_SLOT.ONE, OTP_SLOT.TWO) if state.is_configured(n)]
+                out.append({"type": "otp", **base, "configured_slots": slots})
+            except Exception as err:  # noqa: BLE001 - no OTP application on this card
+                log.debug("no OTP application in %s: %s", device.name, err)
+        finally:
+            device.close()
     return out
 
 

@@ -47,10 +47,16 @@ def test_token_is_seen_through_pcscd(pcscd: PrivatePcscd, tokens: list[TokenProc
     done = run(home, pcscd, "devices", "--json")
     assert done.returncode == 0, done.stderr  # type: ignore[attr-defined]
     listing = json.loads(done.stdout)  # type: ignore[attr-defined]
-    (device,) = listing["devices"]
-    assert device["type"] == "fido2" and device["transport"] == "pcsc" and device["hmac_secret"]
+    by_type = {d["type"]: d for d in listing["devices"]}
+    assert sorted(by_type) == ["fido2", "otp", "piv"] and len(listing["devices"]) == 3
+    device = by_type["fido2"]
+    assert device["transport"] == "pcsc" and device["hmac_secret"]
     assert device["pin_set"] is False and "Virtual PCD" in device["name"]
     assert device["serial"] == 1111  # read through yubikit's management session
+    assert by_type["piv"]["serial"] == 1111 and by_type["piv"]["pin_retries"] == 3
+    assert by_type["piv"]["decryption_keys"] == [] and by_type["otp"]["configured_slots"] == []
+    text = run(home, pcscd, "devices").stdout  # type: ignore[attr-defined]
+    assert "piv: " in text and "PIN 3 tries left" in text and "challenge-response slots: none" in text
     tokens[0].unplug()
     gone = json.loads(run(home, pcscd, "devices", "--json").stdout)  # type: ignore[attr-defined]
     assert gone["devices"] == [] and gone["pcsc_readers"]

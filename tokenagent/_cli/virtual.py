@@ -165,7 +165,7 @@ for _name, _help in (("plug", "Plug the token in (connect to vpcd)."), ("unplug"
 @click.command()
 @json_option
 def devices(as_json: bool) -> None:
-    """List the tokens present (FIDO2 over HID and PC/SC), without spending PIN tries."""
+    """List the tokens present (FIDO2 over HID and PC/SC, PIV and OTP over PC/SC), without spending PIN tries."""
     from ..discovery import describe_devices, pcsc_readers
 
     found = describe_devices()
@@ -180,6 +180,12 @@ def devices(as_json: bool) -> None:
                 line += f", serial {d['serial']}"
             if "error" in d:
                 line += f" (not usable: {d['error']})"
+            elif d["type"] == "piv":
+                keys = ", ".join(f"{k['slot']} {k['algorithm']}" for k in d["decryption_keys"]) or "none"
+                line += f", PIV {d['version']}, PIN {d['pin_retries']} tries left, decryption keys: {keys}"
+            elif d["type"] == "otp":
+                slots = ", ".join(f"{s['slot']}{' (touch)' if s['touch'] else ''}" for s in d["configured_slots"])
+                line += f", challenge-response slots: {slots or 'none'}"
             else:
                 line += f", {'hmac-secret' if d['hmac_secret'] else 'NO hmac-secret'}"
                 line += f", PIN {'set, ' + str(d['pin_retries']) + ' tries left' if d['pin_set'] else 'not set'}"
