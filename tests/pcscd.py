@@ -3,8 +3,8 @@
 DESIGN §4: pcscd 1.9.9 always puts its socket in /run/pcscd, so a private instance runs in
 its own mount namespace (``unshare --mount``) over a tmpfs /run/pcscd, never touching a
 pcscd the user runs. Clients reach it through ``/proc/PID/root/run/pcscd/pcscd.comm``
-(``PCSCLITE_CSOCK_NAME``, which the client library honours). The vpcd driver gets a free
-TCP port of its own through a private reader.conf.d. Needs root (namespaces, mounts);
+(``PCSCLITE_CSOCK_NAME``, which the client library honours). The vpcd driver gets free
+TCP ports of its own through a private reader.conf.d. Needs root (namespaces, mounts);
 elsewhere the dependent tests skip, and under CI (TOKENAGENT_STRICT_SKIPS=1) they fail.
 """
 
@@ -36,10 +36,12 @@ def missing() -> str | None:
     return None
 
 
-# vpcd gives one reader.conf entry two slots, slot i listening on port + i. A second entry
-# does not work (the driver keeps one port for all), so a private pcscd holds two tokens.
-READERS = 2
-
+# vpcd gives one reader.conf entry two reader slots, slot i listening on port + i. A second
+# entry naming the same driver file does not work (the library is loaded once and keeps one
+# port), so each further pair of readers loads its own copy of the driver file: dlopen
+# loads a copy at another path as a separate library, with its own port.
+READERS = 4
+SLOTS_PER_ENTRY = 2
 
 def free_ports(count: int) -> int:
     """A base port with ``count`` consecutive free ports."""
@@ -70,9 +72,17 @@ class PrivatePcscd:
         self.port = free_ports(READERS)
         conf = workdir / "reader.conf.d"
         conf.mkdir(parents=True)
-        (conf / "vpcd").write_text(
-            f'FRIENDLYNAME "Virtual PCD"\nDEVICENAME   /dev/null:0x{self.port:04X}\n'
-            f"LIBPATH      {VPCD_DRIVER}\nCHANNELID    0x{self.port:04X}\n")
+        entries = []
+        for entry in range(READERS // SLOTS_PER_ENTRY):
+            driver = VPCD_DRIVER
+            if entry:
+                driver = str(workdir / f"libifdvpcd-{entry}.so")
+                shutil.copyfile(VPCD_DRIVER, driver)
+            port = self.port + SLOTS_PER_ENTRY * entry
+            name = "Virtual PCD" + (f" {chr(ord('A') + entry)}" if entry else "")
+            entries.append(f'FRIENDLYNAME "{name}"\nDEVICENAME   /dev/null:0x{port:04X}\n'
+                           f"LIBPATH      {driver}\nCHANNELID    0x{port:04X}\n")
+        (conf / "vpcd").write_text("\n".join(entries))
         self.log = workdir / "pcscd.log"
         script = ("mkdir -p /run/pcscd && mount -t tmpfs -o mode=0755 tmpfs /run/pcscd"
                   f" && exec pcscd --foreground --config {conf}")

@@ -189,3 +189,20 @@ def test_serial_picks_the_key_among_two(pcscd: PrivatePcscd, tokens: list[TokenP
     tokens[1].unplug()
     absent = run(home, pcscd, "open", "docs")
     assert absent.returncode == 4 and "not plugged in" in absent.stderr  # type: ignore[attr-defined]
+
+
+def test_two_of_three_keys_through_pcscd(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    """Three tokens in one private pcscd (two vpcd driver instances), any two open the slot."""
+    home = private_home(tmp_path)
+    for serial in (8001, 8002, 8003):
+        tokens.append(TokenProcess(pcscd, tmp_path / f"{serial}.json", serial))
+    created = run(home, pcscd, "init", "docs", "--fido2", "--fido2", "--fido2", "--threshold", "2",
+                  "--serial", "8001", "--serial", "8002", "--serial", "8003")
+    assert created.returncode == 0, created.stderr  # type: ignore[attr-defined]
+    key = json.loads(run(home, pcscd, "open", "docs", "--reveal", "--json").stdout)["key"]  # type: ignore[attr-defined]
+    tokens[0].unplug()
+    two = run(home, pcscd, "open", "docs", "--reveal", "--json")
+    assert two.returncode == 0 and json.loads(two.stdout)["key"] == key, two.stderr  # type: ignore[attr-defined]
+    tokens[2].unplug()
+    one = run(home, pcscd, "open", "docs")
+    assert one.returncode != 0 and "Traceback" not in one.stderr, one.stderr  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ SLOTS = frozenset(["9d", *(f"{n:02x}" for n in range(0x82, 0x96))])
 PIN_POLICIES = ("default", "never", "once", "always")
 TOUCH_POLICIES = ("default", "never", "always", "cached")
 OAEP = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+log = logging.getLogger("tokenagent.piv")
 
 
 def _secret(material: bytes) -> bytearray:
@@ -117,14 +119,13 @@ def _slot(name: str) -> Any:
 
 
 def _session(device: SmartCardDevice) -> Any | None:
-    """A PivSession on the card, or None when the card has no PIV application."""
-    from yubikit.core import ApplicationNotAvailableError
-    from yubikit.core.smartcard import ApduError
+    """A PivSession on the card, or None when the card has no PIV application (or went away)."""
     from yubikit.piv import PivSession
 
     try:
         return PivSession(device.connection)
-    except (ApplicationNotAvailableError, ApduError):
+    except Exception as err:  # noqa: BLE001 - no PIV application, not a card, card pulled out
+        log.debug("no PIV session on %s: %s", device.name, err)
         return None
 
 
