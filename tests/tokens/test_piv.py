@@ -346,7 +346,8 @@ OPENSC = "/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"
 def test_pkcs11_factor_through_opensc_and_the_virtual_piv_card(pcscd: PrivatePcscd, tokens: list[TokenProcess],
                                                                tmp_path: Path) -> None:
     """The PKCS#11 code path that runs on SoftHSM2 also runs on OpenSC's module, reaching the
-    virtual card through pcscd; a backup card is enrolled offline from its certificate."""
+    virtual card through pcscd: ECDH with the main card's P-256 key, RSA-OAEP with the backup
+    card's RSA-2048 key, which is enrolled offline from its certificate."""
     import datetime
 
     from ykman.piv import generate_self_signed_certificate
@@ -354,8 +355,8 @@ def test_pkcs11_factor_through_opensc_and_the_virtual_piv_card(pcscd: PrivatePcs
     if not os.path.exists(OPENSC):
         pytest.skip(f"{OPENSC} is missing (Debian package opensc-pkcs11)")
     cards = {}
-    for serial, name in ((7201, "vault-main"), (7202, "vault-backup")):
-        tok = token(tmp_path, serial)
+    for serial, name, key_type in ((7201, "vault-main", KEY_TYPE.ECCP256), (7202, "vault-backup", KEY_TYPE.RSA2048)):
+        tok = token(tmp_path, serial, key=key_type)
         piv = PivSession(ScardSmartCardConnection(tok.connection()))
         piv.verify_pin("123456")
         public = piv.get_slot_metadata(SLOT.KEY_MANAGEMENT).public_key

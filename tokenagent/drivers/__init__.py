@@ -4,7 +4,7 @@
 * ``otp``: YubiKey OTP HMAC-SHA1 challenge-response (yubikit), over PC/SC.
 * ``piv``: ECDH / RSA-OAEP decryption on a PIV card (yubikit), over PC/SC, enrolled online
   or offline.
-* ``pkcs11``: ECDH on any PKCS#11 token (python-pkcs11), enrolled online or offline.
+* ``pkcs11``: ECDH / RSA-OAEP on any PKCS#11 token (python-pkcs11), enrolled online or offline.
 
 A vault holding a slot whose factor type is not registered here still loads (the factor shows
 as "not supported here") and its other slots still open.

@@ -30,13 +30,11 @@ again. Keys with PIN policy "never" are used without a PIN; keys with touch poli
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -57,6 +55,7 @@ from ..errors import (
 )
 from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
 from ..factors.params import expect_b64, expect_keys
+from .keys import load_public_key, spki_sha256
 from .smartcard import SmartCardDevice
 
 INFO = b"tokenagent/v1/piv"
@@ -74,10 +73,6 @@ def _secret(material: bytes) -> bytearray:
     return bytearray(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INFO).derive(material))
 
 
-def _spki(public: Any) -> bytes:
-    return bytes(public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
-
-
 def _algorithm_of(public: Any, where: str) -> str:
     if isinstance(public, ec.EllipticCurvePublicKey):
         for name, curve in CURVES.items():
@@ -89,23 +84,6 @@ def _algorithm_of(public: Any, where: str) -> str:
             raise NotSupported(f"{where}: RSA-{public.key_size} is not supported (use RSA-2048, P-256 or P-384)")
         return "rsa2048"
     raise NotSupported(f"{where}: only EC (P-256, P-384) and RSA-2048 keys can decrypt for tokenagent")
-
-
-def load_public_key(path: str) -> Any:
-    """A certificate or public key file (PEM or DER)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror}") from None
-    loaders = (lambda d: x509.load_pem_x509_certificate(d).public_key(),
-               lambda d: x509.load_der_x509_certificate(d).public_key(),
-               serialization.load_pem_public_key, serialization.load_der_public_key)
-    for loader in loaders:
-        try:
-            return loader(data)
-        except ValueError:
-            continue
-    raise UsageError(f"{path} is neither a certificate nor a public key (PEM or DER)")
 
 
 def _slot(name: str) -> Any:
@@ -271,7 +249,7 @@ class PivFactor(Factor):
     @classmethod
     def _wrap(cls, public: Any, slot: str, serial: int | None, where: str) -> tuple[Factor, bytearray]:
         algorithm = _algorithm_of(public, where)
-        key_hash = hashlib.sha256(_spki(public)).hexdigest()
+        key_hash = spki_sha256(public)
         if algorithm in CURVES:
             ephemeral = ec.generate_private_key(CURVES[algorithm])
             material = ephemeral.exchange(ec.ECDH(), public)
@@ -336,7 +314,7 @@ class PivFactor(Factor):
                 name = device.label()
                 try:
                     public = _slot_public_key(session, _slot(self.slot))
-                    if public is None or hashlib.sha256(_spki(public)).hexdigest() != self.key_hash:
+                    if public is None or spki_sha256(public) != self.key_hash:
                         continue  # another card, or the key was replaced: no PIN is asked
                     return self._decrypt(session, ctx, name)
                 except TokenAgentError:

@@ -1,31 +1,37 @@
-"""The PKCS#11 factor: ECDH on any PKCS#11 token (smart cards through OpenSC, HSMs, SoftHSM2).
+"""The PKCS#11 factor: ECDH or RSA-OAEP on any PKCS#11 token (smart cards through OpenSC, HSMs, SoftHSM2).
 
 Theory of operation. The token's key is named by an RFC 7512 URI
 (``pkcs11:token=LABEL;object=LABEL`` or ``id=%01``; ``?module-path=/path/to/module.so``).
 Enrolment needs only the key's public half, read from the token or, **offline**, from a
-certificate or public-key file (``--piv-cert FILE``): a fresh ephemeral P-256/P-384 key pair
-is made, the shared secret Z = ECDH(ephemeral, token key) is computed in software, the
-ephemeral private key is thrown away and its public point kept in the vault. Unlock asks the
-token to compute the same Z with ``CKM_ECDH1_DERIVE`` (after the PIN), so the token's private
-key never leaves it. The factor's secret is HKDF-SHA256(Z, info "tokenagent/v1/pkcs11").
+certificate or public-key file (``--piv-cert FILE``).
+
+* EC keys (P-256, P-384): a fresh ephemeral key pair is made, the shared secret Z =
+  ECDH(ephemeral, token key) is computed in software, the ephemeral private key is thrown
+  away and its public point kept in the vault. Unlock asks the token for the same Z with
+  ``CKM_ECDH1_DERIVE``.
+* RSA keys (2048-4096 bits): 32 random bytes Z are encrypted to the token key with OAEP
+  (SHA-1 and MGF1-SHA-1: the one variant SoftHSM2 and most tokens decrypt; OAEP's security
+  does not rest on SHA-1's collision resistance) and the ciphertext kept. Unlock asks the
+  token to decrypt it with ``CKM_RSA_PKCS_OAEP``.
+
+Either way the token's private key never leaves it, and the factor's secret is
+HKDF-SHA256(Z, info "tokenagent/v1/pkcs11"). The vault keeps the SHA-256 of the key's
+SubjectPublicKeyInfo: a token holding another key under the same name is "not mine".
 
 PIN rules: the token's flags are read first; a locked PIN is refused, the final try is
-spent only with ``--force``, a wrong PIN is reported and not sent again. RSA keys are not
-supported in this version (use an EC key).
+spent only with ``--force``, a wrong PIN is reported and not sent again.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
+import secrets
 import urllib.parse
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import (
@@ -40,9 +46,14 @@ from ..errors import (
     VaultFormatError,
 )
 from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
-from ..factors.params import expect_keys
+from ..factors.params import expect_b64, expect_keys
+from .keys import load_public_key, spki_sha256
 
 CURVES: dict[str, ec.EllipticCurve] = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
+RSA_SIZES = {"rsa2048": 2048, "rsa3072": 3072, "rsa4096": 4096}
+CHALLENGE_LEN = {"secp256r1": 65, "secp384r1": 97, "rsa2048": 256, "rsa3072": 384, "rsa4096": 512}
+OAEP = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # noqa: S303 - see the module doc
+RSA_SECRET_LEN = 32
 INFO = b"tokenagent/v1/pkcs11"
 CKF_USER_PIN_FINAL_TRY = 0x00020000
 CKF_USER_PIN_LOCKED = 0x00040000
@@ -76,7 +87,7 @@ def _pairs(text: str, sep: str) -> dict[str, str]:
     return out
 
 
-def _point(curve: ec.EllipticCurve, key: ec.EllipticCurvePublicKey) -> bytes:
+def _point(key: ec.EllipticCurvePublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
@@ -84,19 +95,12 @@ def _secret(z: bytes) -> bytearray:
     return bytearray(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INFO).derive(z))
 
 
-def _load_public(path: str) -> ec.EllipticCurvePublicKey:
-    data = Path(path).read_bytes()
-    for loader in (lambda d: x509.load_pem_x509_certificate(d).public_key(),
-                   lambda d: x509.load_der_x509_certificate(d).public_key(),
-                   serialization.load_pem_public_key, serialization.load_der_public_key):
-        try:
-            key = loader(data)
-        except ValueError:
-            continue
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise NotSupported(f"{path}: only EC keys (P-256, P-384) are supported in this version")
-        return key
-    raise UsageError(f"{path} is neither a certificate nor a public key (PEM or DER)")
+def _algorithm(public: Any, where: str) -> str:
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name in CURVES:
+        return public.curve.name
+    if isinstance(public, rsa.RSAPublicKey) and f"rsa{public.key_size}" in RSA_SIZES:
+        return f"rsa{public.key_size}"
+    raise NotSupported(f"{where}: only EC keys on P-256/P-384 and RSA keys of 2048, 3072 or 4096 bits are supported")
 
 
 def _library(uri: Pkcs11Uri, ctx: FactorContext) -> Any:
@@ -140,68 +144,69 @@ def _find(session: Any, uri: Pkcs11Uri, object_class: Any) -> Any:
 class Pkcs11Factor(Factor):
     type = "pkcs11"
 
-    def __init__(self, uri: str, curve: str, ephemeral: bytes, key_hash: str) -> None:
-        self.uri, self.curve, self.ephemeral, self.key_hash = uri, curve, ephemeral, key_hash
+    def __init__(self, uri: str, algorithm: str, challenge: bytes, key_hash: str) -> None:
+        self.uri, self.algorithm, self.challenge, self.key_hash = uri, algorithm, challenge, key_hash
 
     @classmethod
     def from_params(cls, params: Mapping[str, JSONValue]) -> Factor:
-        expect_keys(params, {"uri", "curve", "ephemeral", "key"}, "pkcs11")
-        uri, curve, key_hash = params["uri"], params["curve"], params["key"]
-        if not isinstance(uri, str) or curve not in CURVES or not isinstance(key_hash, str) or len(key_hash) != 64:
-            raise VaultFormatError("pkcs11: uri, curve (secp256r1/secp384r1) and key (SHA-256 hex) are needed")
+        expect_keys(params, {"uri", "algorithm", "challenge", "key"}, "pkcs11")
+        uri, algorithm, key_hash = params["uri"], params["algorithm"], params["key"]
+        if not isinstance(uri, str) or algorithm not in CHALLENGE_LEN:
+            raise VaultFormatError("pkcs11: uri and algorithm (secp256r1, secp384r1, rsa2048, rsa3072, rsa4096)"
+                                   " are needed")
+        if not isinstance(key_hash, str) or len(key_hash) != 64 or key_hash.strip("0123456789abcdef"):
+            raise VaultFormatError("pkcs11: key must be the SHA-256 (hex) of the token's public key")
+        challenge = expect_b64(params, "challenge", CHALLENGE_LEN[str(algorithm)], "pkcs11")
         try:
             Pkcs11Uri(uri)
-            ephemeral = base64.b64decode(str(params["ephemeral"]), validate=True)
-            ec.EllipticCurvePublicKey.from_encoded_point(CURVES[str(curve)], ephemeral)
+            if algorithm in CURVES:
+                ec.EllipticCurvePublicKey.from_encoded_point(CURVES[str(algorithm)], challenge)
         except (UsageError, ValueError):
             raise VaultFormatError("pkcs11: bad URI or ephemeral key") from None
-        return cls(uri, str(curve), ephemeral, key_hash)
+        return cls(uri, str(algorithm), challenge, key_hash)
 
     def params(self) -> dict[str, JSONValue]:
-        return {"uri": self.uri, "curve": self.curve, "ephemeral": base64.b64encode(self.ephemeral).decode(),
+        return {"uri": self.uri, "algorithm": self.algorithm, "challenge": base64.b64encode(self.challenge).decode(),
                 "key": self.key_hash}
 
     def describe(self) -> str:
-        return f"PKCS#11 key ({self.uri.partition('?')[0]}, ECDH {self.curve})"
+        how = f"ECDH {self.algorithm}" if self.algorithm in CURVES else f"{self.algorithm.upper()} OAEP"
+        return f"PKCS#11 key ({self.uri.partition('?')[0]}, {how})"
 
     @classmethod
     def enroll(cls, ctx: FactorContext, options: Mapping[str, Any]) -> tuple[Factor, bytearray]:
         uri = Pkcs11Uri(str(options.get("uri") or ""))
         if options.get("cert"):
-            public = _load_public(str(options["cert"]))  # offline: the token need not be here
+            public = load_public_key(str(options["cert"]))  # offline: the token need not be here
+            where = str(options["cert"])
         else:
             public = cls._token_public_key(uri, ctx)
-        curve = public.curve.name
-        if curve not in CURVES:
-            raise NotSupported(f"curve {curve} is not supported (use P-256 or P-384)")
-        ephemeral = ec.generate_private_key(CURVES[curve])
-        z = ephemeral.exchange(ec.ECDH(), public)
-        factor = cls(uri.text, curve, _point(CURVES[curve], ephemeral.public_key()),
-                     hashlib.sha256(_point(CURVES[curve], public)).hexdigest())
-        return factor, _secret(z)
+            where = f"the key {uri.object or uri.id!r}"
+        algorithm = _algorithm(public, where)
+        if algorithm in CURVES:
+            ephemeral = ec.generate_private_key(CURVES[algorithm])
+            z = ephemeral.exchange(ec.ECDH(), public)
+            challenge = _point(ephemeral.public_key())
+        else:
+            z = secrets.token_bytes(RSA_SECRET_LEN)
+            challenge = public.encrypt(z, OAEP)
+        return cls(uri.text, algorithm, challenge, spki_sha256(public)), _secret(z)
 
     @staticmethod
-    def _token_public_key(uri: Pkcs11Uri, ctx: FactorContext) -> ec.EllipticCurvePublicKey:
+    def _token_public_key(uri: Pkcs11Uri, ctx: FactorContext) -> Any:
         import pkcs11
-        from pkcs11 import Attribute, ObjectClass
+        from pkcs11 import ObjectClass
 
         token = _token(uri, ctx)
         try:
             with token.open() as session:
-                point = _find(session, uri, ObjectClass.PUBLIC_KEY)[Attribute.EC_POINT]
-                params = _find(session, uri, ObjectClass.PUBLIC_KEY)[Attribute.EC_PARAMS]
+                return _public_from_object(_find(session, uri, ObjectClass.PUBLIC_KEY), uri)
         except pkcs11.PKCS11Error as err:
             raise TokenError(f"token {uri.token!r}: {type(err).__name__}") from None
-        if point[0] == 0x04 and point[1] == len(point) - 2:  # DER OCTET STRING around the point
-            point = point[2:]
-        for curve in CURVES.values():
-            if params == _curve_oid_der(curve):
-                return ec.EllipticCurvePublicKey.from_encoded_point(curve, bytes(point))
-        raise NotSupported(f"the key {uri.object or uri.id!r} is not on P-256 or P-384 (or not an EC key)")
 
     def unlock(self, ctx: FactorContext) -> bytearray:
         import pkcs11
-        from pkcs11 import Attribute, KeyType, ObjectClass
+        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 
         uri = Pkcs11Uri(self.uri)
         token = _token(uri, ctx)
@@ -211,21 +216,26 @@ class Pkcs11Factor(Factor):
             raise PinBlocked(f"the PIN of {name} is locked; unblock it with its SO PIN (tokenagent never does)")
         if flags & CKF_USER_PIN_FINAL_TRY and not ctx.force:
             raise PinLastTry(f"{name} has its final PIN try left; tokenagent does not spend it unless --force")
+        try:
+            with token.open() as session:  # the key is checked before the PIN is asked
+                if spki_sha256(_public_from_object(_find(session, uri, ObjectClass.PUBLIC_KEY), uri)) != self.key_hash:
+                    raise NotMine(f"{name} holds another key under {uri.object or uri.id!r} than the one enrolled")
+        except pkcs11.PKCS11Error as err:
+            raise TokenError(f"{name} refused: {type(err).__name__}") from None
         pin = ctx.ui.ask_secret(SecretRequest("pin", f"PIN for {name}"))
         try:
             with token.open(user_pin=pin.decode("utf-8")) as session:
-                public = _find(session, uri, ObjectClass.PUBLIC_KEY)
-                point = bytes(public[Attribute.EC_POINT])
-                if point[0] == 0x04 and point[1] == len(point) - 2:
-                    point = point[2:]
-                if hashlib.sha256(point).hexdigest() != self.key_hash:
-                    raise NotMine(f"{name} holds another key under {uri.object or uri.id!r} than the one enrolled")
                 private = _find(session, uri, ObjectClass.PRIVATE_KEY)
-                derived = private.derive_key(
-                    KeyType.GENERIC_SECRET, 8 * len(point[1:]) // 2,
-                    mechanism_param=(pkcs11.KDF.NULL, None, self.ephemeral),
-                    template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True, Attribute.TOKEN: False})
-                z = bytes(derived[Attribute.VALUE])
+                if self.algorithm in CURVES:
+                    size = (CURVES[self.algorithm].key_size + 7) // 8
+                    derived = private.derive_key(
+                        KeyType.GENERIC_SECRET, 8 * size,
+                        mechanism_param=(pkcs11.KDF.NULL, None, self.challenge),
+                        template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True, Attribute.TOKEN: False})
+                    z = bytes(derived[Attribute.VALUE])
+                else:
+                    z = bytes(private.decrypt(self.challenge, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                              mechanism_param=(Mechanism.SHA_1, pkcs11.MGF.SHA1, None)))
         except pkcs11.PinIncorrect:
             raise PinInvalid(f"wrong PIN for {name}; not retried") from None
         except pkcs11.PinLocked:
@@ -237,6 +247,26 @@ class Pkcs11Factor(Factor):
         finally:
             pin[:] = bytes(len(pin))
         return _secret(z)
+
+
+def _public_from_object(obj: Any, uri: Pkcs11Uri) -> Any:
+    """A PKCS#11 public-key object as a ``cryptography`` public key."""
+    from pkcs11 import Attribute, KeyType
+
+    where = f"the key {uri.object or uri.id!r}"
+    if obj.key_type == KeyType.RSA:
+        n = int.from_bytes(bytes(obj[Attribute.MODULUS]), "big")
+        e = int.from_bytes(bytes(obj[Attribute.PUBLIC_EXPONENT]), "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    if obj.key_type != KeyType.EC:
+        raise NotSupported(f"{where} is neither an EC nor an RSA key")
+    point, params = bytes(obj[Attribute.EC_POINT]), bytes(obj[Attribute.EC_PARAMS])
+    if point[0] == 0x04 and point[1] == len(point) - 2:  # DER OCTET STRING around the point
+        point = point[2:]
+    for curve in CURVES.values():
+        if params == _curve_oid_der(curve):
+            return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    raise NotSupported(f"{where} is not on P-256 or P-384")
 
 
 def _curve_oid_der(curve: ec.EllipticCurve) -> bytes:

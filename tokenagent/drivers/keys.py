@@ -1,0 +1,35 @@
+"""Public keys of tokens: read from certificate or key files (offline enrolment), and named by hash."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ..errors import UsageError
+
+
+def spki_sha256(public: Any) -> str:
+    """SHA-256 (hex) of a public key's DER SubjectPublicKeyInfo: how a vault names a token's key."""
+    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def load_public_key(path: str) -> Any:
+    """A certificate or public key file (PEM or DER)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}") from None
+    loaders = (lambda d: x509.load_pem_x509_certificate(d).public_key(),
+               lambda d: x509.load_der_x509_certificate(d).public_key(),
+               serialization.load_pem_public_key, serialization.load_der_public_key)
+    for loader in loaders:
+        try:
+            return loader(data)
+        except ValueError:
+            continue
+    raise UsageError(f"{path} is neither a certificate nor a public key (PEM or DER)")
