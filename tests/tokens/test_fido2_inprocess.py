@@ -10,7 +10,9 @@ a real pcscd is tests/tokens/test_pcscd.py.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ from fido2.ctap2.extensions import HmacSecretExtension
 from fido2.ctap2.pin import ClientPin, PinProtocolV1, PinProtocolV2
 from fido2.pcsc import CtapPcscDevice
 from fido2.utils import websafe_decode
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from scripted import context  # type: ignore[import-not-found]
 
 from tokenagent.drivers.fido2 import Fido2Factor
@@ -29,6 +34,7 @@ from tokenagent.errors import (
     NoSlotMatched,
     NotMine,
     PinAuthBlocked,
+    PinBlocked,
     PinInvalid,
     PinLastTry,
     TokenError,
@@ -319,3 +325,71 @@ def test_rotate_renews_the_salt_in_one_touch(tmp_path: Path) -> None:
     assert after.slots[0].id == "1" and after.slots[0].factors[0].params()["salt"] != factor.params()["salt"]
     assert unlock(after, ctx_for(tok)).masterkey == key
     assert renewed.unlock(ctx_for(tok)) == new
+
+
+def count_pin_checks(tok: VirtualToken) -> Callable[[], int]:
+    """Count the PINs the token is asked to check (getPinToken and its permissions variant)."""
+    checks = [0]
+    check = tok.fido2._check_pin
+
+    def counting(*args: Any) -> None:
+        checks[0] += 1
+        check(*args)
+
+    tok.fido2._check_pin = counting  # type: ignore[method-assign]
+    return lambda: checks[0]
+
+
+class PinSafety(RuleBasedStateMachine):
+    """DESIGN §6 #12 over random sequences: no PIN sent at <= 1 retry without --force, at most
+    one PIN per unlock (never resubmitted), none to a key without the credential (pre-flight)."""
+
+    tmp: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        fresh = Path(tempfile.mkdtemp(dir=self.tmp))  # every example starts with new tokens
+        self.mine, self.other = token(fresh, 31), token(fresh, 32)
+        set_pin(self.mine)
+        set_pin(self.other)
+        self.factor, self.secret = Fido2Factor.enroll(ctx_for(self.mine, pins=[PIN]), {"fido2_uv": True})
+        self.mine_checks, self.other_checks = count_pin_checks(self.mine), count_pin_checks(self.other)
+
+    @rule(right=st.booleans(), force=st.booleans(), with_other=st.booleans())
+    def unlock(self, right: bool, force: bool, with_other: bool) -> None:
+        before, left = self.mine_checks(), retries(self.mine)
+        cards = (self.other, self.mine) if with_other else (self.mine,)
+        try:
+            assert self.factor.unlock(ctx_for(*cards, pins=[PIN if right else b"999999", PIN], force=force)) \
+                == self.secret
+            assert right
+        except PinLastTry:
+            assert left == 1 and not force
+        except (PinBlocked, PinAuthBlocked):
+            pass
+        except PinInvalid:
+            assert not right
+        sent = self.mine_checks() - before
+        assert sent <= 1
+        if left == 0 or (left == 1 and not force):
+            assert sent == 0
+
+    @rule()
+    def replug(self) -> None:
+        self.mine.replug()
+
+    @rule(value=st.integers(min_value=0, max_value=8))
+    def counter_set_elsewhere(self, value: int) -> None:
+        self.mine.fido2.pin_retries = value
+
+    @invariant()
+    def nothing_to_the_key_without_the_credential(self) -> None:
+        assert self.other_checks() == 0 and retries(self.other) == 8
+
+
+def test_pin_safety_sequences(tmp_path: Path) -> None:
+    PinSafety.tmp = tmp_path
+    runner = PinSafety.TestCase
+    runner.settings = settings(max_examples=30, stateful_step_count=12, deadline=None,
+                               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    runner().runTest()

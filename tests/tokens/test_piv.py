@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -257,8 +258,8 @@ class PinSafety(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.mine = token(self.tmp, 690 + os.getpid() % 7)
-        self.other = token(self.tmp, 680 + os.getpid() % 7)
+        fresh = Path(tempfile.mkdtemp(dir=self.tmp))  # every example starts with new cards
+        self.mine, self.other = token(fresh, 690), token(fresh, 680)
         self.factor, self.secret = PivFactor.enroll(ctx_for(self.mine), {"piv_existing": True})
         self.mine_sent = count_pin_submissions(self.mine)
         self.other_sent = count_pin_submissions(self.other)
