@@ -121,3 +121,50 @@ def test_pin_slot_unlocked_on_plug_through_pinentry(pcscd: PrivatePcscd, tokens:
     finally:
         person.close()
         agent.stop()
+
+
+def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    """A YubiKey's OTP challenge-response opens one vault at plug-in with nothing typed; its PIV
+    key opens another after the PIV PIN is typed into pinentry-curses."""
+    import shutil
+
+    from ykman.pcsc import ScardSmartCardConnection
+    from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, SLOT, PivSession
+    from yubikit.yubiotp import SLOT as OTP_SLOT
+    from yubikit.yubiotp import HmacSha1SlotConfiguration, YubiOtpSession
+
+    from tokenagent.virtual.token import VirtualToken
+
+    program = shutil.which("pinentry-curses")
+    assert program, "pinentry-curses is not installed (Debian package pinentry-curses)"
+    state = tmp_path / "yubikey.json"
+    seed = VirtualToken(state, serial=8101)  # a key set up beforehand, as with ykman
+    YubiOtpSession(ScardSmartCardConnection(seed.connection())).put_configuration(
+        OTP_SLOT.TWO, HmacSha1SlotConfiguration(bytes(range(20))))
+    piv = PivSession(ScardSmartCardConnection(seed.connection()))
+    piv.authenticate(DEFAULT_MANAGEMENT_KEY)
+    piv.generate_key(SLOT.KEY_MANAGEMENT, KEY_TYPE.ECCP256)
+    del seed, piv
+    person = Person()
+    home = private_home(tmp_path, f'[agent]\npinentry = "{program}"\npinentry_tty = "{person.tty}"\n')
+    token = TokenProcess(pcscd, state, 8101)
+    tokens.append(token)
+    pin = tmp_path / "pin"
+    pin.write_text("123456\n")
+    assert cli(home, "init", "backups", "--otp", env=pcscd.env).returncode == 0
+    made = cli(home, "init", "mail", "--piv", "--piv-existing", "--pin-file", str(pin), env=pcscd.env)
+    assert made.returncode == 0, made.stderr
+    token.unplug()
+    agent = start_agent(home, extra_env=pcscd.env)
+    try:
+        person.will_type(b"123456\r")
+        token.plug()
+        with AgentClient(agent.socket) as client:
+            assert len(client.get("backups", context="borg", wait=40)) == 32
+            assert len(client.get("mail", context="imap", wait=40)) == 32
+            assert {v["vault"]: v["slot"] for v in client.status()["vaults"]} == {"backups": "1", "mail": "1"}
+        assert b"unlock vault 'mail'" in person.screen and b"3 tries left" in person.screen
+        assert json.loads(state.read_text())["piv"]["pin"]["remaining"] == 3
+    finally:
+        person.close()
+        agent.stop()

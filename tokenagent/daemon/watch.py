@@ -7,15 +7,17 @@ not running it retries every few seconds) and reports each change to the event l
 
 * on arrival, tries the locked vaults configured for it (``unlock_on_plug``) with the slots
   it can open without a person typing anything: slots made only of FIDO2 factors enrolled
-  without a PIN. The FIDO2 factor's pre-flight (no touch) finds whether this token holds
-  the credential; only then is the person asked to touch it ("touch" event). A vault opened
-  this way is tied to the reader: it locks when the token leaves.
+  without a PIN and of YubiKey OTP challenge-response factors. The FIDO2 factor's
+  pre-flight (no touch) finds whether this token holds the credential; only then is the
+  person asked to touch it ("touch" event). A vault opened this way is tied to the reader:
+  it locks when the token leaves.
 * on removal, after ``removal_grace`` seconds (a token re-seated in time does not count),
   locks every vault tied to that reader (``lock_on_remove``).
 
-Slots that need a PIN are tried only when ``pinentry`` is configured: the PIN dialog is the
-pinentry program's (``tokenagent.daemon.pinentry``), and the FIDO2 factor's PIN rules apply
-(retries read first, the last one kept, never sent twice). Otherwise ``tokenagent unlock
+Slots that need a PIN (FIDO2 with user verification, PIV) are tried only when ``pinentry``
+is configured: the PIN dialog is the pinentry program's (``tokenagent.daemon.pinentry``),
+and the factors' PIN rules apply (retries read first, the last one kept, never sent twice;
+a PIV card holding another key is passed over before any PIN is asked). Otherwise ``tokenagent unlock
 VAULT`` in a terminal asks for it. HID-only keys (no PC/SC interface) are not watched yet; udev/hidraw watching is the
 next step.
 """
@@ -120,24 +122,40 @@ class ReaderDevices:
         self.reader = reader
 
     def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
-        if kind != "fido2":
+        if kind not in ("fido2", "otp", "piv"):
             return
         from smartcard.System import readers
 
-        from ..discovery import pcsc_fido2_device
+        from ..discovery import pcsc_fido2_device, pcsc_serial
 
         for reader in readers():
             if str(reader) != self.reader:
                 continue
             for attempt in range(SETTLE_ATTEMPTS):  # a card just inserted may be reset by pcscd once more
-                device = pcsc_fido2_device(reader)
+                device = pcsc_fido2_device(reader) if kind == "fido2" else _smartcard(reader, pcsc_serial(reader))
                 if device is None:
                     log.debug("token in %s not ready, attempt %d", self.reader, attempt + 1)
                     time.sleep(SETTLE_DELAY)
                     continue
-                if serial is None or device.serial_number == serial:
+                found = device.serial_number if kind == "fido2" else device.serial
+                if serial is None or found == serial:
                     yield device
+                else:
+                    device.close()
                 break
+
+
+def _smartcard(reader: Any, serial: int | None) -> Any | None:
+    """The card in ``reader`` for the OTP and PIV factors (None: no card yet)."""
+    from ykman.pcsc import ScardSmartCardConnection
+
+    from ..drivers.smartcard import SmartCardDevice
+
+    try:
+        return SmartCardDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), serial)
+    except Exception as err:  # noqa: BLE001 - no card, card being reset
+        log.debug("no card in %s: %s", reader, err)
+        return None
 
 
 class AgentInteraction(Interaction):
@@ -159,13 +177,22 @@ class AgentInteraction(Interaction):
 
 
 def plug_slots(slots: tuple[Slot, ...], with_pin: bool = False) -> list[str]:
-    """Slots that open with a plugged token and a touch (and its PIN, when pinentry can ask for it)."""
+    """Slots that open with the plugged token alone: FIDO2 without PIN and OTP challenge-response
+    (a touch at most); FIDO2 with PIN and PIV too when pinentry can ask for the PIN."""
     usable = []
     for slot in slots:
-        types = [(f.descriptor()["type"], f.params().get("uv")) for f in slot.factors]
-        if types and all(t == "fido2" and (uv is False or with_pin) for t, uv in types):
+        kinds = [(f.descriptor()["type"], f.params().get("uv")) for f in slot.factors]
+        if kinds and all(_needs_only_the_token(kind, uv, with_pin) for kind, uv in kinds):
             usable.append(slot.id)
     return usable
+
+
+def _needs_only_the_token(kind: object, uv: object, with_pin: bool) -> bool:
+    if kind == "fido2":
+        return uv is False or with_pin
+    if kind == "otp":
+        return True
+    return kind == "piv" and with_pin
 
 
 def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Callable[..., None],
