@@ -32,7 +32,7 @@ from .hardening import harden_process
 from .pinentry import Pinentry
 from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
 from .state import AgentState, Peer
-from .watch import PcscWatcher, open_with_token
+from .watch import HidWatcher, PcscWatcher, open_with_token
 
 log = logging.getLogger("tokenagent.agent")
 FRAME_TIMEOUT = 10.0
@@ -50,7 +50,7 @@ class AgentServer:
         self._server: asyncio.AbstractServer | None = None
         self._stopping = asyncio.Event()
         self._unlocked: dict[str, asyncio.Event] = {}
-        self.watcher: PcscWatcher | None = None
+        self.watchers: list[PcscWatcher | HidWatcher] = []
         self._plugging: set[str] = set()
         state.listeners.append(self._on_event)
 
@@ -65,8 +65,9 @@ class AgentServer:
         self._server = await loop.create_unix_server(self._protocol, sock=self.sock, backlog=MAX_CLIENTS)
         timer = asyncio.create_task(self._expiry_timer())
         if self.state.config.watch_tokens:
-            self.watcher = PcscWatcher(asyncio.get_running_loop(), self._token_changed)
-            self.watcher.start()
+            self.watchers = [PcscWatcher(loop, self._token_changed), HidWatcher(loop, self._token_changed)]
+            for watcher in self.watchers:
+                watcher.start()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._stopping.set)
         _sd_notify("READY=1")
@@ -75,8 +76,8 @@ class AgentServer:
             await self._stopping.wait()
         finally:
             timer.cancel()
-            if self.watcher is not None:
-                self.watcher.stop()
+            for watcher in self.watchers:
+                watcher.stop()
             self.state.lock_all("agent-exit")
             self.state.close_audit()
             self._server.close()
@@ -103,8 +104,11 @@ class AgentServer:
         elif self.state.config.lock_on_remove:
             asyncio.get_running_loop().call_later(self.state.config.removal_grace, self._removed, reader)
 
+    def _present(self, token: str) -> bool:
+        return any(token in watcher.present for watcher in self.watchers)
+
     def _removed(self, reader: str) -> None:
-        if self.watcher is not None and reader in self.watcher.present:
+        if self._present(reader):
             return  # back within the grace period
         for name, session in list(self.state.sessions.items()):
             if session.token == reader:
@@ -128,7 +132,7 @@ class AgentServer:
                 pinentry = Pinentry(config.pinentry, config.pinentry_tty) if config.pinentry else None
                 opened = await asyncio.to_thread(open_with_token, self.state.store, vault, reader, emit,
                                                  config.touch_timeout, pinentry)
-                if opened is None or (self.watcher is not None and reader not in self.watcher.present):
+                if opened is None or (self.watchers and not self._present(reader)):
                     if opened is not None:
                         wipe(opened[1])
                     continue

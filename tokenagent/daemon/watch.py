@@ -2,8 +2,10 @@
 
 Theory of operation. ``PcscWatcher`` runs one thread that asks pcscd which readers hold a card
 (``SCardGetStatusChange``, half-second timeout, readers re-listed each round; when pcscd is
-not running it retries every few seconds) and reports each change to the event loop with
-``loop.call_soon_threadsafe``. The agent then:
+not running it retries every few seconds); ``HidWatcher`` runs another that lists the FIDO
+keys on USB HID (/dev/hidraw*) when udev reports a change and every second. Each reports
+every change to the event loop with ``loop.call_soon_threadsafe``, naming the token by its
+reader or by "hid:" and its hidraw path. The agent then:
 
 * on arrival, tries the locked vaults configured for it (``unlock_on_plug``) with the slots
   it can open without a person typing anything: slots made only of FIDO2 factors enrolled
@@ -18,8 +20,7 @@ Slots that need a PIN (FIDO2 with user verification, PIV) are tried only when ``
 is configured: the PIN dialog is the pinentry program's (``tokenagent.daemon.pinentry``),
 and the factors' PIN rules apply (retries read first, the last one kept, never sent twice;
 a PIV card holding another key is passed over before any PIN is asked). Otherwise ``tokenagent unlock
-VAULT`` in a terminal asks for it. HID-only keys (no PC/SC interface) are not watched yet; udev/hidraw watching is the
-next step.
+VAULT`` in a terminal asks for it.
 """
 
 from __future__ import annotations
@@ -43,23 +44,45 @@ POLL_TIMEOUT_MS = 500
 RETRY_SECONDS = 3.0
 SETTLE_ATTEMPTS = 10
 SETTLE_DELAY = 0.3
+HID_PREFIX = "hid:"
+HID_POLL = 1.0
+HID_SETTLE = 0.3
 
 
-class PcscWatcher:
-    """Reports ("added" | "removed", reader) for cards coming and going in pcscd's readers."""
+class _Watcher:
+    """A thread that reports ("added" | "removed", name) to the event loop for tokens coming and going."""
+
+    thread_name = "watch"
 
     def __init__(self, loop: asyncio.AbstractEventLoop, report: Callable[[str, str], None]) -> None:
         self.loop = loop
         self.report = report
         self.present: set[str] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="pcsc-watch")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=self.thread_name)
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _publish(self, now: set[str], reinserted: set[str] | None = None) -> None:
+        again = reinserted or set()
+        for name in sorted((self.present - now) | again):
+            self.loop.call_soon_threadsafe(self.report, "removed", name)
+        for name in sorted((now - self.present) | again):
+            self.loop.call_soon_threadsafe(self.report, "added", name)
+        self.present = now
+
+
+class PcscWatcher(_Watcher):
+    """Reports ("added" | "removed", reader) for cards coming and going in pcscd's readers."""
+
+    thread_name = "pcsc-watch"
 
     def _run(self) -> None:
         try:
@@ -107,12 +130,67 @@ class PcscWatcher:
                 known = {}
                 self._stop.wait(RETRY_SECONDS)
 
-    def _publish(self, now: set[str], reinserted: set[str]) -> None:
-        for reader in sorted((self.present - now) | reinserted):
-            self.loop.call_soon_threadsafe(self.report, "removed", reader)
-        for reader in sorted((now - self.present) | reinserted):
-            self.loop.call_soon_threadsafe(self.report, "added", reader)
-        self.present = now
+
+class HidWatcher(_Watcher):
+    """Reports ("added" | "removed", "hid:PATH") for FIDO keys on USB HID (/dev/hidraw*).
+
+    The list is python-fido2's (``list_descriptors``: hidraw devices whose report descriptor
+    has the FIDO usage page), taken again whenever udev reports a hidraw change (pyudev) and
+    at least every ``HID_POLL`` seconds, so it works without udev too (containers, no
+    /run/udev). Keys that also have a PC/SC interface show up in both watchers; a vault
+    opened through one is tied to that one.
+    """
+
+    thread_name = "hid-watch"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, report: Callable[[str, str], None],
+                 list_paths: Callable[[], list[str]] | None = None) -> None:
+        super().__init__(loop, report)
+        self.list_paths = list_paths or fido_hid_paths
+
+    def _run(self) -> None:
+        monitor = _udev_monitor()
+        while not self._stop.is_set():
+            try:
+                self._publish({HID_PREFIX + path for path in self.list_paths()})
+            except Exception as err:  # noqa: BLE001 - a device vanishing while listed
+                log.debug("HID watch: %s", err)
+            if monitor is None:
+                self._stop.wait(HID_POLL)
+                continue
+            try:
+                if monitor.poll(timeout=HID_POLL) is not None:
+                    time.sleep(HID_SETTLE)  # let the node get its permissions (udev rules)
+                    while monitor.poll(timeout=0) is not None:
+                        pass
+            except Exception as err:  # noqa: BLE001 - udev went away: fall back to polling
+                log.debug("udev monitor: %s", err)
+                monitor = None
+
+
+def fido_hid_paths() -> list[str]:
+    """The hidraw paths of the FIDO keys this user can open ([] without any, or without access)."""
+    try:
+        from fido2.hid import list_descriptors
+
+        return sorted(str(d.path) for d in list_descriptors())
+    except Exception as err:  # noqa: BLE001 - no hidraw, no permission, no HID backend
+        log.debug("no HID FIDO keys: %s", err)
+        return []
+
+
+def _udev_monitor() -> Any | None:
+    """A started pyudev monitor of the hidraw subsystem, or None (no pyudev, no udev)."""
+    try:
+        import pyudev
+
+        monitor = pyudev.Monitor.from_netlink(pyudev.Context())
+        monitor.filter_by("hidraw")
+        monitor.start()
+        return monitor
+    except Exception as err:  # noqa: BLE001 - no pyudev, no netlink access, no udev
+        log.info("udev is not available (%s): looking for HID keys every %.0f s", err, HID_POLL)
+        return None
 
 
 class ReaderDevices:
@@ -122,6 +200,10 @@ class ReaderDevices:
         self.reader = reader
 
     def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
+        if self.reader.startswith(HID_PREFIX):
+            if kind == "fido2":
+                yield from self._hid_device(serial)
+            return
         if kind not in ("fido2", "otp", "piv"):
             return
         from smartcard.System import readers
@@ -143,6 +225,25 @@ class ReaderDevices:
                 else:
                     device.close()
                 break
+
+
+    def _hid_device(self, serial: int | None) -> Iterator[Any]:
+        from fido2.hid import open_device
+
+        from ..discovery import device_serial
+
+        for attempt in range(SETTLE_ATTEMPTS):  # udev may still be setting the node's permissions
+            try:
+                device = open_device(self.reader[len(HID_PREFIX):])
+            except Exception as err:  # noqa: BLE001 - gone, or not yet accessible
+                log.debug("HID key %s not ready, attempt %d: %s", self.reader, attempt + 1, err)
+                time.sleep(SETTLE_DELAY)
+                continue
+            if serial is None or device_serial(device) == serial:
+                yield device
+            else:
+                device.close()
+            return
 
 
 def _smartcard(reader: Any, serial: int | None) -> Any | None:
