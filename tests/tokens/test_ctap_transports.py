@@ -4,8 +4,11 @@ raw reports: channels, fragmentation, sequence errors, busy channels, cancel, un
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +21,7 @@ from fido2.ctap2 import Ctap2
 from fido2.ctap2.pin import ClientPin, PinProtocolV1, PinProtocolV2
 from fido2.hid import CTAPHID
 from fido2.pcsc import CtapPcscDevice
+from pcscd import PrivatePcscd, TokenProcess
 
 from tokenagent.virtual.card import TouchMode
 from tokenagent.virtual.ctaphid import BROADCAST, PACKET_SIZE, HidFrontEnd
@@ -190,3 +194,50 @@ def test_busy_channel_and_unplug_while_waiting_for_a_touch(tmp_path: Path) -> No
         client()
     tok.replug()
     assert Ctap2(tok.hid_device()).info.versions  # plugged back in: a fresh device
+
+
+_PCSCD_CTAP = """
+import json, os, sys
+from fido2.ctap import CtapError
+from fido2.ctap2 import Ctap2
+from fido2.ctap2.pin import ClientPin, PinProtocolV2
+from fido2.pcsc import CtapPcscDevice
+from pcscd import PrivatePcscd, TokenProcess
+(device,) = list(CtapPcscDevice.list_devices())
+ctap = Ctap2(device)
+rp, user = {"id": "example.org", "name": "x"}, {"id": b"u", "name": "u"}
+cred = ctap.make_credential(b"h" * 32, rp, user, [{"type": "public-key", "alg": -7}],
+                            extensions={"hmac-secret": True}).auth_data.credential_data.credential_id
+p = PinProtocolV2()
+def output(salt, pin_token=None):
+    key_agreement, shared = p.encapsulate(ctap.client_pin(2, ClientPin.CMD.GET_KEY_AGREEMENT)[1])
+    enc = p.encrypt(shared, salt)
+    kw = {"pin_uv_param": p.authenticate(pin_token, b"c" * 32), "pin_uv_protocol": 2} if pin_token else {}
+    a = ctap.get_assertion(rp["id"], b"c" * 32, [{"type": "public-key", "id": cred}],
+                           {"hmac-secret": {1: key_agreement, 2: enc, 3: p.authenticate(shared, enc), 4: 2}}, **kw)
+    return p.decrypt(shared, a.auth_data.extensions["hmac-secret"])
+salt = os.urandom(32)
+first = output(salt)
+client = ClientPin(ctap, p)
+client.set_pin("1357")
+client.change_pin("1357", "2468")
+token = client.get_pin_token("2468", ClientPin.PERMISSION.GET_ASSERTION, rp["id"])
+codes = []
+for _ in range(3):
+    try:
+        client.get_pin_token("0000")
+    except CtapError as err:
+        codes.append(err.code.name)
+print(json.dumps({"same": output(salt) == first, "other_salt": output(os.urandom(32)) != first,
+                  "uv": output(salt, token) != first, "codes": codes, "retries": client.get_pin_retries()[0]}))
+"""
+
+
+def test_ctap_over_pcscd_with_python_fido2(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    """The same checks through the real pcscd: python-fido2 lists the reader, hmac-secret and clientPIN."""
+    tokens.append(TokenProcess(pcscd, tmp_path / "t.json", 9301))
+    done = subprocess.run([sys.executable, "-c", _PCSCD_CTAP], env={**os.environ, **pcscd.env}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"same": True, "other_salt": True, "uv": True, "retries": 5,
+                                       "codes": ["PIN_INVALID", "PIN_INVALID", "PIN_AUTH_BLOCKED"]}

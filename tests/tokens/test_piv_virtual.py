@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import json
 import os
 import shutil
 import subprocess
@@ -322,3 +323,48 @@ except Exception as err:
 public = piv.get_slot_metadata(SLOT.RETIRED5).public_key
 print(public.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint).hex())
 """
+
+
+_PYSCARD_PIV = """
+import json, os, sys
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from smartcard.System import readers
+from ykman.pcsc import ScardSmartCardConnection
+from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, SLOT, InvalidPinError, PivSession
+reader = next(r for r in readers() if str(r) == sys.argv[1])
+piv = PivSession(ScardSmartCardConnection(reader.createConnection()))
+piv.authenticate(DEFAULT_MANAGEMENT_KEY)
+out = {}
+for slot, key_type, curve in ((SLOT.KEY_MANAGEMENT, KEY_TYPE.ECCP256, ec.SECP256R1()),
+                              (SLOT.RETIRED1, KEY_TYPE.ECCP384, ec.SECP384R1())):
+    public = piv.generate_key(slot, key_type)
+    piv.verify_pin("123456")
+    peer = ec.generate_private_key(curve)
+    out[key_type.name] = piv.calculate_secret(slot, peer.public_key()) == peer.exchange(ec.ECDH(), public)
+public = piv.generate_key(SLOT.RETIRED2, KEY_TYPE.RSA2048)
+oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+secret = os.urandom(32)
+out["RSA2048"] = piv.decrypt(SLOT.RETIRED2, public.encrypt(secret, oaep), oaep) == secret
+tries = []
+for _ in range(3):
+    try:
+        piv.verify_pin("000000")
+    except InvalidPinError as err:
+        tries.append(err.attempts_remaining)
+out["tries"] = tries
+piv.unblock_pin("12345678", "654321")
+piv.verify_pin("654321")
+out["after_unblock"] = piv.get_pin_attempts()
+print(json.dumps(out))
+"""
+
+
+def test_piv_session_over_pyscard_through_pcscd(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                tmp_path: Path) -> None:
+    """yubikit's PivSession over pyscard and the real pcscd: the three key types, PIN retries, PUK unblock."""
+    tokens.append(TokenProcess(pcscd, tmp_path / "a.json", 6404))
+    done = tool(pcscd, sys.executable, "-c", _PYSCARD_PIV, first_reader(pcscd))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"ECCP256": True, "ECCP384": True, "RSA2048": True, "tries": [2, 1, 0],
+                                       "after_unblock": 3}
