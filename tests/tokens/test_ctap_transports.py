@@ -202,7 +202,6 @@ from fido2.ctap import CtapError
 from fido2.ctap2 import Ctap2
 from fido2.ctap2.pin import ClientPin, PinProtocolV2
 from fido2.pcsc import CtapPcscDevice
-from pcscd import PrivatePcscd, TokenProcess
 (device,) = list(CtapPcscDevice.list_devices())
 ctap = Ctap2(device)
 rp, user = {"id": "example.org", "name": "x"}, {"id": b"u", "name": "u"}
