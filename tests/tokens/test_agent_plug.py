@@ -168,3 +168,88 @@ def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[To
     finally:
         person.close()
         agent.stop()
+
+
+class NotificationService:
+    """A desktop's notification service on a private session bus: it records what it is asked to show."""
+
+    def __init__(self, workdir: Path) -> None:
+        import shutil
+        import subprocess
+
+        from jeepney.bus_messages import message_bus
+        from jeepney.io.blocking import open_dbus_connection
+
+        daemon = shutil.which("dbus-daemon")
+        assert daemon, "dbus-daemon is not installed (Debian packages dbus-daemon, dbus-session-bus-common)"
+        socket_path = workdir / "session-bus"
+        self.address = f"unix:path={socket_path}"
+        self.daemon = subprocess.Popen([daemon, "--session", "--nofork", f"--address={self.address}"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not socket_path.exists():
+            assert time.monotonic() < deadline and self.daemon.poll() is None, "dbus-daemon did not start"
+            time.sleep(0.05)
+        self.connection = open_dbus_connection(bus=self.address)
+        self.connection.send_and_get_reply(message_bus.RequestName("org.freedesktop.Notifications"))
+        self.calls: list[tuple[str, tuple[object, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        from jeepney import HeaderFields, MessageType, new_method_return
+
+        while not self._stop.is_set():
+            try:
+                message = self.connection.receive(timeout=0.2)
+            except TimeoutError:
+                continue
+            if message.header.message_type != MessageType.method_call:
+                continue
+            member = message.header.fields.get(HeaderFields.member)
+            self.calls.append((str(member), tuple(message.body)))
+            if member == "Notify":
+                self.connection.send(new_method_return(message, "u", (len(self.calls),)))
+            else:
+                self.connection.send(new_method_return(message))
+
+    def stop(self) -> None:
+        from agentkit import stop_process
+
+        self._stop.set()
+        self._thread.join(5)
+        self.connection.close()
+        stop_process(self.daemon)
+
+
+def test_desktop_notifications_for_touch_and_removal(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                     tmp_path: Path) -> None:
+    home = private_home(tmp_path, "[agent]\nremoval_grace = 0.5\n")
+    token = TokenProcess(pcscd, tmp_path / "key.json", 8201, touch="delay", touch_delay=2.0)
+    tokens.append(token)
+    assert cli(home, "init", "docs", "--fido2", env=pcscd.env, timeout=60).returncode == 0
+    key = json.loads(cli(home, "open", "docs", "--reveal", "--json", env=pcscd.env, timeout=60).stdout)["key"]
+    token.unplug()
+    service = NotificationService(tmp_path)
+    agent = start_agent(home, extra_env={**pcscd.env, "DBUS_SESSION_BUS_ADDRESS": service.address})
+    try:
+        token.plug()
+        with AgentClient(agent.socket) as client:
+            client.get("docs", context="x", wait=40)
+            deadline = time.monotonic() + 10
+            while not any(name == "CloseNotification" for name, _ in service.calls):
+                assert time.monotonic() < deadline, service.calls
+                time.sleep(0.1)
+            token.unplug()
+            while not any(name == "Notify" and "locked" in str(body[3]) for name, body in service.calls):
+                assert time.monotonic() < deadline + 15, service.calls
+                time.sleep(0.1)
+        touch = [body for name, body in service.calls if name == "Notify"][0]
+        assert touch[0] == "tokenagent" and touch[3] == "Touch your security key" and "'docs'" in str(touch[4])
+        closed = [body for name, body in service.calls if name == "CloseNotification"][0]
+        assert closed == (1,)  # the touch notice is withdrawn once the vault is open
+        assert not any(key in repr(body) for _, body in service.calls)  # no secret on the bus
+    finally:
+        agent.stop()
+        service.stop()

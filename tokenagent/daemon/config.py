@@ -6,10 +6,11 @@
     lock_on_remove = true   # lock vaults opened by a token when that token is removed
     removal_grace = 2.0     # seconds a removed token has to come back before the lock
     audit = true            # JSON lines of every key release in DATA/audit.log
-    watch_tokens = true     # watch PC/SC readers: unlock on plug, lock on removal
+    watch_tokens = true     # watch PC/SC readers and USB HID keys: unlock on plug, lock on removal
     touch_timeout = 30      # seconds a plugged token has to be touched
     pinentry = "pinentry-gnome3"   # ask PINs of plugged tokens with this program (default: none)
     pinentry_tty = "/dev/pts/3"    # for terminal pinentries (pinentry-curses): the terminal to use
+    notify = true           # desktop notifications (touch your key, locked on removal) when a session bus is there
 
     [vaults.NAME]           # per-vault overrides and client rules
     idle_ttl = 60
@@ -50,6 +51,7 @@ class AgentConfig:
     touch_timeout: float = 30.0
     pinentry: str | None = None
     pinentry_tty: str | None = None
+    notify: bool = True
     vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def policy(self, vault: str) -> VaultPolicy:
@@ -67,7 +69,7 @@ class AgentConfig:
 
 _AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remove": bool,
                "removal_grace": (int, float), "audit": bool, "watch_tokens": bool, "touch_timeout": (int, float),
-               "pinentry": str, "pinentry_tty": str}
+               "pinentry": str, "pinentry_tty": str, "notify": bool}
 _VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
                "unlock_on_plug": bool}
 

@@ -29,6 +29,7 @@ from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request
 from ..vault import VaultStore, wipe
 from .config import AgentConfig, load_config
 from .hardening import harden_process
+from .notify import Notifier
 from .pinentry import Pinentry
 from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
 from .state import AgentState, Peer
@@ -52,6 +53,8 @@ class AgentServer:
         self._unlocked: dict[str, asyncio.Event] = {}
         self.watchers: list[PcscWatcher | HidWatcher] = []
         self._plugging: set[str] = set()
+        self.notifier = Notifier(state.config.notify)
+        self._touch_notices: dict[str, int] = {}  # vault -> the "touch your key" notification shown
         state.listeners.append(self._on_event)
 
     def _on_event(self, event: Event) -> None:
@@ -59,6 +62,35 @@ class AgentServer:
             waiter = self._unlocked.pop(str(event.data.get("vault")), None)
             if waiter is not None:
                 waiter.set()
+        if self.notifier.enabled:
+            self._notify(event)
+
+    def _notify(self, event: Event) -> None:
+        """Desktop notifications for a person at the machine (tokenagent.daemon.notify)."""
+        vault = str(event.data.get("vault", ""))
+        if event.name == "touch":
+            message = str(event.data.get("message") or "Touch your key")
+            asyncio.ensure_future(self._show_touch(vault, message))
+        elif event.name in ("unlocked", "locked"):
+            self._close_touch(vault)
+            if event.name == "locked" and event.data.get("reason") == "token-removed":
+                asyncio.ensure_future(asyncio.to_thread(
+                    self.notifier.show, f"Vault '{vault}' locked", "Its token was removed."))
+
+    async def _show_touch(self, vault: str, message: str) -> None:
+        shown = await asyncio.to_thread(self.notifier.show, "Touch your security key",
+                                        f"{message}, to unlock vault '{vault}'.", True)
+        if shown is None:
+            return
+        self._close_touch(vault)
+        self._touch_notices[vault] = shown
+        if vault in self.state.sessions:  # unlocked while the notification was on its way
+            self._close_touch(vault)
+
+    def _close_touch(self, vault: str) -> None:
+        shown = self._touch_notices.pop(vault, None)
+        if shown is not None:
+            asyncio.ensure_future(asyncio.to_thread(self.notifier.close, shown))
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,6 +165,7 @@ class AgentServer:
                 opened = await asyncio.to_thread(open_with_token, self.state.store, vault, reader, emit,
                                                  config.touch_timeout, pinentry)
                 if opened is None or (self.watchers and not self._present(reader)):
+                    self._close_touch(vault)  # no touch came, or the token left
                     if opened is not None:
                         wipe(opened[1])
                     continue
