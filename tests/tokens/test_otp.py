@@ -126,3 +126,49 @@ def test_otp_slot_through_pcscd_and_the_cli(pcscd: PrivatePcscd, tokens: list[To
     tok.unplug()
     absent = cli(home, "open", "docs", env=pcscd.env)
     assert absent.returncode == 4 and "YubiKey 551 is not plugged in" in absent.stderr
+
+
+def test_rolling_factor_prepares_its_next_challenge(tmp_path: Path) -> None:
+    tok = token(tmp_path, 561)
+    key = os.urandom(20)
+    program(tok, key)
+    factor, secret = OtpFactor.enroll(ctx_for(tok), {"otp_rolling": True})
+    assert isinstance(factor, OtpFactor) and factor.params()["rolling"] is True and "rolling" in factor.describe()
+    assert factor.renewal() is None  # nothing prepared before an unlock
+    assert factor.unlock(ctx_for(tok)) == secret
+    renewal = factor.renewal()
+    assert renewal is not None and factor.renewal() is None  # taken once
+    fresh, fresh_secret = renewal
+    assert isinstance(fresh, OtpFactor) and fresh.rolling and fresh.challenge != factor.challenge
+    assert bytes(fresh_secret) == hmac.digest(key, fresh.challenge, hashlib.sha1)
+    assert OtpFactor.from_params(fresh.params()).unlock(ctx_for(tok)) == fresh_secret
+    assert factor.unlock(ctx_for(tok)) == secret  # the key is unchanged: the old wrap still opens
+    plain, _ = OtpFactor.enroll(ctx_for(tok), {})
+    plain.unlock(ctx_for(tok))
+    assert "rolling" not in plain.params() and plain.renewal() is None
+
+
+def test_rolling_challenge_through_the_cli(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    """Every open, drill and agent unlock re-wraps the slot under a fresh challenge; the key stays the same."""
+    home = private_home(tmp_path)
+    tokens.append(TokenProcess(pcscd, tmp_path / "otp.json", 571))
+    assert cli(home, "init", "docs", "--otp", "--otp-program", "--force", "--otp-rolling", env=pcscd.env).returncode == 0
+    vault_file = home / "data" / "vaults" / "docs.vault"
+
+    def challenge() -> str:
+        return str(json.loads(vault_file.read_text())["slots"][0]["factors"][0]["params"]["challenge"])
+
+    seen = {challenge()}
+    keys = set()
+    for command in (["open", "docs", "--reveal", "--json"], ["open", "docs", "--reveal", "--json"], ["drill", "docs"]):
+        done = cli(home, *command, env=pcscd.env)
+        assert done.returncode == 0, done.stderr
+        if command[0] == "open":
+            keys.add(json.loads(done.stdout)["key"])
+        assert challenge() not in seen  # rolled
+        seen.add(challenge())
+    assert len(keys) == 1
+    rotated = cli(home, "rotate", "docs", "1", env=pcscd.env)
+    assert rotated.returncode == 0 and challenge() not in seen, rotated.stderr
+    mixed = cli(home, "enroll", "docs", "--otp", "--otp-rolling", "--password", env=pcscd.env)
+    assert mixed.returncode == 2 and "a slot of its own" in mixed.stderr

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ..errors import LastSlot, UsageError
+from ..errors import LastSlot, TokenAgentError, UsageError
 from ..factors.base import Factor, FactorContext
 from ..plugins import load_factor_types
 from ..vault import VaultStore, check_name, new_vault, operations, unlock, wipe
@@ -70,7 +70,7 @@ def factor_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="PIV: touch policy of a generated key (never, always, cached)."),
         click.option("--otp-slot", type=click.IntRange(1, 2), default=2, show_default=True, help="OTP: slot 1 or 2."),
         click.option("--otp-program", is_flag=True, help="OTP: program a fresh secret into the slot (asks first)."),
-        click.option("--otp-rolling", is_flag=True, help="OTP: use a new challenge after every unlock."),
+        click.option("--otp-rolling", is_flag=True, help="OTP: a new challenge after every unlock (a slot of its own)."),
     ]):
         f = decorator(f)
     return f
@@ -101,6 +101,9 @@ def _planned_factors(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if not plan:
         raise UsageError("name at least one factor: --password, --keyfile PATH, --recovery, --fido2, --piv, --otp"
                          " or --pkcs11 URI")
+    if kw["otp_rolling"] and [t for t, _ in plan] != ["otp"]:
+        raise UsageError("--otp-rolling needs a slot of its own: enrol it with --otp alone (the slot is re-wrapped"
+                         " after each unlock, which needs every factor's new secret)")
     return plan
 
 
@@ -149,7 +152,13 @@ def _slot_rows(vault: Vault) -> list[dict[str, Any]]:
 def open_vault(store: VaultStore, name: str, ctx: FactorContext, ui: TerminalInteraction, slot_ids: list[str] | None = None):
     vault = store.load(name)
     _warn_backup(vault, ui)
-    return vault, unlock(vault, ctx, slot_ids)
+    result = unlock(vault, ctx, slot_ids)
+    try:
+        if operations.roll_forward(store, name, vault, result) is not None:
+            vault = store.load(name)
+    except TokenAgentError as err:  # the old wrap still opens: warn, do not fail the command
+        ui.notify("warning", f"slot {result.slot_id} was opened but its rolling challenge was not renewed: {err}")
+    return vault, result
 
 
 @click.command()
@@ -318,7 +327,7 @@ def remove_slot(vault: str, slot: str, unlock_keyfiles: tuple[str, ...], unlock_
 @click.argument("slot")
 @secret_file_options
 def rotate(vault: str, slot: str, **kw: Any) -> None:
-    """Renew SLOT's token secrets: one touch per key (FIDO2: a new salt); the slot keeps its id and label."""
+    """Renew SLOT's token secrets: one use per key (FIDO2: a new salt; OTP: a new challenge); the slot keeps its id and label."""
     store = VaultStore()
     loaded = store.load(vault)
     target = loaded.slot(slot)
@@ -364,7 +373,10 @@ def drill(vault: str, slot_ids: tuple[str, ...], unlock_keyfiles: tuple[str, ...
             results.append({"slot": slot_id, "ok": False, "error": message})
             continue
         try:
-            v = operations.record_drill(store, vault, opened.masterkey, slot_id)
+            if operations.roll_forward(store, vault, v, opened) is None:  # a rolled slot counts as drilled
+                v = operations.record_drill(store, vault, opened.masterkey, slot_id)
+            else:
+                v = store.load(vault)
         finally:
             wipe(opened.masterkey)
         results.append({"slot": slot_id, "ok": True})

@@ -37,6 +37,7 @@ from ..factors.base import FactorContext, Interaction, SecretRequest
 from ..plugins import load_factor_types
 from ..vault import VaultStore, unlock
 from ..vault.format import Slot
+from ..vault.operations import roll_forward
 from .pinentry import Pinentry
 
 log = logging.getLogger("tokenagent.agent")
@@ -308,6 +309,10 @@ def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Calla
         ctx = FactorContext(ui=AgentInteraction(emit, vault_name, reader, pinentry), devices=ReaderDevices(reader),
                             options={"touch_timeout": touch_timeout})
         result = unlock(vault, ctx, slot_ids)
+        try:
+            roll_forward(store, vault_name, vault, result)  # rolling OTP challenges
+        except TokenAgentError as err:  # the old wrap still opens
+            log.warning("vault %s: rolling challenge not renewed: %s", vault_name, err.message)
         return result.slot_id, result.masterkey
     except TokenAgentError as err:
         log.info("vault %s not opened with the token in %s: %s", vault_name, reader, err.message)

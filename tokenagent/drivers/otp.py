@@ -8,6 +8,12 @@ and whether the slot wants a touch. Unlock sends the same challenge to the key w
 serial (or to each key present) and gets the same response. The secret never leaves the
 key; a copy of the slot's HMAC key (another key programmed with it) works as a backup.
 
+With ``--otp-rolling`` the challenge changes after every unlock: in the same session the key
+also answers a fresh challenge, and the slot is re-wrapped with that answer
+(``Factor.renewal``, ``vault.operations.roll_forward``), so a recorded response is of no use
+for the next unlock. A rolling factor is the only factor of its slot. ``tokenagent rotate``
+renews the challenge of any OTP slot on demand.
+
 Keys are reached over PC/SC (the OTP application, AID A0000005272001), as KeePassXC's
 challenge-response does over USB HID; HID-only OTP access is not in this version.
 """
@@ -47,36 +53,42 @@ def _session(device: SmartCardDevice) -> Any:
 class OtpFactor(Factor):
     type = "otp"
 
-    def __init__(self, slot: int, challenge: bytes, serial: int | None, touch: bool) -> None:
-        self.slot, self.challenge, self.serial, self.touch = slot, challenge, serial, touch
+    def __init__(self, slot: int, challenge: bytes, serial: int | None, touch: bool, rolling: bool = False) -> None:
+        self.slot, self.challenge, self.serial, self.touch, self.rolling = slot, challenge, serial, touch, rolling
+        self._renewal: tuple[Factor, bytearray] | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, JSONValue]) -> Factor:
-        expect_keys(params, {"slot", "challenge", "serial", "touch"}, "otp")
+        expect_keys(params, {"slot", "challenge", "serial", "touch", "rolling"}, "otp", optional={"rolling"})
         slot, serial, touch = params["slot"], params["serial"], params["touch"]
+        if params.get("rolling", True) is not True:
+            raise VaultFormatError("otp: rolling is true when present")
         if slot not in (1, 2) or isinstance(slot, bool):
             raise VaultFormatError("otp: slot must be 1 or 2")
         if serial is not None and (not isinstance(serial, int) or isinstance(serial, bool) or serial < 0):
             raise VaultFormatError("otp: serial must be a non-negative integer or null")
         if not isinstance(touch, bool):
             raise VaultFormatError("otp: touch must be a boolean")
-        return cls(int(slot), expect_b64(params, "challenge", CHALLENGE_LEN, "otp"), serial, touch)  # type: ignore[arg-type]
+        return cls(int(slot), expect_b64(params, "challenge", CHALLENGE_LEN, "otp"), serial, touch,  # type: ignore[arg-type]
+                   "rolling" in params)
 
     def params(self) -> dict[str, JSONValue]:
-        return {"slot": self.slot, "challenge": base64.b64encode(self.challenge).decode(), "serial": self.serial,
-                "touch": self.touch}
+        params: dict[str, JSONValue] = {"slot": self.slot, "challenge": base64.b64encode(self.challenge).decode(),
+                                        "serial": self.serial, "touch": self.touch}
+        if self.rolling:
+            params["rolling"] = True
+        return params
 
     def describe(self) -> str:
         who = f"YubiKey {self.serial}" if self.serial else "a YubiKey"
-        return f"YubiKey OTP challenge-response ({who}, slot {self.slot}{', touch' if self.touch else ''})"
+        extras = (", touch" if self.touch else "") + (", rolling challenge" if self.rolling else "")
+        return f"YubiKey OTP challenge-response ({who}, slot {self.slot}{extras})"
 
     @classmethod
     def enroll(cls, ctx: FactorContext, options: Mapping[str, Any]) -> tuple[Factor, bytearray]:
         from yubikit.yubiotp import SLOT, HmacSha1SlotConfiguration
 
         slot = int(options.get("otp_slot") or 2)
-        if options.get("otp_rolling"):
-            raise UsageError("--otp-rolling (a new challenge after each unlock) is not in this version")
         devices = list(ctx.devices.connections("otp", options.get("serial"))) if ctx.devices else []
         if not devices:
             raise TokenNotFound("no YubiKey with its OTP application found: plug one in")
@@ -100,7 +112,8 @@ class OtpFactor(Factor):
                     raise UsageError(f"slot {slot} of {label} is empty: program it with --otp-program"
                                      " (or 'ykman otp chalresp --generate')")
                 touch = bool(state.is_touch_triggered(SLOT(slot)))
-                factor = cls(slot, secrets.token_bytes(CHALLENGE_LEN), device.serial, touch)
+                factor = cls(slot, secrets.token_bytes(CHALLENGE_LEN), device.serial, touch,
+                             bool(options.get("otp_rolling")))
                 return factor, factor._respond(session, ctx, label)
             except TokenAgentError:
                 raise
@@ -110,15 +123,32 @@ class OtpFactor(Factor):
             for d in devices:
                 d.close()
 
-    def _respond(self, session: Any, ctx: FactorContext, label: str) -> bytearray:
+    def _respond(self, session: Any, ctx: FactorContext, label: str, challenge: bytes | None = None) -> bytearray:
         from yubikit.yubiotp import SLOT
 
         if self.touch:
             ctx.ui.notify("touch", f"Touch {label} (challenge-response, slot {self.slot})")
-        response = session.calculate_hmac_sha1(SLOT(self.slot), self.challenge)
+        response = session.calculate_hmac_sha1(SLOT(self.slot), challenge or self.challenge)
         return bytearray(response)
 
     def unlock(self, ctx: FactorContext) -> bytearray:
+        secret, renewed = self._use(ctx, renew=self.rolling)
+        self._renewal = renewed
+        return secret
+
+    def renewal(self) -> tuple[Factor, bytearray] | None:
+        renewed, self._renewal = self._renewal, None
+        return renewed
+
+    def rotate(self, ctx: FactorContext) -> tuple[Factor, bytearray, bytearray]:
+        """A new challenge: the key answers the old one and the new one in the same session."""
+        secret, renewed = self._use(ctx, renew=True)
+        assert renewed is not None  # noqa: S101 - renew=True always prepares one
+        return renewed[0], secret, renewed[1]
+
+    def _use(self, ctx: FactorContext, renew: bool) -> tuple[bytearray, tuple[Factor, bytearray] | None]:
+        """The response to this factor's challenge, and with ``renew`` a factor with a fresh challenge
+        and its response, from the same key."""
         from yubikit.yubiotp import SLOT
 
         devices = list(ctx.devices.connections("otp", self.serial)) if ctx.devices else []
@@ -129,7 +159,16 @@ class OtpFactor(Factor):
                     session = _session(device)
                     if not session.get_config_state().is_configured(SLOT(self.slot)):
                         continue
-                    return self._respond(session, ctx, label)
+                    secret = self._respond(session, ctx, label)
+                    if not renew:
+                        return secret, None
+                    fresh = OtpFactor(self.slot, secrets.token_bytes(CHALLENGE_LEN), self.serial, self.touch,
+                                      self.rolling)
+                    try:
+                        return secret, (fresh, self._respond(session, ctx, label, fresh.challenge))
+                    except BaseException:
+                        secret[:] = bytes(len(secret))
+                        raise
                 except TokenAgentError:
                     raise
                 except Exception as err:  # noqa: BLE001 - transport failures, the key refusing

@@ -117,6 +117,15 @@ class Factor(ABC):
 
         raise NotSupported(f"{self.describe()} cannot be rotated")
 
+    def renewal(self) -> tuple[Factor, bytearray] | None:
+        """Optional: a renewed factor and its secret, prepared during the last ``unlock``.
+
+        Factors with a rolling secret (OTP with ``--otp-rolling``) answer a fresh challenge
+        in the same use of the token; the caller re-wraps the slot with it
+        (``vault.operations.roll_forward``). Taking the renewal clears it.
+        """
+        return None
+
     def descriptor(self) -> dict[str, JSONValue]:
         return {"type": self.type, "params": self.params()}
 

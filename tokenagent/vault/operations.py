@@ -1,4 +1,4 @@
-"""Changes to an existing vault: add, remove, drill and rotate slots.
+"""Changes to an existing vault: add, remove, drill, rotate and roll forward slots.
 
 Each change runs under the store's lock on the *current* file: the caller has opened the
 vault and holds its secret, the current version is verified with that secret (so a file
@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from ..errors import LastSlot
 from ..factors.base import Factor
+from .crypto import wipe
 from .format import Slot, Vault
-from .slots import make_slot, sign, verify
+from .slots import UnlockResult, make_slot, sign, verify
 from .store import VaultStore
 
 SOFTWARE_TYPES = frozenset({"password", "keyfile", "recovery"})
@@ -112,3 +113,20 @@ def replace_slot(
 
     vault = store.update(name, change)
     return vault, replaced[0]
+
+
+def roll_forward(store: VaultStore, name: str, vault: Vault, result: UnlockResult) -> Slot | None:
+    """Re-wrap the slot that just opened ``vault`` when all its factors prepared renewed secrets
+    (rolling challenges); None when there is nothing to roll. The old wrap stays valid until the
+    new one is written, so a failure here loses nothing."""
+    renewals = [factor.renewal() for factor in vault.slot(result.slot_id).factors]
+    try:
+        if not renewals or any(r is None for r in renewals):
+            return None
+        _, renewed = replace_slot(store, name, result.masterkey, result.slot_id,
+                                  [r for r in renewals if r is not None])
+        return renewed
+    finally:
+        for renewal in renewals:
+            if renewal is not None:
+                wipe(renewal[1])
