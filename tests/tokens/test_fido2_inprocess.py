@@ -393,3 +393,24 @@ def test_pin_safety_sequences(tmp_path: Path) -> None:
     runner.settings = settings(max_examples=30, stateful_step_count=12, deadline=None,
                                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
     runner().runTest()
+
+
+def test_prf_mapping_matches_python_fido2_webauthn_prf(tmp_path: Path) -> None:
+    """With --fido2-prf, a WebAuthn client's prf extension (python-fido2's) gets the factor's secret."""
+    tok = token(tmp_path, 41)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok), {"fido2_rp": "example.com", "fido2_prf": True})
+    assert isinstance(factor, Fido2Factor) and factor.params()["prf"] is True and "PRF" in factor.describe()
+    client = Fido2Client(raw_device(tok), DefaultClientDataCollector("https://example.com"),
+                         extensions=[HmacSecretExtension(allow_hmac_secret=True)])
+    result = client.get_assertion({
+        "challenge": b"x" * 32, "rpId": "example.com", "userVerification": "discouraged",
+        "allowCredentials": [{"type": "public-key", "id": factor.credential}],
+        "extensions": {"prf": {"eval": {"first": factor.salt}}},
+    }).get_response(0)
+    first = result.client_extension_results["prf"]["results"]["first"]
+    assert (websafe_decode(first) if isinstance(first, str) else bytes(first)) == bytes(secret)
+    assert Fido2Factor.from_params(factor.params()).unlock(ctx_for(tok)) == secret
+    plain = Fido2Factor(factor.rp, factor.credential, factor.salt, factor.uv, factor.aaguid)
+    assert plain.unlock(ctx_for(tok)) != secret  # the mapping is what makes the difference
+    renewed, old, new = factor.rotate(ctx_for(tok))
+    assert old == secret and renewed.unlock(ctx_for(tok)) == new and renewed.params()["prf"] is True

@@ -57,6 +57,8 @@ def factor_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--kdf-time", type=float, default=1.0, show_default=True, help="Password KDF target seconds."),
         click.option("--fido2-uv", is_flag=True, help="FIDO2: require the key's PIN (user verification)."),
         click.option("--fido2-rp", default="tokenagent", show_default=True, help="FIDO2: relying-party id."),
+        click.option("--fido2-prf", is_flag=True,
+                     help="FIDO2: map the salt as WebAuthn's prf extension does (the same secret for a web page)."),
         click.option("--piv-slot", default="9d", show_default=True, help="PIV: key slot (9d or 82-95)."),
         click.option("--piv-algorithm", default="p256", show_default=True, help="PIV: p256, p384 or rsa2048."),
         click.option("--piv-cert", "piv_certs", multiple=True, metavar="FILE",
@@ -84,9 +86,9 @@ def _planned_factors(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     plan += [("recovery", {"shares": kw["recovery_shares"]})] * kw["n_recovery"]
     if kw["recovery_shares"] and not kw["n_recovery"]:
         raise UsageError("--recovery-shares goes with --recovery")
-    token_common = {k: kw[k] for k in ("fido2_uv", "fido2_rp", "piv_slot", "piv_algorithm", "piv_existing",
-                                       "piv_management_key_file", "pin_policy", "touch_policy", "otp_slot",
-                                       "otp_program", "otp_rolling", "touch_timeout")}
+    token_common = {k: kw[k] for k in ("fido2_uv", "fido2_rp", "fido2_prf", "piv_slot", "piv_algorithm",
+                                       "piv_existing", "piv_management_key_file", "pin_policy", "touch_policy",
+                                       "otp_slot", "otp_program", "otp_rolling", "touch_timeout")}
     plan += [("fido2", dict(token_common)) for _ in range(kw["n_fido2"])]
     certs = list(kw["piv_certs"])
     for _ in range(kw["n_piv"]):

@@ -10,6 +10,10 @@ two CredRandom values, one used with UV and one without, so a slot enrolled with
 keeps giving the same secret when a PIN is later set on the key (tokenagent never sends the
 PIN for such a slot).
 
+With ``--fido2-prf`` the stored salt is a WebAuthn PRF input: the key is given
+SHA-256("WebAuthn PRF" || 0x00 || salt), as browsers do for the ``prf`` extension, so a web
+page on the same rp id with the same credential and input derives the same 32 bytes.
+
 Unlock first finds the key that holds the credential without touching anything: a
 getAssertion with ``up=false`` on every key present (pre-flight; no touch, no PIN). Only
 that key is asked, once, for the hmac-secret with user presence ("touch your key").
@@ -23,6 +27,7 @@ automatic reset. A touch that does not come within ``--touch-timeout`` cancels c
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import threading
 import time
@@ -53,6 +58,7 @@ from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, regi
 from ..factors.params import expect_b64, expect_keys
 
 DEFAULT_RP = "tokenagent"
+PRF_CONTEXT = b"WebAuthn PRF\x00"  # WebAuthn Level 3, the prf extension's salt mapping
 SALT_LEN = 32
 CRED_PROTECT = 2  # userVerificationOptionalWithCredentialIDList
 ES256 = -7
@@ -201,13 +207,15 @@ def _select_one(devices: list[CtapDevice], ctx: FactorContext) -> CtapDevice:
 class Fido2Factor(Factor):
     type = "fido2"
 
-    def __init__(self, rp: str, credential: bytes, salt: bytes, uv: bool, aaguid: str) -> None:
-        self.rp, self.credential, self.salt, self.uv, self.aaguid = rp, credential, salt, uv, aaguid
+    def __init__(self, rp: str, credential: bytes, salt: bytes, uv: bool, aaguid: str, prf: bool = False) -> None:
+        self.rp, self.credential, self.salt, self.uv, self.aaguid, self.prf = rp, credential, salt, uv, aaguid, prf
 
     @classmethod
     def from_params(cls, params: Mapping[str, JSONValue]) -> Factor:
-        expect_keys(params, {"rp", "credential", "salt", "uv", "aaguid"}, "fido2")
+        expect_keys(params, {"rp", "credential", "salt", "uv", "aaguid", "prf"}, "fido2", optional={"prf"})
         rp, uv, aaguid = params["rp"], params["uv"], params["aaguid"]
+        if params.get("prf", True) is not True:
+            raise VaultFormatError("fido2: prf is true when present")
         if not isinstance(rp, str) or not 0 < len(rp) <= 253:
             raise VaultFormatError("fido2: rp must be a non-empty string")
         if not isinstance(uv, bool) or not isinstance(aaguid, str) or len(aaguid) != 32:
@@ -215,11 +223,23 @@ class Fido2Factor(Factor):
         credential = base64.b64decode(str(params["credential"]), validate=True)
         if not 16 <= len(credential) <= 1024:
             raise VaultFormatError("fido2: the credential id must be 16 to 1024 bytes")
-        return cls(rp, credential, expect_b64(params, "salt", SALT_LEN, "fido2"), uv, aaguid)
+        return cls(rp, credential, expect_b64(params, "salt", SALT_LEN, "fido2"), uv, aaguid, "prf" in params)
 
     def params(self) -> dict[str, JSONValue]:
-        return {"rp": self.rp, "credential": base64.b64encode(self.credential).decode(),
-                "salt": base64.b64encode(self.salt).decode(), "uv": self.uv, "aaguid": self.aaguid}
+        params: dict[str, JSONValue] = {"rp": self.rp, "credential": base64.b64encode(self.credential).decode(),
+                                        "salt": base64.b64encode(self.salt).decode(), "uv": self.uv,
+                                        "aaguid": self.aaguid}
+        if self.prf:
+            params["prf"] = True
+        return params
+
+    def _key_salts(self, *inputs: bytes) -> bytes:
+        """The hmac-secret salts for these inputs: as they are, or mapped as WebAuthn's PRF extension
+        maps its inputs (SHA-256 of "WebAuthn PRF", 0x00, input), so that a web page using PRF on
+        the same rp id and credential gets the same 32 bytes."""
+        if not self.prf:
+            return b"".join(inputs)
+        return b"".join(hashlib.sha256(PRF_CONTEXT + data).digest() for data in inputs)
 
     @classmethod
     def enroll(cls, ctx: FactorContext, options: Mapping[str, Any]) -> tuple[Factor, bytearray]:
@@ -258,8 +278,9 @@ class Fido2Factor(Factor):
             data = attestation.auth_data.credential_data
             if data is None or not (attestation.auth_data.extensions or {}).get("hmac-secret"):
                 raise NotSupported(f"{name} made a credential without hmac-secret")
-            factor = cls(rp, bytes(data.credential_id), secrets.token_bytes(SALT_LEN), uv, bytes(data.aaguid).hex())
-            return factor, hmac_secret(ctap, ctx, name, rp, factor.credential, factor.salt, uv)
+            factor = cls(rp, bytes(data.credential_id), secrets.token_bytes(SALT_LEN), uv, bytes(data.aaguid).hex(),
+                         bool(options.get("fido2_prf")))
+            return factor, hmac_secret(ctap, ctx, name, rp, factor.credential, factor._key_salts(factor.salt), uv)
         except CtapError as err:
             raise TokenError(f"the FIDO2 key refused: {err.code.name if hasattr(err.code, 'name') else err.code}") \
                 from None
@@ -289,7 +310,7 @@ class Fido2Factor(Factor):
         return None
 
     def unlock(self, ctx: FactorContext) -> bytearray:
-        return self._secret(ctx, self.salt)
+        return self._secret(ctx, self._key_salts(self.salt))
 
     def _secret(self, ctx: FactorContext, salts: bytes) -> bytearray:
         devices = _devices(ctx, ctx.options.get("serial"))
@@ -315,14 +336,14 @@ class Fido2Factor(Factor):
             _close(devices)
 
     def describe(self) -> str:
-        return f"FIDO2 key (hmac-secret, rp {self.rp}{', PIN' if self.uv else ''})"
+        return f"FIDO2 key (hmac-secret, rp {self.rp}{', PIN' if self.uv else ''}{', WebAuthn PRF' if self.prf else ''})"
 
     def rotate(self, ctx: FactorContext) -> tuple[Factor, bytearray, bytearray]:
         """A new salt, in one touch: the key answers for the old salt and the new one together."""
         new_salt = secrets.token_bytes(SALT_LEN)
-        both = self._secret(ctx, self.salt + new_salt)
+        both = self._secret(ctx, self._key_salts(self.salt, new_salt))
         try:
-            renewed = Fido2Factor(self.rp, self.credential, new_salt, self.uv, self.aaguid)
+            renewed = Fido2Factor(self.rp, self.credential, new_salt, self.uv, self.aaguid, self.prf)
             return renewed, bytearray(both[:SALT_LEN]), bytearray(both[SALT_LEN:])
         finally:
             both[:] = bytes(len(both))
