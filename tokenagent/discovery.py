@@ -2,12 +2,15 @@
 
 ``default_provider()`` is what the CLI and the agent hand to factors as
 ``FactorContext.devices``. Smart cards (kinds "otp" and "piv": YubiKeys' OTP and PIV
-applications, any PIV card) are reached over PC/SC.
+applications, any PIV card) are reached over PC/SC; YubiKeys whose OTP application is
+reachable only over USB HID (CCID turned off) are added for kind "otp" through yubikit's
+``OtpConnection`` (no test machine has one: that path runs on real keys only).
 FIDO2 keys are found over HID (``CtapHidDevice``) and over PC/SC
 (``CtapPcscDevice``: any reader, so NFC readers, smart-card readers and the virtual token
 behind vpcd all count). ``describe_devices()`` is ``tokenagent devices``: FIDO2 keys, PIV
 applications (version, PIN tries left, decryption keys in 9d and 82-95) and YubiKey OTP
-applications (configured slots), read without spending a PIN try.
+applications (configured slots), and the tokens of the PKCS#11 modules named (label, maker,
+PIN flags), all read without spending a PIN try.
 
 Serial numbers: HID keys report theirs; over PC/SC the serial is read from the YubiKey
 management applet (yubikit's ``ManagementSession``), which the virtual token has too; keys
@@ -29,7 +32,7 @@ class SystemDevices:
 
     def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
         if kind in ("otp", "piv"):
-            yield from _smartcard_devices(serial)
+            yield from _smartcard_devices(serial, kind)
             return
         if kind != "fido2":
             return
@@ -63,10 +66,12 @@ def _fido2_devices() -> Iterator[Any]:
             yield device
 
 
-def _smartcard_devices(serial: int | None) -> Iterator[Any]:
-    """The cards in PC/SC readers (the OTP and PIV factors open their sessions on them)."""
+def _smartcard_devices(serial: int | None, kind: str = "piv") -> Iterator[Any]:
+    """The cards in PC/SC readers (the OTP and PIV factors open their sessions on them); for
+    kind "otp" also YubiKeys whose OTP application is reached over USB HID only."""
     from .drivers.smartcard import SmartCardDevice
 
+    seen: set[int] = set()
     for reader in _pcsc_readers():
         reader_serial = pcsc_serial(reader)
         if serial is not None and reader_serial != serial:
@@ -74,9 +79,45 @@ def _smartcard_devices(serial: int | None) -> Iterator[Any]:
         try:
             from ykman.pcsc import ScardSmartCardConnection
 
-            yield SmartCardDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), reader_serial)
+            device = SmartCardDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), reader_serial)
         except Exception as err:  # noqa: BLE001 - no card in this reader
             log.debug("no card in %s: %s", reader, err)
+            continue
+        if reader_serial is not None:
+            seen.add(reader_serial)
+        yield device
+    if kind == "otp":
+        yield from _otp_hid_devices(serial, seen)
+
+
+def _otp_hid_devices(serial: int | None, seen: set[int]) -> Iterator[Any]:
+    """YubiKeys' OTP applications over USB HID (yubikit's OtpConnection), but not the keys
+    already found over PC/SC (a USB YubiKey offers both interfaces)."""
+    from .drivers.smartcard import SmartCardDevice
+
+    try:
+        from ykman.device import list_otp_devices
+        from yubikit.core.otp import OtpConnection
+        from yubikit.support import read_info
+
+        hid_devices = list(list_otp_devices())
+    except Exception as err:  # noqa: BLE001 - no HID backend, no hidraw access
+        log.debug("no OTP HID devices: %s", err)
+        return
+    for hid in hid_devices:
+        try:
+            connection = hid.open_connection(OtpConnection)
+        except Exception as err:  # noqa: BLE001 - gone, or no permission
+            log.debug("cannot open %s: %s", hid, err)
+            continue
+        try:
+            hid_serial = read_info(connection, hid.pid).serial
+        except Exception:  # noqa: BLE001 - serial not readable over OTP on older keys
+            hid_serial = None
+        if (serial is not None and hid_serial != serial) or (hid_serial is not None and hid_serial in seen):
+            connection.close()
+            continue
+        yield SmartCardDevice(connection, f"YubiKey over USB HID ({hid.fingerprint})", hid_serial)
 
 
 def pcsc_fido2_device(reader: Any) -> Any | None:
@@ -146,8 +187,9 @@ def pcsc_readers() -> list[str]:
     return [str(r) for r in _pcsc_readers()]
 
 
-def describe_devices() -> list[dict[str, Any]]:
-    """Every token present, with what can be read without spending a PIN try."""
+def describe_devices(pkcs11_modules: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every token present, with what can be read without spending a PIN try (PKCS#11 tokens of
+    the modules named)."""
     from fido2.ctap2 import Ctap2
     from fido2.ctap2.pin import ClientPin
 
@@ -170,20 +212,55 @@ def describe_devices() -> list[dict[str, Any]]:
             device.close()
         out.append(entry)
     out.extend(_describe_smartcards())
+    for module in pkcs11_modules:
+        out.extend(_describe_pkcs11(module))
+    return out
+
+
+CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED = 0x10000, 0x20000, 0x40000
+
+
+def _describe_pkcs11(module: str) -> list[dict[str, Any]]:
+    """The tokens of a PKCS#11 module, with their PIN state flags (reading them spends nothing)."""
+    try:
+        import pkcs11
+
+        slots = pkcs11.lib(module).get_slots(token_present=True)
+    except Exception as err:  # noqa: BLE001 - missing file, not a PKCS#11 module, module refusing
+        return [{"type": "pkcs11", "name": module, "module": module, "serial": None,
+                 "error": f"cannot load the module: {err or type(err).__name__}"}]
+    out: list[dict[str, Any]] = []
+    for slot in slots:
+        try:
+            token = slot.get_token()
+            flags = int(token.flags)
+            serial = token.serial.decode("ascii", "replace").strip() if isinstance(token.serial, bytes) \
+                else str(token.serial).strip()
+            out.append({"type": "pkcs11", "name": token.label, "module": module, "serial": serial or None,
+                        "transport": "pkcs11", "manufacturer": token.manufacturer_id, "model": token.model,
+                        "pin_count_low": bool(flags & CKF_USER_PIN_COUNT_LOW),
+                        "pin_final_try": bool(flags & CKF_USER_PIN_FINAL_TRY),
+                        "pin_locked": bool(flags & CKF_USER_PIN_LOCKED)})
+        except Exception as err:  # noqa: BLE001 - a token removed while listed
+            log.debug("PKCS#11 slot of %s: %s", module, err)
     return out
 
 
 def _describe_smartcards() -> list[dict[str, Any]]:
     """PIV applications and YubiKey OTP applications on the cards in PC/SC readers."""
+    from yubikit.core.smartcard import SmartCardConnection
     from yubikit.piv import SLOT, PivSession
     from yubikit.yubiotp import SLOT as OTP_SLOT
     from yubikit.yubiotp import YubiOtpSession
 
     out: list[dict[str, Any]] = []
-    for device in SystemDevices().connections("piv"):
+    for device in SystemDevices().connections("otp"):  # every card, and OTP-only HID YubiKeys
         try:
-            base = {"name": device.name, "serial": device.serial, "transport": "pcsc"}
+            transport = "pcsc" if isinstance(device.connection, SmartCardConnection) else "hid"
+            base = {"name": device.name, "serial": device.serial, "transport": transport}
             try:
+                if not isinstance(device.connection, SmartCardConnection):
+                    raise TypeError("not a smart card (OTP over USB HID)")
                 piv = PivSession(device.connection)
                 keys = []
                 for slot in [SLOT.KEY_MANAGEMENT, *(SLOT(n) for n in range(0x82, 0x96))]:

@@ -163,3 +163,19 @@ def test_cli_with_softhsm(hsm: SoftHsm, tmp_path: Path) -> None:
     wrong.write_text("0000\n")
     failed = cli(home, "open", "hsm", "--pin-file", str(wrong), env=env)
     assert failed.returncode == 5 and "wrong PIN" in failed.stderr
+
+
+def test_devices_lists_the_tokens_of_configured_modules(hsm: SoftHsm, tmp_path: Path) -> None:
+    home = private_home(tmp_path, "")
+    env = {"SOFTHSM2_CONF": str(hsm.conf)}
+    given = cli(home, "devices", "--pkcs11-module", MODULE, "--json", env=env)
+    assert given.returncode == 0, given.stderr
+    tokens = {d["name"]: d for d in json.loads(given.stdout)["devices"] if d["type"] == "pkcs11"}
+    assert {"alpha", "beta"} <= set(tokens) and tokens["alpha"]["module"] == MODULE
+    assert tokens["alpha"]["manufacturer"] == "SoftHSM project" and tokens["alpha"]["pin_locked"] is False
+    (home / "config" / "config.toml").write_text(f'[devices]\npkcs11_modules = ["{MODULE}"]\n')
+    configured = cli(home, "devices", env=env)
+    assert configured.returncode == 0 and "pkcs11: alpha" in configured.stdout and "PIN ok" in configured.stdout
+    missing = cli(home, "devices", "--pkcs11-module", str(tmp_path / "absent.so"), "--json", env=env)
+    entry = [d for d in json.loads(missing.stdout)["devices"] if d.get("module") == str(tmp_path / "absent.so")]
+    assert missing.returncode == 0 and "cannot load the module" in entry[0]["error"]

@@ -163,12 +163,16 @@ for _name, _help in (("plug", "Plug the token in (connect to vpcd)."), ("unplug"
 
 
 @click.command()
+@click.option("--pkcs11-module", "modules", multiple=True, metavar="PATH",
+              help="Also list the tokens of this PKCS#11 module (and those of [devices] pkcs11_modules in config.toml).")
 @json_option
-def devices(as_json: bool) -> None:
-    """List the tokens present (FIDO2 over HID and PC/SC, PIV and OTP over PC/SC), without spending PIN tries."""
+def devices(modules: tuple[str, ...], as_json: bool) -> None:
+    """List the tokens present (FIDO2 over HID and PC/SC, PIV and OTP, PKCS#11), without spending PIN tries."""
+    from ..daemon.config import load_config
     from ..discovery import describe_devices, pcsc_readers
 
-    found = describe_devices()
+    configured = load_config().pkcs11_modules
+    found = describe_devices(tuple(dict.fromkeys([*modules, *configured])))
     readers = pcsc_readers()
 
     def text() -> None:
@@ -183,6 +187,10 @@ def devices(as_json: bool) -> None:
             elif d["type"] == "piv":
                 keys = ", ".join(f"{k['slot']} {k['algorithm']}" for k in d["decryption_keys"]) or "none"
                 line += f", PIV {d['version']}, PIN {d['pin_retries']} tries left, decryption keys: {keys}"
+            elif d["type"] == "pkcs11":
+                pin = "locked" if d["pin_locked"] else "final try" if d["pin_final_try"] else (
+                    "low" if d["pin_count_low"] else "ok")
+                line += f", {d['manufacturer']} {d['model']} ({d['module']}), PIN {pin}"
             elif d["type"] == "otp":
                 slots = ", ".join(f"{s['slot']}{' (touch)' if s['touch'] else ''}" for s in d["configured_slots"])
                 line += f", challenge-response slots: {slots or 'none'}"

@@ -12,6 +12,9 @@
     pinentry_tty = "/dev/pts/3"    # for terminal pinentries (pinentry-curses): the terminal to use
     notify = true           # desktop notifications (touch your key, locked on removal) when a session bus is there
 
+    [devices]
+    pkcs11_modules = ["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"]   # listed by 'tokenagent devices'
+
     [vaults.NAME]           # per-vault overrides and client rules
     idle_ttl = 60
     max_ttl = 3600
@@ -52,6 +55,7 @@ class AgentConfig:
     pinentry: str | None = None
     pinentry_tty: str | None = None
     notify: bool = True
+    pkcs11_modules: tuple[str, ...] = ()
     vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def policy(self, vault: str) -> VaultPolicy:
@@ -70,6 +74,7 @@ class AgentConfig:
 _AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remove": bool,
                "removal_grace": (int, float), "audit": bool, "watch_tokens": bool, "touch_timeout": (int, float),
                "pinentry": str, "pinentry_tty": str, "notify": bool}
+_DEVICE_KEYS = {"pkcs11_modules": list}
 _VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
                "unlock_on_plug": bool}
 
@@ -91,10 +96,15 @@ def load_config(path: Path | None = None) -> AgentConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"config {path}: {err}") from None
     agent = raw.pop("agent", {})
+    devices = raw.pop("devices", {})
     vaults = raw.pop("vaults", {})
     if raw:
         raise UsageError(f"config {path}: unknown tables {sorted(raw)}")
     _check(agent, _AGENT_KEYS, "[agent]")
+    _check(devices, _DEVICE_KEYS, "[devices]")
+    modules = devices.get("pkcs11_modules", [])
+    if not all(isinstance(m, str) for m in modules):
+        raise UsageError(f"config {path}: [devices] pkcs11_modules is a list of paths")
     for name, table in vaults.items():
         _check(table, _VAULT_KEYS, f"[vaults.{name}]")
-    return AgentConfig(**{k: agent[k] for k in agent}, vaults=vaults)
+    return AgentConfig(**{k: agent[k] for k in agent}, pkcs11_modules=tuple(modules), vaults=vaults)

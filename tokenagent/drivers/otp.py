@@ -14,8 +14,9 @@ also answers a fresh challenge, and the slot is re-wrapped with that answer
 for the next unlock. A rolling factor is the only factor of its slot. ``tokenagent rotate``
 renews the challenge of any OTP slot on demand.
 
-Keys are reached over PC/SC (the OTP application, AID A0000005272001), as KeePassXC's
-challenge-response does over USB HID; HID-only OTP access is not in this version.
+Keys are reached over PC/SC (the OTP application, AID A0000005272001) and, for YubiKeys with
+their smart-card interface turned off, over USB HID (the keyboard interface KeePassXC uses):
+yubikit's ``YubiOtpSession`` speaks both.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""A smart card in a PC/SC reader, as discovery hands it out for the kinds "otp" and "piv".
+"""A smart card in a PC/SC reader (or a YubiKey's OTP interface over USB HID), as discovery
+hands it out for the kinds "otp" and "piv".
 
-The factor opens its yubikit session (``YubiOtpSession``, ``PivSession``) on ``connection``;
-``serial`` is what the card's management applet reported (None for cards of other makers).
+The factor opens its yubikit session (``YubiOtpSession``, ``PivSession``) on ``connection``
+(a yubikit ``SmartCardConnection``, or an ``OtpConnection`` for OTP over HID); ``serial`` is
+what the key reported (None for cards of other makers).
 """
 
 from __future__ import annotations
