@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -400,3 +404,43 @@ def test_pkcs11_factor_through_opensc_and_the_virtual_piv_card(pcscd: PrivatePcs
     refused = run("open", "docs", "--pin-file", str(wrong))
     assert refused.returncode == 5 and "wrong PIN" in refused.stderr, refused.stderr
     assert json.loads(cards[7202].read_text())["piv"]["pin"]["remaining"] == 2  # one try spent, not resent
+
+
+def test_card_pulled_out_while_waiting_for_a_touch(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                   tmp_path: Path) -> None:
+    """DESIGN §6 #13 for PIV: a clean error, no hang, the vault unchanged."""
+    card = TokenProcess(pcscd, tmp_path / "card.json", 7301, touch="explicit")
+    tokens.append(card)
+    home = private_home(tmp_path)
+    pin = tmp_path / "pin"
+    pin.write_text("123456\n")
+    made = cli(home, "init", "docs", "--piv", "--touch-policy", "always", "--pin-file", str(pin), env=pcscd.env)
+    assert made.returncode == 0, made.stderr
+    vault_file = home / "data" / "vaults" / "docs.vault"
+    before = vault_file.read_bytes()
+    env = {**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1", **pcscd.env}
+    waiting = subprocess.Popen([sys.executable, "-m", "tokenagent._cli.entry", "open", "docs", "--pin-file", str(pin)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3.0)  # PIN verified, the card waits for a touch
+    assert waiting.poll() is None
+    started = time.monotonic()
+    card.unplug()
+    out, err = waiting.communicate(timeout=30)
+    assert time.monotonic() - started < 20
+    assert waiting.returncode in (4, 5) and "Traceback" not in err and "pulled out" in err, (out, err)
+    assert vault_file.read_bytes() == before
+    card.plug()
+    stop = threading.Event()
+
+    def person() -> None:  # touches the card whenever it blinks
+        while not stop.wait(0.3):
+            card.touch()
+
+    toucher = threading.Thread(target=person, daemon=True)
+    toucher.start()
+    try:
+        again = cli(home, "open", "docs", "--pin-file", str(pin), env=pcscd.env)
+    finally:
+        stop.set()
+        toucher.join()
+    assert again.returncode == 0 and "Touch YubiKey 7301" in again.stderr, again.stderr
