@@ -15,20 +15,20 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import logging
 import os
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 from .. import __version__
 from ..errors import AccessDenied, AgentError, PolicyError, TokenAgentError, UsageError, VaultLocked
 from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Response
 from ..vault import VaultStore, check_name, derive_subkey, verify, wipe
-from .config import AgentConfig
+from .config import AgentConfig, VaultPolicy
 from .hardening import lock_in_memory, unlock_memory
 
 MAX_CONTEXT = 256
@@ -77,6 +77,7 @@ class AgentState:
     listeners: list[Callable[[Event], None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     _audit_fd: int | None = field(default=None, repr=False)
+    _policies: dict[str, VaultPolicy] = field(default_factory=dict, repr=False)  # the config does not change
 
     # --- events -----------------------------------------------------------------------------
     def emit(self, name: str, **data: Any) -> None:
@@ -225,7 +226,9 @@ class AgentState:
         return {"streaming": True}  # the server attaches the stream after this answer
 
     def _check_peer(self, vault: str, peer: Peer) -> None:
-        policy = self.config.policy(vault)
+        policy = self._policies.get(vault)
+        if policy is None:
+            policy = self._policies[vault] = self.config.policy(vault)
         if policy.allow_uids is not None and peer.uid not in policy.allow_uids:
             raise AccessDenied(f"uid {peer.uid} may not get keys of vault {vault!r} (config allow_uids)")
         if policy.allow_exe is not None and peer.exe not in policy.allow_exe:
@@ -234,14 +237,14 @@ class AgentState:
     def _audit(self, vault: str, context: str | None, peer: Peer, error: str | None) -> None:
         if not self.config.audit or self.audit_path is None:
             return
-        line = json.dumps({"time": round(time.time(), 3), "op": "get", "vault": vault, "context": context,
-                           "pid": peer.pid, "uid": peer.uid, "exe": peer.exe, "parent_exe": peer.parent_exe,
-                           "ok": error is None, "error": error}, sort_keys=True).encode() + b"\n"
+        line = _AUDIT_LINE % (_json_str(context), _json_str(error), _json_str(peer.exe),
+                              "true" if error is None else "false", _json_str(peer.parent_exe), peer.pid,
+                              time.time(), peer.uid, _json_str(vault))
         for attempt in (1, 2):
             try:
                 if self._audit_fd is None:
                     self._audit_fd = os.open(self.audit_path, _AUDIT_FLAGS, 0o600)
-                os.write(self._audit_fd, line)
+                os.write(self._audit_fd, line.encode())
                 return
             except OSError as err:
                 self.close_audit()  # disk trouble, or a descriptor gone bad: reopen once
@@ -253,6 +256,15 @@ class AgentState:
             with contextlib.suppress(OSError):
                 os.close(self._audit_fd)
             self._audit_fd = None
+
+
+# One JSON object per line, keys sorted; built with the C string encoder (one line per key release).
+_AUDIT_LINE = ('{"context": %s, "error": %s, "exe": %s, "ok": %s, "op": "get", "parent_exe": %s, "pid": %d,'
+               ' "time": %.3f, "uid": %d, "vault": %s}\n')
+
+
+def _json_str(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
 
 
 _AUDIT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC

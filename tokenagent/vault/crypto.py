@@ -21,9 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import VaultFormatError, WrongSecret
 
@@ -46,7 +44,18 @@ def canonical(value: Any) -> bytes:
 
 
 def hkdf(ikm: bytes | bytearray, salt: bytes | None, info: bytes, length: int = KEY_LEN) -> bytearray:
-    return bytearray(HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(bytes(ikm)))
+    """HKDF-SHA256 (RFC 5869) with the standard library's HMAC: no immutable copy of ``ikm`` is made,
+    and it costs a few microseconds (the agent derives one per ``get``)."""
+    if not 0 < length <= 255 * 32:
+        raise ValueError("HKDF-SHA256 gives 1 to 8160 bytes")
+    prk = hmac.digest(salt or bytes(32), ikm, "sha256")
+    out, block, counter = bytearray(), b"", 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
+        out += block
+        counter += 1
+    del out[length:]
+    return out
 
 
 def combine_secrets(secrets_: Sequence[bytes | bytearray]) -> bytearray:
@@ -107,8 +116,7 @@ def derive_subkey(masterkey: bytes | bytearray, context: str, length: int = KEY_
 def wipe(buf: bytearray | None) -> None:
     """Overwrite a secret in place (best effort: Python may have made copies elsewhere)."""
     if buf is not None:
-        for i in range(len(buf)):
-            buf[i] = 0
+        buf[:] = bytes(len(buf))  # in place: same length, same buffer
 
 
 # --- Shamir's secret sharing over GF(2^8) (the AES field), for k-of-n slots ------------------------
