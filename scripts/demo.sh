@@ -12,9 +12,11 @@
 # chooses that version; TOKENAGENT_DEMO_KEEP=1 keeps the demo directory for a look around).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "setting up (Debian packages, .venv); the log is in /tmp/tokenagent-setup.log"
-if ! bash scripts/setup.sh > /tmp/tokenagent-setup.log 2>&1; then
-  cat /tmp/tokenagent-setup.log; echo "setup failed"; exit 1
+if [ -z "${TOKENAGENT_DEMO_NO_SETUP:-}" ]; then  # set: already set up (the test suite runs the demo so)
+  echo "setting up (Debian packages, .venv); the log is in /tmp/tokenagent-setup.log"
+  if ! bash scripts/setup.sh > /tmp/tokenagent-setup.log 2>&1; then
+    cat /tmp/tokenagent-setup.log; echo "setup failed"; exit 1
+  fi
 fi
 export PATH="$PWD/.venv/bin:$PATH"
 PY="$PWD/.venv/bin/python"
@@ -76,7 +78,9 @@ if can_use_virtual_tokens; then
   export PCSCLITE_CSOCK_NAME=/proc/$pcscd_pid/root/run/pcscd/pcscd.comm
   for _ in $(seq 100); do [ -S "$PCSCLITE_CSOCK_NAME" ] && break; sleep 0.1; done
 
-  cards() { tokenagent devices --json | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)["devices"]))'; }
+  cards() {  # keys present (each also lists its PIV and OTP applications: count the FIDO2 entries)
+    tokenagent devices --json | "$PY" -c 'import json,sys; print(sum(d["type"] == "fido2" for d in json.load(sys.stdin)["devices"]))'
+  }
   wait_cards() { for _ in $(seq 60); do [ "$(cards)" = "$1" ] && return 0; sleep 0.25; done; echo "pcscd did not show $1 token(s)"; exit 1; }
   start_token() {  # name serial slot
     tokenagent virtual-token run --state "$demo/$1.json" --serial "$2" --vpcd "127.0.0.1:$((port + $3))" \
