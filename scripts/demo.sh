@@ -78,8 +78,16 @@ if can_use_virtual_tokens; then
   export PCSCLITE_CSOCK_NAME=/proc/$pcscd_pid/root/run/pcscd/pcscd.comm
   for _ in $(seq 100); do [ -S "$PCSCLITE_CSOCK_NAME" ] && break; sleep 0.1; done
 
-  cards() {  # keys present (each also lists its PIV and OTP applications: count the FIDO2 entries)
-    tokenagent devices --json | "$PY" -c 'import json,sys; print(sum(d["type"] == "fido2" for d in json.load(sys.stdin)["devices"]))'
+  cards() {  # cards present in pcscd's readers, without sending them anything (the agent may be talking to one)
+    "$PY" -c 'from smartcard.System import readers
+n = 0
+for r in readers():
+    c = r.createConnection()
+    try:
+        c.connect(); n += 1; c.disconnect()
+    except Exception:
+        pass
+print(n)'
   }
   wait_cards() { for _ in $(seq 60); do [ "$(cards)" = "$1" ] && return 0; sleep 0.25; done; echo "pcscd did not show $1 token(s)"; exit 1; }
   start_token() {  # name serial slot

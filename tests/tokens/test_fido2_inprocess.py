@@ -414,3 +414,32 @@ def test_prf_mapping_matches_python_fido2_webauthn_prf(tmp_path: Path) -> None:
     assert plain.unlock(ctx_for(tok)) != secret  # the mapping is what makes the difference
     renewed, old, new = factor.rotate(ctx_for(tok))
     assert old == secret and renewed.unlock(ctx_for(tok)) == new and renewed.params()["prf"] is True
+
+
+def test_another_program_selecting_another_application_mid_way(tmp_path: Path) -> None:
+    """PC/SC access is shared: another program (ykman, OpenSC, 'tokenagent devices') may select the
+    PIV application between two of our commands. The pre-flight selects FIDO again instead of
+    taking the stray status word for "not this key's credential"."""
+    from tokenagent.discovery import serial_pcsc_device
+    from tokenagent.virtual.piv import AID as PIV_AID
+    from tokenagent.virtual.token import DirectConnection
+
+    tok = token(tmp_path, 51)  # (over PC/SC whatever the module's transport: HID channels are per client)
+    factor, secret = Fido2Factor.enroll(ctx_for(tok), {})
+
+    class Interleaved(DirectConnection):
+        meddled = False
+
+        def transmit(self, apdu: list[int], protocol: object = None) -> tuple[list[int], int, int]:
+            if apdu[1] == 0x10 and apdu[5] == 0x02 and not Interleaved.meddled:  # our first getAssertion...
+                Interleaved.meddled = True  # ...is preceded by another program's SELECT
+                self.card.transmit(bytes([0, 0xA4, 4, 0, len(PIV_AID)]) + PIV_AID)
+            return super().transmit(apdu, protocol)
+
+    class Devices(VirtualDevices):
+        def connections(self, kind: str, serial: int | None = None) -> Any:
+            yield serial_pcsc_device(Interleaved(tok.card), "shared reader", tok.serial)
+
+    ctx = ctx_for(tok)
+    ctx.devices = Devices([tok])
+    assert factor.unlock(ctx) == secret and Interleaved.meddled

@@ -27,6 +27,7 @@ automatic reset. A touch that does not come within ``--touch-timeout`` cancels c
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import secrets
 import threading
@@ -303,7 +304,14 @@ class Fido2Factor(Factor):
                     ctap.get_assertion(self.rp, secrets.token_bytes(32),
                                        [{"type": "public-key", "id": self.credential}], None, {"up": False})
                     return device, ctap
-                except CtapError:
+                except CtapError as err:
+                    if err.code == CtapError.ERR.OTHER and hasattr(device, "_select"):
+                        # a PC/SC status word, not a CTAP answer: another program selected another
+                        # application on the card between our commands; select FIDO again, ask again
+                        with contextlib.suppress(Exception):
+                            device._select()  # noqa: SLF001 - python-fido2's re-selection of the applet
+                        time.sleep(0.1)
+                        continue
                     break  # the key answered: not its credential
                 except Exception:  # noqa: BLE001 - a transport hiccup (card reset just after insertion)
                     time.sleep(0.3)
