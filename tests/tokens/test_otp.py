@@ -172,3 +172,31 @@ def test_rolling_challenge_through_the_cli(pcscd: PrivatePcscd, tokens: list[Tok
     assert rotated.returncode == 0 and challenge() not in seen, rotated.stderr
     mixed = cli(home, "enroll", "docs", "--otp", "--otp-rolling", "--password", env=pcscd.env)
     assert mixed.returncode == 2 and "a slot of its own" in mixed.stderr
+
+
+def test_another_program_selecting_another_application_in_between(tmp_path: Path) -> None:
+    """PC/SC access is shared: a SELECT of the PIV application by another program between our
+    SELECT and our challenge does not fail the unlock."""
+    from tokenagent.drivers.smartcard import SmartCardDevice
+    from tokenagent.virtual.piv import AID as PIV_AID
+    from tokenagent.virtual.token import DirectConnection
+
+    tok = token(tmp_path, 581)
+    program(tok, os.urandom(20))
+    factor, secret = OtpFactor.enroll(ctx_for(tok), {})
+    meddled: list[bool] = []
+
+    class Interleaved(DirectConnection):
+        def transmit(self, apdu: list[int], protocol: object = None) -> tuple[list[int], int, int]:
+            if apdu[1] == 0x01 and apdu[2] in (0x30, 0x38) and not meddled:  # our challenge...
+                meddled.append(True)  # ...comes right after another program's SELECT
+                self.card.transmit(bytes([0, 0xA4, 4, 0, len(PIV_AID)]) + PIV_AID)
+            return super().transmit(apdu, protocol)
+
+    class Devices(VirtualDevices):
+        def connections(self, kind: str, serial: int | None = None) -> Any:
+            yield SmartCardDevice(ScardSmartCardConnection(Interleaved(tok.card)), "shared reader", tok.serial)
+
+    ctx = ctx_for(tok)
+    ctx.devices = Devices([tok])
+    assert factor.unlock(ctx) == secret and meddled

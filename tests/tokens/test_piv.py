@@ -444,3 +444,31 @@ def test_card_pulled_out_while_waiting_for_a_touch(pcscd: PrivatePcscd, tokens: 
         stop.set()
         toucher.join()
     assert again.returncode == 0 and "Touch YubiKey 7301" in again.stderr, again.stderr
+
+
+def test_another_program_selecting_another_application_before_the_pin(tmp_path: Path) -> None:
+    """A SELECT by another program between ours and the key lookup: the PIV application is
+    selected again, the card is not passed over, one PIN is asked and spent on the right card."""
+    from tokenagent.drivers.smartcard import SmartCardDevice
+    from tokenagent.virtual.otp import AID as OTP_AID
+    from tokenagent.virtual.token import DirectConnection
+
+    tok = token(tmp_path, 7401)
+    factor, secret = PivFactor.enroll(ctx_for(tok), {"piv_existing": True})
+    meddled: list[bool] = []
+
+    class Interleaved(DirectConnection):
+        def transmit(self, apdu: list[int], protocol: object = None) -> tuple[list[int], int, int]:
+            if apdu[1] == 0xF7 and apdu[3] == 0x9D and not meddled:  # our key lookup...
+                meddled.append(True)  # ...comes right after another program's SELECT
+                self.card.transmit(bytes([0, 0xA4, 4, 0, len(OTP_AID)]) + OTP_AID)
+            return super().transmit(apdu, protocol)
+
+    class Devices(VirtualDevices):
+        def connections(self, kind: str, serial: int | None = None) -> Any:
+            yield SmartCardDevice(ScardSmartCardConnection(Interleaved(tok.card)), "shared reader", tok.serial)
+
+    ctx = ctx_for(tok)
+    ctx.devices = Devices([tok])
+    submitted = count_pin_submissions(tok)
+    assert factor.unlock(ctx) == secret and meddled and submitted() == 1

@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ..factors.base import Factor, FactorContext, JSONValue, register
 from ..factors.params import expect_b64, expect_keys
-from .smartcard import SmartCardDevice
+from .smartcard import WRONG_APPLICATION, SmartCardDevice
 
 CHALLENGE_LEN = 32
 HMAC_KEY_LEN = 20
@@ -115,7 +115,7 @@ class OtpFactor(Factor):
                 touch = bool(state.is_touch_triggered(SLOT(slot)))
                 factor = cls(slot, secrets.token_bytes(CHALLENGE_LEN), device.serial, touch,
                              bool(options.get("otp_rolling")))
-                return factor, factor._respond(session, ctx, label)
+                return factor, factor._respond(device, ctx, label)
             except TokenAgentError:
                 raise
             except Exception as err:  # noqa: BLE001 - transport failures, the key refusing
@@ -124,13 +124,23 @@ class OtpFactor(Factor):
             for d in devices:
                 d.close()
 
-    def _respond(self, session: Any, ctx: FactorContext, label: str, challenge: bytes | None = None) -> bytearray:
+    def _respond(self, device: SmartCardDevice, ctx: FactorContext, label: str,
+                 challenge: bytes | None = None) -> bytearray:
+        """The key's HMAC-SHA1 of ``challenge`` (default: this factor's). The OTP application is
+        selected right before (PC/SC access is shared: another program may have selected another
+        application since), and once more if the answer shows another application got the command."""
+        from yubikit.core.smartcard import ApduError
         from yubikit.yubiotp import SLOT
 
         if self.touch:
             ctx.ui.notify("touch", f"Touch {label} (challenge-response, slot {self.slot})")
-        response = session.calculate_hmac_sha1(SLOT(self.slot), challenge or self.challenge)
-        return bytearray(response)
+        slot, data = SLOT(self.slot), challenge or self.challenge
+        try:
+            return bytearray(_session(device).calculate_hmac_sha1(slot, data))
+        except ApduError as err:
+            if err.sw not in WRONG_APPLICATION:
+                raise
+        return bytearray(_session(device).calculate_hmac_sha1(slot, data))  # selected once more
 
     def unlock(self, ctx: FactorContext) -> bytearray:
         secret, renewed = self._use(ctx, renew=self.rolling)
@@ -157,16 +167,15 @@ class OtpFactor(Factor):
             for device in devices:
                 label = device.label()
                 try:
-                    session = _session(device)
-                    if not session.get_config_state().is_configured(SLOT(self.slot)):
+                    if not _session(device).get_config_state().is_configured(SLOT(self.slot)):
                         continue
-                    secret = self._respond(session, ctx, label)
+                    secret = self._respond(device, ctx, label)
                     if not renew:
                         return secret, None
                     fresh = OtpFactor(self.slot, secrets.token_bytes(CHALLENGE_LEN), self.serial, self.touch,
                                       self.rolling)
                     try:
-                        return secret, (fresh, self._respond(session, ctx, label, fresh.challenge))
+                        return secret, (fresh, self._respond(device, ctx, label, fresh.challenge))
                     except BaseException:
                         secret[:] = bytes(len(secret))
                         raise

@@ -56,7 +56,7 @@ from ..errors import (
 from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
 from ..factors.params import expect_b64, expect_keys
 from .keys import load_public_key, spki_sha256
-from .smartcard import SmartCardDevice
+from .smartcard import WRONG_APPLICATION, SmartCardDevice
 
 INFO = b"tokenagent/v1/piv"
 RSA_SECRET_LEN = 32
@@ -117,12 +117,35 @@ def _slot_public_key(session: Any, slot: Any) -> Any | None:
         return session.get_slot_metadata(slot).public_key
     except NotSupportedError:
         pass
-    except ApduError:
+    except ApduError as err:
+        if err.sw in WRONG_APPLICATION:
+            raise  # not an empty slot: another application answered
         return None
     try:
         return session.get_certificate(slot).public_key()
-    except (ApduError, BadResponseError):
+    except ApduError as err:
+        if err.sw in WRONG_APPLICATION:
+            raise
         return None
+    except BadResponseError:
+        return None
+
+
+def _session_and_key(device: SmartCardDevice, slot: Any) -> tuple[Any | None, Any | None]:
+    """A PIV session and the public key in ``slot``, before any PIN: if another program selected
+    another application on the shared card meanwhile, the PIV application is selected once more."""
+    from yubikit.core.smartcard import ApduError
+
+    for attempt in (1, 2):
+        session = _session(device)
+        if session is None:
+            return None, None
+        try:
+            return session, _slot_public_key(session, slot)
+        except ApduError as err:
+            if attempt == 2 or err.sw not in WRONG_APPLICATION:
+                raise
+    return None, None
 
 
 def _key_policies(session: Any, slot: Any) -> tuple[bool, bool]:
@@ -168,6 +191,9 @@ def _removed_or_refused(name: str, err: Exception) -> TokenError:
     if "Connection" in kind or "Removed" in kind or "Card" in kind or isinstance(err, OSError):
         return TokenRemoved(f"{name} stopped answering ({kind}): was it pulled out? Nothing was changed")
     sw = getattr(err, "sw", None)
+    if sw in WRONG_APPLICATION:
+        return TokenError(f"another program used {name} at the same moment (its PIV application was deselected);"
+                          " nothing was changed: run the command again")
     if sw == 0x6982:
         return TokenError(f"{name} refused to use the key (security status not satisfied): no touch within 15 s,"
                           " or the key needs its PIN")
@@ -308,12 +334,11 @@ class PivFactor(Factor):
         devices = list(ctx.devices.connections("piv", self.serial)) if ctx.devices else []
         try:
             for device in devices:
-                session = _session(device)
-                if session is None:
-                    continue
                 name = device.label()
                 try:
-                    public = _slot_public_key(session, _slot(self.slot))
+                    session, public = _session_and_key(device, _slot(self.slot))
+                    if session is None:
+                        continue
                     if public is None or spki_sha256(public) != self.key_hash:
                         continue  # another card, or the key was replaced: no PIN is asked
                     return self._decrypt(session, ctx, name)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# "instruction / class not supported": a command reached another application than the one we
+# selected. PC/SC access is shared, so another program (ykman, OpenSC, a browser) may select
+# another application on the card between two of our commands.
+WRONG_APPLICATION = (0x6D00, 0x6E00)
+
 
 class SmartCardDevice:
     def __init__(self, connection: Any, name: str, serial: int | None) -> None:
