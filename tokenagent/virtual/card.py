@@ -269,43 +269,19 @@ class Presence:
         return False
 
 
+
 def tlv(tag: int, value: bytes = b"") -> bytes:
-    """BER-TLV encode (one- or two-byte tag, definite length in short or long form)."""
-    tag_bytes = tag.to_bytes(2, "big") if tag > 0xFF else bytes([tag])
-    n = len(value)
-    if n < 0x80:
-        length = bytes([n])
-    elif n <= 0xFF:
-        length = b"\x81" + bytes([n])
-    else:
-        length = b"\x82" + n.to_bytes(2, "big")
-    return tag_bytes + length + value
+    """BER-TLV encode (yubikit's ``Tlv``: one- or two-byte tags, short or long lengths)."""
+    from yubikit.core import Tlv
+
+    return bytes(Tlv(tag, value))
 
 
 def tlv_parse(data: bytes) -> list[tuple[int, bytes]]:
-    """Parse a sequence of BER-TLVs; raises ``ApduStatus(6A80)`` on malformed input."""
-    items: list[tuple[int, bytes]] = []
-    i = 0
-    while i < len(data):
-        tag = data[i]
-        i += 1
-        if tag & 0x1F == 0x1F:  # two-byte tag (7F49, 5F2F)
-            if i >= len(data):
-                raise ApduStatus(SW_INCORRECT_PARAMETERS)
-            tag = tag << 8 | data[i]
-            i += 1
-        if i >= len(data):
-            raise ApduStatus(SW_INCORRECT_PARAMETERS)
-        length = data[i]
-        i += 1
-        if length & 0x80:
-            width = length & 0x7F
-            if width not in (1, 2, 3) or i + width > len(data):
-                raise ApduStatus(SW_INCORRECT_PARAMETERS)
-            length = int.from_bytes(data[i : i + width], "big")
-            i += width
-        if i + length > len(data):
-            raise ApduStatus(SW_INCORRECT_PARAMETERS)
-        items.append((tag, bytes(data[i : i + length])))
-        i += length
-    return items
+    """Parse a sequence of BER-TLVs (yubikit's ``Tlv``); malformed input answers SW 6A80."""
+    from yubikit.core import Tlv
+
+    try:
+        return [(item.tag, item.value) for item in Tlv.parse_list(data)]
+    except (ValueError, IndexError):
+        raise ApduStatus(SW_INCORRECT_PARAMETERS) from None

@@ -8,16 +8,12 @@ applets this token has). Writing the configuration is refused.
 
 from __future__ import annotations
 
-from .card import SW_INS_NOT_SUPPORTED, SW_WRONG_P1P2, Apdu, ApduStatus, Applet
+from .card import SW_INS_NOT_SUPPORTED, SW_WRONG_P1P2, Apdu, ApduStatus, Applet, tlv
 
 AID = bytes.fromhex("A000000527471117")
 INS_READ_CONFIG = 0x1D
 CAPABILITY_OTP, CAPABILITY_PIV, CAPABILITY_FIDO2 = 0x0001, 0x0010, 0x0200
 FORM_FACTOR_USB_A_KEYCHAIN = 0x01
-
-
-def _tlv(tag: int, value: bytes) -> bytes:
-    return bytes([tag, len(value)]) + value
 
 
 class ManagementApplet(Applet):
@@ -37,7 +33,7 @@ class ManagementApplet(Applet):
         if apdu.p1 != 0:
             raise ApduStatus(SW_WRONG_P1P2)
         caps = (CAPABILITY_OTP | CAPABILITY_PIV | CAPABILITY_FIDO2).to_bytes(2, "big")
-        body = (_tlv(0x01, caps) + _tlv(0x02, self.serial.to_bytes(4, "big")) + _tlv(0x03, caps)
-                + _tlv(0x04, bytes([FORM_FACTOR_USB_A_KEYCHAIN])) + _tlv(0x05, bytes(self.version))
-                + _tlv(0x0D, caps) + _tlv(0x0E, caps))
+        body = (tlv(0x01, caps) + tlv(0x02, self.serial.to_bytes(4, "big")) + tlv(0x03, caps)
+                + tlv(0x04, bytes([FORM_FACTOR_USB_A_KEYCHAIN])) + tlv(0x05, bytes(self.version))
+                + tlv(0x0D, caps) + tlv(0x0E, caps))
         return bytes([len(body)]) + body
