@@ -21,10 +21,14 @@ choose it instead.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger("tokenagent.discovery")
+HID_PREFIX = "hid:"  # a token named by its hidraw path
+SETTLE_ATTEMPTS = 10  # a card just inserted may be reset by pcscd once more
+SETTLE_DELAY = 0.3
 
 
 class SystemDevices:
@@ -69,19 +73,13 @@ def _fido2_devices() -> Iterator[Any]:
 def _smartcard_devices(serial: int | None, kind: str = "piv") -> Iterator[Any]:
     """The cards in PC/SC readers (the OTP and PIV factors open their sessions on them); for
     kind "otp" also YubiKeys whose OTP application is reached over USB HID only."""
-    from .drivers.smartcard import SmartCardDevice
-
     seen: set[int] = set()
     for reader in _pcsc_readers():
         reader_serial = pcsc_serial(reader)
         if serial is not None and reader_serial != serial:
             continue
-        try:
-            from ykman.pcsc import ScardSmartCardConnection
-
-            device = SmartCardDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), reader_serial)
-        except Exception as err:  # noqa: BLE001 - no card in this reader
-            log.debug("no card in %s: %s", reader, err)
+        device = _smartcard(reader, reader_serial)
+        if device is None:
             continue
         if reader_serial is not None:
             seen.add(reader_serial)
@@ -282,6 +280,93 @@ def _describe_smartcards() -> list[dict[str, Any]]:
         finally:
             device.close()
     return out
+
+
+def fido_hid_paths() -> list[str]:
+    """The hidraw paths of the FIDO keys this user can open ([] without any, or without access)."""
+    try:
+        from fido2.hid import list_descriptors
+
+        return sorted(str(d.path) for d in list_descriptors())
+    except Exception as err:  # noqa: BLE001 - no hidraw, no permission, no HID backend
+        log.debug("no HID FIDO keys: %s", err)
+        return []
+
+
+def udev_hidraw_monitor() -> Any | None:
+    """A started pyudev monitor of the hidraw subsystem, or None (no pyudev, no udev)."""
+    try:
+        import pyudev
+
+        monitor = pyudev.Monitor.from_netlink(pyudev.Context())
+        monitor.filter_by("hidraw")
+        monitor.start()
+        return monitor
+    except Exception as err:  # noqa: BLE001 - no pyudev, no netlink access, no udev
+        log.info("udev is not available (%s): HID keys are looked for by polling", err)
+        return None
+
+
+class ReaderDevices:
+    """A device provider limited to one token: the one in a PC/SC reader, or (``hid:PATH``) the
+    FIDO key on a hidraw device; the agent's plug-in unlock uses it for the token that just arrived."""
+
+    def __init__(self, reader: str) -> None:
+        self.reader = reader
+
+    def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
+        if self.reader.startswith(HID_PREFIX):
+            if kind == "fido2":
+                yield from self._hid_device(serial)
+            return
+        if kind not in ("fido2", "otp", "piv"):
+            return
+        from smartcard.System import readers
+
+        for reader in readers():
+            if str(reader) != self.reader:
+                continue
+            for attempt in range(SETTLE_ATTEMPTS):  # a card just inserted may be reset by pcscd once more
+                device = pcsc_fido2_device(reader) if kind == "fido2" else _smartcard(reader, pcsc_serial(reader))
+                if device is None:
+                    log.debug("token in %s not ready, attempt %d", self.reader, attempt + 1)
+                    time.sleep(SETTLE_DELAY)
+                    continue
+                found = device.serial_number if kind == "fido2" else device.serial
+                if serial is None or found == serial:
+                    yield device
+                else:
+                    device.close()
+                break
+
+    def _hid_device(self, serial: int | None) -> Iterator[Any]:
+        from fido2.hid import open_device
+
+        for attempt in range(SETTLE_ATTEMPTS):  # udev may still be setting the node's permissions
+            try:
+                device = open_device(self.reader[len(HID_PREFIX):])
+            except Exception as err:  # noqa: BLE001 - gone, or not yet accessible
+                log.debug("HID key %s not ready, attempt %d: %s", self.reader, attempt + 1, err)
+                time.sleep(SETTLE_DELAY)
+                continue
+            if serial is None or device_serial(device) == serial:
+                yield device
+            else:
+                device.close()
+            return
+
+
+def _smartcard(reader: Any, serial: int | None) -> Any | None:
+    """The card in ``reader`` for the OTP and PIV factors (None: no card yet)."""
+    from ykman.pcsc import ScardSmartCardConnection
+
+    from .drivers.smartcard import SmartCardDevice
+
+    try:
+        return SmartCardDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), serial)
+    except Exception as err:  # noqa: BLE001 - no card, card being reset
+        log.debug("no card in %s: %s", reader, err)
+        return None
 
 
 def default_provider() -> SystemDevices:

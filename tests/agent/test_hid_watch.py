@@ -17,7 +17,7 @@ from tokenagent.daemon.watch import HidWatcher
 
 def test_keys_coming_and_going_are_reported_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(watch, "HID_POLL", 0.1)
-    monkeypatch.setattr(watch, "_udev_monitor", lambda: None)  # the polling path (no udev here)
+    monkeypatch.setattr(watch, "udev_hidraw_monitor", lambda: None)  # the polling path (no udev here)
     present: list[str] = []
     reports: list[tuple[str, str]] = []
 

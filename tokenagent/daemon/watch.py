@@ -5,7 +5,8 @@ Theory of operation. ``PcscWatcher`` runs one thread that asks pcscd which reade
 not running it retries every few seconds); ``HidWatcher`` runs another that lists the FIDO
 keys on USB HID (/dev/hidraw*) when udev reports a change and every second. Each reports
 every change to the event loop with ``loop.call_soon_threadsafe``, naming the token by its
-reader or by "hid:" and its hidraw path. The agent then:
+reader or by "hid:" and its hidraw path; the devices of one such token are reached through
+``tokenagent.discovery.ReaderDevices`` (discovery keeps every platform import). The agent then:
 
 * on arrival, tries the locked vaults configured for it (``unlock_on_plug``) with the slots
   it can open without a person typing anything: slots made only of FIDO2 factors enrolled
@@ -19,8 +20,8 @@ reader or by "hid:" and its hidraw path. The agent then:
 Slots that need a PIN (FIDO2 with user verification, PIV) are tried only when ``pinentry``
 is configured: the PIN dialog is the pinentry program's (``tokenagent.daemon.pinentry``),
 and the factors' PIN rules apply (retries read first, the last one kept, never sent twice;
-a PIV card holding another key is passed over before any PIN is asked). Otherwise ``tokenagent unlock
-VAULT`` in a terminal asks for it.
+a PIV card holding another key is passed over before any PIN is asked). Otherwise
+``tokenagent unlock VAULT`` in a terminal asks for it.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
+from ..discovery import HID_PREFIX, ReaderDevices, fido_hid_paths, udev_hidraw_monitor
 from ..errors import NotMine, TokenAgentError
 from ..factors.base import FactorContext, Interaction, SecretRequest
 from ..plugins import load_factor_types
@@ -43,9 +44,6 @@ from .pinentry import Pinentry
 log = logging.getLogger("tokenagent.agent")
 POLL_TIMEOUT_MS = 500
 RETRY_SECONDS = 3.0
-SETTLE_ATTEMPTS = 10
-SETTLE_DELAY = 0.3
-HID_PREFIX = "hid:"
 HID_POLL = 1.0
 HID_SETTLE = 0.3
 
@@ -150,7 +148,7 @@ class HidWatcher(_Watcher):
         self.list_paths = list_paths or fido_hid_paths
 
     def _run(self) -> None:
-        monitor = _udev_monitor()
+        monitor = udev_hidraw_monitor()
         while not self._stop.is_set():
             try:
                 self._publish({HID_PREFIX + path for path in self.list_paths()})
@@ -167,97 +165,6 @@ class HidWatcher(_Watcher):
             except Exception as err:  # noqa: BLE001 - udev went away: fall back to polling
                 log.debug("udev monitor: %s", err)
                 monitor = None
-
-
-def fido_hid_paths() -> list[str]:
-    """The hidraw paths of the FIDO keys this user can open ([] without any, or without access)."""
-    try:
-        from fido2.hid import list_descriptors
-
-        return sorted(str(d.path) for d in list_descriptors())
-    except Exception as err:  # noqa: BLE001 - no hidraw, no permission, no HID backend
-        log.debug("no HID FIDO keys: %s", err)
-        return []
-
-
-def _udev_monitor() -> Any | None:
-    """A started pyudev monitor of the hidraw subsystem, or None (no pyudev, no udev)."""
-    try:
-        import pyudev
-
-        monitor = pyudev.Monitor.from_netlink(pyudev.Context())
-        monitor.filter_by("hidraw")
-        monitor.start()
-        return monitor
-    except Exception as err:  # noqa: BLE001 - no pyudev, no netlink access, no udev
-        log.info("udev is not available (%s): looking for HID keys every %.0f s", err, HID_POLL)
-        return None
-
-
-class ReaderDevices:
-    """A device provider limited to one PC/SC reader: the token that just arrived."""
-
-    def __init__(self, reader: str) -> None:
-        self.reader = reader
-
-    def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
-        if self.reader.startswith(HID_PREFIX):
-            if kind == "fido2":
-                yield from self._hid_device(serial)
-            return
-        if kind not in ("fido2", "otp", "piv"):
-            return
-        from smartcard.System import readers
-
-        from ..discovery import pcsc_fido2_device, pcsc_serial
-
-        for reader in readers():
-            if str(reader) != self.reader:
-                continue
-            for attempt in range(SETTLE_ATTEMPTS):  # a card just inserted may be reset by pcscd once more
-                device = pcsc_fido2_device(reader) if kind == "fido2" else _smartcard(reader, pcsc_serial(reader))
-                if device is None:
-                    log.debug("token in %s not ready, attempt %d", self.reader, attempt + 1)
-                    time.sleep(SETTLE_DELAY)
-                    continue
-                found = device.serial_number if kind == "fido2" else device.serial
-                if serial is None or found == serial:
-                    yield device
-                else:
-                    device.close()
-                break
-
-
-    def _hid_device(self, serial: int | None) -> Iterator[Any]:
-        from fido2.hid import open_device
-
-        from ..discovery import device_serial
-
-        for attempt in range(SETTLE_ATTEMPTS):  # udev may still be setting the node's permissions
-            try:
-                device = open_device(self.reader[len(HID_PREFIX):])
-            except Exception as err:  # noqa: BLE001 - gone, or not yet accessible
-                log.debug("HID key %s not ready, attempt %d: %s", self.reader, attempt + 1, err)
-                time.sleep(SETTLE_DELAY)
-                continue
-            if serial is None or device_serial(device) == serial:
-                yield device
-            else:
-                device.close()
-            return
-
-
-def _smartcard(reader: Any, serial: int | None) -> Any | None:
-    """The card in ``reader`` for the OTP and PIV factors (None: no card yet)."""
-    from ykman.pcsc import ScardSmartCardConnection
-
-    from ..drivers.smartcard import SmartCardDevice
-
-    try:
-        return SmartCardDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), serial)
-    except Exception as err:  # noqa: BLE001 - no card, card being reset
-        log.debug("no card in %s: %s", reader, err)
-        return None
 
 
 class AgentInteraction(Interaction):
