@@ -211,3 +211,11 @@ class TokenProcess:
     def stop(self) -> None:
         self.plugged = False
         stop_process(self.proc)
+
+    def remove(self) -> None:
+        """Stop the token and take it out of its reader for good (its reader can take another
+        token): returns once pcscd no longer shows its card, so a token started next in the same
+        reader is not mistaken for this one."""
+        self.stop()
+        self.pcscd.tokens.remove(self)
+        self._settle()

@@ -334,8 +334,7 @@ def test_cli_init_enroll_offline_and_open(pcscd: PrivatePcscd, tokens: list[Toke
     main.unplug()
     absent = run("open", "docs", "--pin-file", str(pin))
     assert absent.returncode == 4 and "not plugged in" in absent.stderr and "Traceback" not in absent.stderr
-    main.stop()
-    pcscd.tokens.clear()
+    main.remove()
     tokens.clear()
     tokens.append(TokenProcess(pcscd, tmp_path / "piv-7102.json", 7102))  # now the backup card is plugged in
     with_backup = run("open", "docs", "--reveal", "--json", "--pin-file", str(pin))
@@ -391,8 +390,7 @@ def test_pkcs11_factor_through_opensc_and_the_virtual_piv_card(pcscd: PrivatePcs
     opened = run("open", "docs", "--reveal", "--json", "--pin-file", str(pin))
     assert opened.returncode == 0, opened.stderr
     assert json.loads(opened.stdout)["slot"] == "1"
-    main.stop()
-    pcscd.tokens.clear()
+    main.remove()
     tokens.clear()
     tokens.append(TokenProcess(pcscd, cards[7202], 7202))
     with_backup = run("open", "docs", "--reveal", "--json", "--pin-file", str(pin))
