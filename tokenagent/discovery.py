@@ -215,11 +215,10 @@ def describe_devices(pkcs11_modules: tuple[str, ...] = ()) -> list[dict[str, Any
     return out
 
 
-CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED = 0x10000, 0x20000, 0x40000
-
-
 def _describe_pkcs11(module: str) -> list[dict[str, Any]]:
     """The tokens of a PKCS#11 module, with their PIN state flags (reading them spends nothing)."""
+    from .drivers.pkcs11 import CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED
+
     try:
         import pkcs11
 

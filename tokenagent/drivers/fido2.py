@@ -46,7 +46,6 @@ from ..errors import (
     PinAuthBlocked,
     PinBlocked,
     PinInvalid,
-    PinLastTry,
     PinRequired,
     TokenAgentError,
     TokenError,
@@ -57,6 +56,7 @@ from ..errors import (
 )
 from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
 from ..factors.params import expect_b64, expect_keys
+from .pinrules import check_retries
 
 DEFAULT_RP = "tokenagent"
 PRF_CONTEXT = b"WebAuthn PRF\x00"  # WebAuthn Level 3, the prf extension's salt mapping
@@ -122,12 +122,8 @@ def pin_token(ctap: Ctap2, ctx: FactorContext, name: str, rp: str) -> tuple[PinP
     protocol = _protocol(ctap)
     client_pin = ClientPin(ctap, protocol)
     retries, _ = client_pin.get_pin_retries()
-    if retries == 0:
-        raise PinBlocked(f"the PIN of {name} is blocked; only a reset of its FIDO2 application (which"
-                         " destroys this slot) helps: open the vault with another slot")
-    if retries <= 1 and not ctx.force:
-        raise PinLastTry(f"{name} has 1 PIN try left; tokenagent does not spend the last one"
-                         " unless you pass --force")
+    check_retries(retries, ctx, name, "PIN", "only a reset of its FIDO2 application (which destroys this"
+                  " slot) helps: open the vault with another slot")
     pin = ctx.ui.ask_secret(SecretRequest("pin", f"PIN for {name}", retries=retries))
     try:
         token = client_pin.get_pin_token(

@@ -32,13 +32,12 @@ from ..errors import (
     TokenAgentError,
     TokenError,
     TokenNotFound,
-    TokenRemoved,
     UsageError,
     VaultFormatError,
 )
 from ..factors.base import Factor, FactorContext, JSONValue, register
 from ..factors.params import expect_b64, expect_keys
-from .smartcard import WRONG_APPLICATION, SmartCardDevice
+from .smartcard import WRONG_APPLICATION, SmartCardDevice, opened_cards, pulled_out
 
 CHALLENGE_LEN = 32
 HMAC_KEY_LEN = 20
@@ -90,10 +89,9 @@ class OtpFactor(Factor):
         from yubikit.yubiotp import SLOT, HmacSha1SlotConfiguration
 
         slot = int(options.get("otp_slot") or 2)
-        devices = list(ctx.devices.connections("otp", options.get("serial"))) if ctx.devices else []
-        if not devices:
-            raise TokenNotFound("no YubiKey with its OTP application found: plug one in")
-        try:
+        with opened_cards(ctx, "otp", options.get("serial")) as devices:
+            if not devices:
+                raise TokenNotFound("no YubiKey with its OTP application found: plug one in")
             if len(devices) > 1:
                 raise UsageError(f"{len(devices)} YubiKeys are present: name one with --serial")
             device = devices[0]
@@ -120,9 +118,6 @@ class OtpFactor(Factor):
                 raise
             except Exception as err:  # noqa: BLE001 - transport failures, the key refusing
                 raise _failed(label, err) from None
-        finally:
-            for d in devices:
-                d.close()
 
     def _respond(self, device: SmartCardDevice, ctx: FactorContext, label: str,
                  challenge: bytes | None = None) -> bytearray:
@@ -162,8 +157,7 @@ class OtpFactor(Factor):
         and its response, from the same key."""
         from yubikit.yubiotp import SLOT
 
-        devices = list(ctx.devices.connections("otp", self.serial)) if ctx.devices else []
-        try:
+        with opened_cards(ctx, "otp", self.serial) as devices:
             for device in devices:
                 label = device.label()
                 try:
@@ -185,14 +179,9 @@ class OtpFactor(Factor):
                     raise _failed(label, err) from None
             who = f"YubiKey {self.serial}" if self.serial else "the YubiKey of this slot"
             raise NotMine(f"{who} is not plugged in")
-        finally:
-            for d in devices:
-                d.close()
 
 
 def _failed(label: str, err: Exception) -> TokenError:
-    name = type(err).__name__
-    if "Connection" in name or "Removed" in name or isinstance(err, OSError):
-        return TokenRemoved(f"{label} stopped answering ({name}): was it pulled out? Nothing was changed")
-    return TokenError(f"{label} refused the challenge-response ({name}); a slot set to need a touch times"
-                      " out after 15 s")
+    return pulled_out(label, err) or TokenError(
+        f"{label} refused the challenge-response ({type(err).__name__}); a slot set to need a touch times out"
+        " after 15 s")

@@ -45,18 +45,17 @@ from ..errors import (
     NotSupported,
     PinBlocked,
     PinInvalid,
-    PinLastTry,
     TokenAgentError,
     TokenError,
     TokenNotFound,
-    TokenRemoved,
     UsageError,
     VaultFormatError,
 )
 from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
 from ..factors.params import expect_b64, expect_keys
 from .keys import load_public_key, spki_sha256
-from .smartcard import WRONG_APPLICATION, SmartCardDevice
+from .pinrules import check_retries
+from .smartcard import WRONG_APPLICATION, SmartCardDevice, opened_cards, pulled_out
 
 INFO = b"tokenagent/v1/piv"
 RSA_SECRET_LEN = 32
@@ -166,12 +165,8 @@ def verify_pin(session: Any, ctx: FactorContext, name: str) -> None:
     from yubikit.piv import InvalidPinError
 
     retries = session.get_pin_attempts()
-    if retries == 0:
-        raise PinBlocked(f"the PIV PIN of {name} is blocked; unblock it with the PUK ('ykman piv access"
-                         " unblock-pin'); tokenagent never uses the PUK by itself. Or open the vault with another slot")
-    if retries <= 1 and not ctx.force:
-        raise PinLastTry(f"{name} has 1 PIV PIN try left; tokenagent does not spend the last one unless you pass"
-                         " --force")
+    check_retries(retries, ctx, name, "PIV PIN", "unblock it with the PUK ('ykman piv access unblock-pin');"
+                  " tokenagent never uses the PUK by itself. Or open the vault with another slot")
     pin = ctx.ui.ask_secret(SecretRequest("pin", f"PIV PIN for {name}", retries=retries))
     try:
         session.verify_pin(pin.decode("utf-8"))
@@ -187,9 +182,10 @@ def verify_pin(session: Any, ctx: FactorContext, name: str) -> None:
 
 
 def _removed_or_refused(name: str, err: Exception) -> TokenError:
+    removed = pulled_out(name, err)
+    if removed is not None:
+        return removed
     kind = type(err).__name__
-    if "Connection" in kind or "Removed" in kind or "Card" in kind or isinstance(err, OSError):
-        return TokenRemoved(f"{name} stopped answering ({kind}): was it pulled out? Nothing was changed")
     sw = getattr(err, "sw", None)
     if sw in WRONG_APPLICATION:
         return TokenError(f"another program used {name} at the same moment (its PIV application was deselected);"
@@ -245,8 +241,7 @@ class PivFactor(Factor):
         if options.get("cert"):  # offline: the card need not be here
             public = load_public_key(str(options["cert"]))
             return cls._wrap(public, slot_name, serial, str(options["cert"]))
-        devices = list(ctx.devices.connections("piv", serial)) if ctx.devices else []
-        try:
+        with opened_cards(ctx, "piv", serial) as devices:
             sessions = [(d, s) for d in devices if (s := _session(d)) is not None]
             if not sessions:
                 raise TokenNotFound("no PIV card found" + (f" with serial {serial}" if serial else "")
@@ -268,9 +263,6 @@ class PivFactor(Factor):
                 raise
             except Exception as err:  # noqa: BLE001 - transport failures, the card refusing
                 raise _removed_or_refused(name, err) from None
-        finally:
-            for d in devices:
-                d.close()
 
     @classmethod
     def _wrap(cls, public: Any, slot: str, serial: int | None, where: str) -> tuple[Factor, bytearray]:
@@ -331,8 +323,7 @@ class PivFactor(Factor):
     # --- unlock --------------------------------------------------------------------------
 
     def unlock(self, ctx: FactorContext) -> bytearray:
-        devices = list(ctx.devices.connections("piv", self.serial)) if ctx.devices else []
-        try:
+        with opened_cards(ctx, "piv", self.serial) as devices:
             for device in devices:
                 name = device.label()
                 try:
@@ -348,9 +339,6 @@ class PivFactor(Factor):
                     raise _removed_or_refused(name, err) from None
             who = f"PIV card {self.serial}" if self.serial else "the PIV card of this slot"
             raise NotMine(f"{who} is not plugged in (or its slot {self.slot} holds another key)")
-        finally:
-            for d in devices:
-                d.close()
 
     def _decrypt(self, session: Any, ctx: FactorContext, name: str) -> bytearray:
         slot = _slot(self.slot)

@@ -39,7 +39,6 @@ from ..errors import (
     NotSupported,
     PinBlocked,
     PinInvalid,
-    PinLastTry,
     TokenAgentError,
     TokenError,
     UsageError,
@@ -48,6 +47,7 @@ from ..errors import (
 from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
 from ..factors.params import expect_b64, expect_keys
 from .keys import load_public_key, spki_sha256
+from .pinrules import check_retries
 
 CURVES: dict[str, ec.EllipticCurve] = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
 RSA_SIZES = {"rsa2048": 2048, "rsa3072": 3072, "rsa4096": 4096}
@@ -55,6 +55,7 @@ CHALLENGE_LEN = {"secp256r1": 65, "secp384r1": 97, "rsa2048": 256, "rsa3072": 38
 OAEP = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # noqa: S303 - see the module doc
 RSA_SECRET_LEN = 32
 INFO = b"tokenagent/v1/pkcs11"
+CKF_USER_PIN_COUNT_LOW = 0x00010000
 CKF_USER_PIN_FINAL_TRY = 0x00020000
 CKF_USER_PIN_LOCKED = 0x00040000
 
@@ -212,10 +213,9 @@ class Pkcs11Factor(Factor):
         token = _token(uri, ctx)
         flags = int(token.flags)
         name = f"PKCS#11 token {uri.token!r}"
-        if flags & CKF_USER_PIN_LOCKED:
-            raise PinBlocked(f"the PIN of {name} is locked; unblock it with its SO PIN (tokenagent never does)")
-        if flags & CKF_USER_PIN_FINAL_TRY and not ctx.force:
-            raise PinLastTry(f"{name} has its final PIN try left; tokenagent does not spend it unless --force")
+        # PKCS#11 reports no count, only flags: locked = 0 tries, final try = 1, otherwise more
+        retries = 0 if flags & CKF_USER_PIN_LOCKED else 1 if flags & CKF_USER_PIN_FINAL_TRY else 2
+        check_retries(retries, ctx, name, "PIN", "unblock it with its SO PIN (tokenagent never does)")
         try:
             with token.open() as session:  # the key is checked before the PIN is asked
                 if spki_sha256(_public_from_object(_find(session, uri, ObjectClass.PUBLIC_KEY), uri)) != self.key_hash:

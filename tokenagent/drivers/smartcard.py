@@ -8,7 +8,12 @@ what the key reported (None for cards of other makers).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from ..errors import TokenRemoved
+from ..factors.base import FactorContext
 
 # "instruction / class not supported": a command reached another application than the one we
 # selected. PC/SC access is shared, so another program (ykman, OpenSC, a browser) may select
@@ -28,3 +33,22 @@ class SmartCardDevice:
 
     def label(self, what: str = "YubiKey") -> str:
         return f"{what} {self.serial}" if self.serial else f"the card in {self.name}"
+
+
+@contextmanager
+def opened_cards(ctx: FactorContext, kind: str, serial: int | None) -> Iterator[list[SmartCardDevice]]:
+    """The cards discovery offers for ``kind`` ("otp", "piv"), closed again on the way out."""
+    devices = list(ctx.devices.connections(kind, serial)) if ctx.devices else []
+    try:
+        yield devices
+    finally:
+        for device in devices:
+            device.close()
+
+
+def pulled_out(name: str, err: Exception) -> TokenRemoved | None:
+    """A transport failure that means the card went away (or the reader did), else None."""
+    kind = type(err).__name__
+    if "Connection" in kind or "Removed" in kind or "Card" in kind or isinstance(err, OSError):
+        return TokenRemoved(f"{name} stopped answering ({kind}): was it pulled out? Nothing was changed")
+    return None

@@ -3,11 +3,11 @@
 What yubikit's ``PivSession``, ``ykman piv``, ``yubico-piv-tool``/libykpiv and OpenSC's PIV
 driver send, over ISO 7816 APDUs (AID A000000308):
 
-* VERIFY (20) of the PIN (P2 80): eight bytes padded with FF. A wrong PIN spends one try
-  and answers 63Cx (x = tries left); at 0 tries the PIN is blocked (6983). An empty VERIFY
-  spends nothing: 9000 when the PIN is verified in this session, else 63Cx. P1 FF forgets
-  the verification. Selecting the applet again, selecting another one or a power cycle
-  also forget it (libykpiv relies on this to read the retry counter).
+* VERIFY (20) of the PIN (P2 80): eight bytes padded with FF. A wrong PIN spends one try and
+  answers 63Cx (x = tries left); at 0 tries the PIN is blocked (6983). An empty VERIFY
+  spends nothing: 9000 when the PIN is already verified (since the last SELECT), else 63Cx.
+  P1 FF forgets the verification. Selecting the applet again, selecting another one or a
+  power cycle also forget it (libykpiv relies on this to read the retry counter).
 * CHANGE REFERENCE DATA (24) for PIN (80) and PUK (81), RESET RETRY COUNTER (2C) with the
   PUK; each wrong old value spends a try of that reference.
 * GENERAL AUTHENTICATE (87): with the management key (P2 9B; 3DES by default, AES-128/192/256
@@ -166,7 +166,7 @@ class PivApplet(Applet):
         super().__init__()
         self.presence, self.serial, self.version = presence, serial, version
         self._factory()
-        self._clear_session()
+        self._clear_security_state()
 
     def _factory(self) -> None:
         self.pin = _Reference(DEFAULT_PIN)
@@ -175,7 +175,7 @@ class PivApplet(Applet):
         self.keys: dict[int, dict[str, Any]] = {}  # slot -> alg, pin_policy, touch_policy, origin, key (PKCS#8)
         self.objects: dict[int, bytes] = {}
 
-    def _clear_session(self) -> None:
+    def _clear_security_state(self) -> None:
         self.pin_verified = False
         self.pin_just_verified = False  # for PIN policy "always": the VERIFY right before
         self.mgm_authenticated = False
@@ -202,14 +202,14 @@ class PivApplet(Applet):
     # --- card events -------------------------------------------------------------------
 
     def select(self, p2: int) -> bytes:
-        self._clear_session()
+        self._clear_security_state()
         return SELECT_RESPONSE
 
     def deselect(self) -> None:
-        self._clear_session()
+        self._clear_security_state()
 
     def power_cycle(self) -> None:
-        self._clear_session()
+        self._clear_security_state()
 
     def process(self, apdu: Apdu) -> bytes:
         handler = self._handlers.get(apdu.ins)
@@ -294,7 +294,7 @@ class PivApplet(Applet):
         if self.pin.remaining > 0 or self.puk.remaining > 0:
             raise ApduStatus(SW_CONDITIONS_NOT_SATISFIED)
         self._factory()
-        self._clear_session()
+        self._clear_security_state()
         self.changed()
         return b""
 
