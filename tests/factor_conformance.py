@@ -1,6 +1,7 @@
 """The conformance test class every factor type passes, software and token alike (STYLE #3).
 
-A factor's test module subclasses ``FactorConformance`` and provides three context builders:
+A factor's test module subclasses ``FactorConformance`` (token factors: ``TokenPairConformance``,
+which builds the three contexts from two tokens) and provides three context builders:
 ``enroll_context`` (what enrolment needs), ``unlock_context`` (the same source present) and
 ``foreign_context`` (a different source: another token, another key file, a wrong password),
 plus ``enroll_options``. The class checks the contract of tokenagent.factors.base.Factor:
@@ -112,3 +113,30 @@ class FactorConformance:
         assert unlock(vault, self.unlock_context()).masterkey == key
         with pytest.raises(TokenAgentError):
             unlock(vault, self.foreign_context())
+
+
+class TokenPairConformance(FactorConformance):
+    """For token factors: enrolment and unlock use the first of two tokens, the foreign context
+    the second. Subclasses give ``serials``, ``make_token(serial)`` and ``context_for(token)``."""
+
+    serials: tuple[int, int] = (0, 0)
+
+    def make_token(self, serial: int) -> Any:
+        raise NotImplementedError
+
+    def context_for(self, token: Any) -> FactorContext:
+        raise NotImplementedError
+
+    def _tokens(self) -> tuple[Any, Any]:
+        if not hasattr(self, "_pair"):
+            self._pair = (self.make_token(self.serials[0]), self.make_token(self.serials[1]))
+        return self._pair
+
+    def enroll_context(self) -> FactorContext:
+        return self.context_for(self._tokens()[0])
+
+    def unlock_context(self) -> FactorContext:
+        return self.context_for(self._tokens()[0])
+
+    def foreign_context(self) -> FactorContext:
+        return self.context_for(self._tokens()[1])

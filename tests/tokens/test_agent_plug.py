@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -85,23 +86,26 @@ def test_plug_unlocks_unplug_locks_backup_unlocks(pcscd: PrivatePcscd, tokens: l
         agent.stop()
 
 
+def pinentry_home(tmp_path: Path) -> tuple[Path, Person]:
+    """A home whose agent asks PINs with the real pinentry-curses, on the terminal of a Person."""
+    program = shutil.which("pinentry-curses")
+    assert program, "pinentry-curses is not installed (Debian package pinentry-curses)"
+    person = Person()
+    return private_home(tmp_path, f'[agent]\npinentry = "{program}"\npinentry_tty = "{person.tty}"\n'), person
+
+
 def test_pin_slot_unlocked_on_plug_through_pinentry(pcscd: PrivatePcscd, tokens: list[TokenProcess],
                                                     tmp_path: Path) -> None:
     """A slot that needs the key's PIN: the agent asks for it with pinentry-curses when the key arrives."""
-    import shutil
-
     from fido2.ctap2 import Ctap2
     from fido2.ctap2.pin import ClientPin
     from fido2.pcsc import CtapPcscDevice
 
     from tokenagent.virtual.token import VirtualToken
 
-    program = shutil.which("pinentry-curses")
-    assert program, "pinentry-curses is not installed (Debian package pinentry-curses)"
     state = tmp_path / "pin.json"
     ClientPin(Ctap2(CtapPcscDevice(VirtualToken(state, serial=8001).connection(), "setup"))).set_pin("135790")
-    person = Person()
-    home = private_home(tmp_path, f'[agent]\npinentry = "{program}"\npinentry_tty = "{person.tty}"\n')
+    home, person = pinentry_home(tmp_path)
     token = TokenProcess(pcscd, state, 8001)
     tokens.append(token)
     pin = tmp_path / "pin"
@@ -126,8 +130,6 @@ def test_pin_slot_unlocked_on_plug_through_pinentry(pcscd: PrivatePcscd, tokens:
 def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
     """A YubiKey's OTP challenge-response opens one vault at plug-in with nothing typed; its PIV
     key opens another after the PIV PIN is typed into pinentry-curses."""
-    import shutil
-
     from ykman.pcsc import ScardSmartCardConnection
     from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, SLOT, PivSession
     from yubikit.yubiotp import SLOT as OTP_SLOT
@@ -135,8 +137,6 @@ def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[To
 
     from tokenagent.virtual.token import VirtualToken
 
-    program = shutil.which("pinentry-curses")
-    assert program, "pinentry-curses is not installed (Debian package pinentry-curses)"
     state = tmp_path / "yubikey.json"
     seed = VirtualToken(state, serial=8101)  # a key set up beforehand, as with ykman
     YubiOtpSession(ScardSmartCardConnection(seed.connection())).put_configuration(
@@ -145,8 +145,7 @@ def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[To
     piv.authenticate(DEFAULT_MANAGEMENT_KEY)
     piv.generate_key(SLOT.KEY_MANAGEMENT, KEY_TYPE.ECCP256)
     del seed, piv
-    person = Person()
-    home = private_home(tmp_path, f'[agent]\npinentry = "{program}"\npinentry_tty = "{person.tty}"\n')
+    home, person = pinentry_home(tmp_path)
     token = TokenProcess(pcscd, state, 8101)
     tokens.append(token)
     pin = tmp_path / "pin"
@@ -174,7 +173,6 @@ class NotificationService:
     """A desktop's notification service on a private session bus: it records what it is asked to show."""
 
     def __init__(self, workdir: Path) -> None:
-        import shutil
         import subprocess
 
         from jeepney.bus_messages import message_bus

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from factor_conformance import FactorConformance  # type: ignore[import-not-found]
+from factor_conformance import TokenPairConformance  # type: ignore[import-not-found]
 from fido2.client import DefaultClientDataCollector, Fido2Client
 from fido2.ctap2 import Ctap2
 from fido2.ctap2.extensions import HmacSecretExtension
@@ -84,22 +84,15 @@ def retries(tok: VirtualToken) -> int:
     return tok.fido2.pin_retries
 
 
-class TestFido2Conformance(FactorConformance):
+class TestFido2Conformance(TokenPairConformance):
     factor_type = "fido2"
+    serials = (1001, 1002)
 
-    def _tokens(self) -> tuple[VirtualToken, VirtualToken]:
-        if not hasattr(self, "_pair"):
-            self._pair = (token(self.tmp, 1001), token(self.tmp, 1002))
-        return self._pair
+    def make_token(self, serial: int) -> VirtualToken:
+        return token(self.tmp, serial)
 
-    def enroll_context(self) -> FactorContext:
-        return ctx_for(self._tokens()[0])
-
-    def unlock_context(self) -> FactorContext:
-        return ctx_for(self._tokens()[0])
-
-    def foreign_context(self) -> FactorContext:
-        return ctx_for(self._tokens()[1])
+    def context_for(self, tok: VirtualToken) -> FactorContext:
+        return ctx_for(tok)
 
 
 def test_secret_matches_python_fido2_hmac_secret_client(tmp_path: Path) -> None:
@@ -420,26 +413,13 @@ def test_another_program_selecting_another_application_mid_way(tmp_path: Path) -
     """PC/SC access is shared: another program (ykman, OpenSC, 'tokenagent devices') may select the
     PIV application between two of our commands. The pre-flight selects FIDO again instead of
     taking the stray status word for "not this key's credential"."""
-    from tokenagent.discovery import serial_pcsc_device
+    from sharedcard import SharedCard
+
     from tokenagent.virtual.piv import AID as PIV_AID
-    from tokenagent.virtual.token import DirectConnection
 
     tok = token(tmp_path, 51)  # (over PC/SC whatever the module's transport: HID channels are per client)
     factor, secret = Fido2Factor.enroll(ctx_for(tok), {})
-
-    class Interleaved(DirectConnection):
-        meddled = False
-
-        def transmit(self, apdu: list[int], protocol: object = None) -> tuple[list[int], int, int]:
-            if apdu[1] == 0x10 and apdu[5] == 0x02 and not Interleaved.meddled:  # our first getAssertion...
-                Interleaved.meddled = True  # ...is preceded by another program's SELECT
-                self.card.transmit(bytes([0, 0xA4, 4, 0, len(PIV_AID)]) + PIV_AID)
-            return super().transmit(apdu, protocol)
-
-    class Devices(VirtualDevices):
-        def connections(self, kind: str, serial: int | None = None) -> Any:
-            yield serial_pcsc_device(Interleaved(tok.card), "shared reader", tok.serial)
-
+    shared = SharedCard(tok.card, lambda apdu: apdu[1] == 0x10 and apdu[5] == 0x02, PIV_AID)  # our getAssertion
     ctx = ctx_for(tok)
-    ctx.devices = Devices([tok])
-    assert factor.unlock(ctx) == secret and Interleaved.meddled
+    ctx.devices = VirtualDevices([tok], connect=lambda _: shared)
+    assert factor.unlock(ctx) == secret and shared.meddled

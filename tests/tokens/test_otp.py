@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from agentkit import cli, private_home
-from factor_conformance import FactorConformance  # type: ignore[import-not-found]
+from factor_conformance import TokenPairConformance  # type: ignore[import-not-found]
 from pcscd import PrivatePcscd, TokenProcess
 from scripted import context  # type: ignore[import-not-found]
 from ykman.pcsc import ScardSmartCardConnection
@@ -41,24 +41,17 @@ def program(tok: VirtualToken, key: bytes, slot: int = 2, touch: bool = False) -
     session.put_configuration(SLOT(slot), HmacSha1SlotConfiguration(key).require_touch(touch))
 
 
-class TestOtpConformance(FactorConformance):
+class TestOtpConformance(TokenPairConformance):
     factor_type = "otp"
+    serials = (501, 502)
 
-    def _tokens(self) -> tuple[VirtualToken, VirtualToken]:
-        if not hasattr(self, "_pair"):
-            self._pair = (token(self.tmp, 501), token(self.tmp, 502))
-            program(self._pair[0], os.urandom(20))
-            program(self._pair[1], os.urandom(20))
-        return self._pair
+    def make_token(self, serial: int) -> VirtualToken:
+        tok = token(self.tmp, serial)
+        program(tok, os.urandom(20))
+        return tok
 
-    def enroll_context(self) -> FactorContext:
-        return ctx_for(self._tokens()[0])
-
-    def unlock_context(self) -> FactorContext:
-        return ctx_for(self._tokens()[0])
-
-    def foreign_context(self) -> FactorContext:
-        return ctx_for(self._tokens()[1])
+    def context_for(self, tok: VirtualToken) -> FactorContext:
+        return ctx_for(tok)
 
     def enroll_options(self) -> dict[str, Any]:
         return {"otp_slot": 2}
@@ -177,26 +170,14 @@ def test_rolling_challenge_through_the_cli(pcscd: PrivatePcscd, tokens: list[Tok
 def test_another_program_selecting_another_application_in_between(tmp_path: Path) -> None:
     """PC/SC access is shared: a SELECT of the PIV application by another program between our
     SELECT and our challenge does not fail the unlock."""
-    from tokenagent.drivers.smartcard import SmartCardDevice
+    from sharedcard import SharedCard
+
     from tokenagent.virtual.piv import AID as PIV_AID
-    from tokenagent.virtual.token import DirectConnection
 
     tok = token(tmp_path, 581)
     program(tok, os.urandom(20))
     factor, secret = OtpFactor.enroll(ctx_for(tok), {})
-    meddled: list[bool] = []
-
-    class Interleaved(DirectConnection):
-        def transmit(self, apdu: list[int], protocol: object = None) -> tuple[list[int], int, int]:
-            if apdu[1] == 0x01 and apdu[2] in (0x30, 0x38) and not meddled:  # our challenge...
-                meddled.append(True)  # ...comes right after another program's SELECT
-                self.card.transmit(bytes([0, 0xA4, 4, 0, len(PIV_AID)]) + PIV_AID)
-            return super().transmit(apdu, protocol)
-
-    class Devices(VirtualDevices):
-        def connections(self, kind: str, serial: int | None = None) -> Any:
-            yield SmartCardDevice(ScardSmartCardConnection(Interleaved(tok.card)), "shared reader", tok.serial)
-
+    shared = SharedCard(tok.card, lambda apdu: apdu[1] == 0x01 and apdu[2] in (0x30, 0x38), PIV_AID)  # our challenge
     ctx = ctx_for(tok)
-    ctx.devices = Devices([tok])
-    assert factor.unlock(ctx) == secret and meddled
+    ctx.devices = VirtualDevices([tok], connect=lambda _: shared)
+    assert factor.unlock(ctx) == secret and shared.meddled

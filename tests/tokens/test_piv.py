@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from agentkit import cli, private_home
 from cryptography.hazmat.primitives import serialization
-from factor_conformance import FactorConformance  # type: ignore[import-not-found]
+from factor_conformance import TokenPairConformance  # type: ignore[import-not-found]
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -90,22 +90,15 @@ def public_key_file(tok: VirtualToken, path: Path, slot: SLOT = SLOT.KEY_MANAGEM
     return path
 
 
-class TestPivConformance(FactorConformance):
+class TestPivConformance(TokenPairConformance):
     factor_type = "piv"
+    serials = (601, 602)
 
-    def _tokens(self) -> tuple[VirtualToken, VirtualToken]:
-        if not hasattr(self, "_pair"):
-            self._pair = (token(self.tmp, 601), token(self.tmp, 602))
-        return self._pair
+    def make_token(self, serial: int) -> VirtualToken:
+        return token(self.tmp, serial)
 
-    def enroll_context(self) -> FactorContext:
-        return ctx_for(self._tokens()[0])
-
-    def unlock_context(self) -> FactorContext:
-        return ctx_for(self._tokens()[0])
-
-    def foreign_context(self) -> FactorContext:
-        return ctx_for(self._tokens()[1])
+    def context_for(self, tok: VirtualToken) -> FactorContext:
+        return ctx_for(tok)
 
     def enroll_options(self) -> dict[str, Any]:
         return {"piv_existing": True}
@@ -447,26 +440,14 @@ def test_card_pulled_out_while_waiting_for_a_touch(pcscd: PrivatePcscd, tokens: 
 def test_another_program_selecting_another_application_before_the_pin(tmp_path: Path) -> None:
     """A SELECT by another program between ours and the key lookup: the PIV application is
     selected again, the card is not passed over, one PIN is asked and spent on the right card."""
-    from tokenagent.drivers.smartcard import SmartCardDevice
+    from sharedcard import SharedCard
+
     from tokenagent.virtual.otp import AID as OTP_AID
-    from tokenagent.virtual.token import DirectConnection
 
     tok = token(tmp_path, 7401)
     factor, secret = PivFactor.enroll(ctx_for(tok), {"piv_existing": True})
-    meddled: list[bool] = []
-
-    class Interleaved(DirectConnection):
-        def transmit(self, apdu: list[int], protocol: object = None) -> tuple[list[int], int, int]:
-            if apdu[1] == 0xF7 and apdu[3] == 0x9D and not meddled:  # our key lookup...
-                meddled.append(True)  # ...comes right after another program's SELECT
-                self.card.transmit(bytes([0, 0xA4, 4, 0, len(OTP_AID)]) + OTP_AID)
-            return super().transmit(apdu, protocol)
-
-    class Devices(VirtualDevices):
-        def connections(self, kind: str, serial: int | None = None) -> Any:
-            yield SmartCardDevice(ScardSmartCardConnection(Interleaved(tok.card)), "shared reader", tok.serial)
-
+    shared = SharedCard(tok.card, lambda apdu: apdu[1] == 0xF7 and apdu[3] == 0x9D, OTP_AID)  # our key lookup
     ctx = ctx_for(tok)
-    ctx.devices = Devices([tok])
+    ctx.devices = VirtualDevices([tok], connect=lambda _: shared)
     submitted = count_pin_submissions(tok)
-    assert factor.unlock(ctx) == secret and meddled and submitted() == 1
+    assert factor.unlock(ctx) == secret and shared.meddled and submitted() == 1

@@ -8,7 +8,7 @@ keys); the OTP and PIV applets through yubikit's smart-card sessions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..discovery import serial_pcsc_device
@@ -16,9 +16,11 @@ from .token import VirtualToken
 
 
 class VirtualDevices:
-    def __init__(self, tokens: list[VirtualToken], fido2_transport: str = "pcsc") -> None:
+    def __init__(self, tokens: list[VirtualToken], fido2_transport: str = "pcsc",
+                 connect: Callable[[VirtualToken], Any] | None = None) -> None:
         self.tokens = tokens  # the tokens "plugged in"; tests change this list
         self.fido2_transport = fido2_transport  # "pcsc" (NFC framing) or "hid" (CTAPHID)
+        self.connect = connect or VirtualToken.connection  # a token's pyscard-style connection
 
     def connections(self, kind: str, serial: int | None = None) -> Iterator[Any]:
         for token in list(self.tokens):
@@ -27,11 +29,11 @@ class VirtualDevices:
             if kind == "fido2" and self.fido2_transport == "hid":
                 yield token.hid_device()
             elif kind == "fido2":
-                yield serial_pcsc_device(token.connection(), f"virtual token {token.serial}", token.serial)
+                yield serial_pcsc_device(self.connect(token), f"virtual token {token.serial}", token.serial)
             elif kind in ("otp", "piv"):
                 from ykman.pcsc import ScardSmartCardConnection
 
                 from ..drivers.smartcard import SmartCardDevice
 
-                yield SmartCardDevice(ScardSmartCardConnection(token.connection()), f"virtual token {token.serial}",
+                yield SmartCardDevice(ScardSmartCardConnection(self.connect(token)), f"virtual token {token.serial}",
                                       token.serial)
