@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import threading
@@ -54,6 +53,7 @@ def virtual_token() -> None:
 @click.option("--unplugged", is_flag=True, help="Start unplugged (plug it with 'virtual-token plug').")
 def run(state: Path, serial: int | None, vpcd: str, touch: str, touch_delay: float, unplugged: bool) -> None:
     """Run a virtual token in the foreground until SIGTERM or Ctrl-C."""
+    from ..daemon.sockets import bind_private
     from ..virtual.token import VirtualToken
     from ..virtual.vpcd import VpcdClient
 
@@ -63,12 +63,7 @@ def run(state: Path, serial: int | None, vpcd: str, touch: str, touch_delay: flo
     ctl = control_path(state)
     with contextlib.suppress(FileNotFoundError):
         ctl.unlink()
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        server.bind(str(ctl))
-    finally:
-        os.umask(old)
+    server = bind_private(ctl)
     server.listen(8)
     stop = threading.Event()
 

@@ -50,10 +50,9 @@ def _clear_old_socket(path: Path) -> None:
     raise AgentError(f"an agent is already running on {path}")
 
 
-def bind_socket(path: Path | None = None) -> tuple[socket.socket, Path]:
-    path = path or paths.agent_socket()
-    paths.ensure_private_dir(path.parent)
-    _clear_old_socket(path)
+def bind_private(path: Path) -> socket.socket:
+    """A Unix stream socket bound at ``path`` with mode 0600 from the start (umask before bind:
+    there is no moment when another user could connect)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -61,6 +60,14 @@ def bind_socket(path: Path | None = None) -> tuple[socket.socket, Path]:
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
+    return sock
+
+
+def bind_socket(path: Path | None = None) -> tuple[socket.socket, Path]:
+    path = path or paths.agent_socket()
+    paths.ensure_private_dir(path.parent)
+    _clear_old_socket(path)
+    sock = bind_private(path)
     sock.listen(512)  # the server's MAX_CLIENTS
     sock.setblocking(False)
     return sock, path
