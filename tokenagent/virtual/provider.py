@@ -26,14 +26,23 @@ class VirtualDevices:
         for token in list(self.tokens):
             if serial is not None and token.serial != serial:
                 continue
-            if kind == "fido2" and self.fido2_transport == "hid":
-                yield token.hid_device()
-            elif kind == "fido2":
-                yield serial_pcsc_device(self.connect(token), f"virtual token {token.serial}", token.serial)
-            elif kind in ("otp", "piv"):
-                from ykman.pcsc import ScardSmartCardConnection
+            try:
+                device = self._open(token, kind)
+            except Exception:  # noqa: BLE001 - as discovery does: a token that does not answer is not there
+                continue
+            if device is not None:
+                yield device
 
-                from ..drivers.smartcard import SmartCardDevice
+    def _open(self, token: VirtualToken, kind: str) -> Any | None:
+        name = f"virtual token {token.serial}"
+        if kind == "fido2" and self.fido2_transport == "hid":
+            return token.hid_device()
+        if kind == "fido2":
+            return serial_pcsc_device(self.connect(token), name, token.serial)
+        if kind in ("otp", "piv"):
+            from ykman.pcsc import ScardSmartCardConnection
 
-                yield SmartCardDevice(ScardSmartCardConnection(self.connect(token)), f"virtual token {token.serial}",
-                                      token.serial)
+            from ..drivers.smartcard import SmartCardDevice
+
+            return SmartCardDevice(ScardSmartCardConnection(self.connect(token)), name, token.serial)
+        return None
