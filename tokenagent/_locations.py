@@ -24,3 +24,10 @@ def runtime_dir() -> str:
 
 def agent_socket() -> str:
     return os.environ.get(ENV_SOCKET) or os.path.join(runtime_dir(), "agent.sock")
+
+
+GET_SUFFIX = ".get"  # the get socket (docs/spec/protocol.md) is the agent socket's path plus this
+
+
+def get_socket(agent_socket_path: str) -> str:
+    return agent_socket_path + GET_SUFFIX

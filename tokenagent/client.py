@@ -7,6 +7,11 @@
 Before sending anything the client checks that the socket belongs to the user (or root):
 a socket planted by someone else (``TOKENAGENT_SOCKET`` pointed at it) gets no request.
 Errors from the agent are raised as the matching ``tokenagent.errors`` class.
+
+``get`` goes to the agent's get socket (``SOCKET.get``, docs/spec/protocol.md) when there is
+one: one binary request, no ``hello``, answered by the agent's native thread. Without it (an
+agent built without its C extension, or ``get_socket = false``), or for a locked vault that
+``wait`` should wait for, ``get`` uses the agent socket.
 """
 
 from __future__ import annotations
@@ -18,7 +23,18 @@ import time
 
 from . import _locations
 from .errors import AgentNotRunning, ProtocolError, UnsafePath, error_for_code
-from .protocol import CLOSED, NEED_DATA, VERSION, Connection, Event, Request, Response
+from .protocol import (
+    CLOSED,
+    HEADER,
+    NEED_DATA,
+    VERSION,
+    Connection,
+    Event,
+    Request,
+    Response,
+    decode_get_answer,
+    encode_get,
+)
 
 TYPE_CHECKING = False  # keep typing, pathlib and collections.abc out of "tokenagent get"
 if TYPE_CHECKING:
@@ -48,6 +64,7 @@ class AgentClient:
         self._conn = Connection("client")
         self._next_id = 0
         self.version: int | None = None
+        self._get_sock: socket.socket | None = None
 
     def __enter__(self) -> AgentClient:
         self.connect()
@@ -80,6 +97,9 @@ class AgentClient:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self._get_sock is not None:
+            self._get_sock.close()
+            self._get_sock = None
 
     def _read_message(self) -> Response | Event:
         assert self._sock is not None
@@ -118,6 +138,9 @@ class AgentClient:
         return self.request("status")
 
     def get(self, vault: str, context: str | None = None, wait: float | None = None) -> bytearray:
+        key = self._get_fast(vault, context, wait)
+        if key is not None:
+            return key
         args: dict[str, Any] = {"vault": vault}
         if context:
             args["context"] = context
@@ -127,6 +150,57 @@ class AgentClient:
             timeout = wait + (self.timeout or 30.0)
         data = self.request("get", timeout=timeout, **args)
         return bytearray(base64.b64decode(data["key"]))
+
+    def _get_fast(self, vault: str, context: str | None, wait: float | None) -> bytearray | None:
+        """The key from the get socket; None when the agent socket must answer instead."""
+        request = encode_get(vault, context)
+        if request is None:
+            return None
+        for attempt in (1, 2):  # a kept connection may have been closed by an agent restart
+            sock = self._get_sock or self._connect_get()
+            if sock is None:
+                return None
+            try:
+                sock.sendall(request)
+                body = _read_frame(sock)
+            except TimeoutError:
+                self.close()
+                raise AgentNotRunning("the agent did not answer in time") from None
+            except OSError:
+                body = None
+            if body is not None:
+                break
+            self._get_sock = None
+            sock.close()
+            if attempt == 2:
+                return None
+        assert body is not None
+        key, code, message = decode_get_answer(body)
+        for i in range(len(body)):
+            body[i] = 0
+        if key is not None:
+            return key
+        if code == "locked" and wait:
+            return None  # the agent socket waits for the unlock
+        raise error_for_code(code)(message)
+
+    def _connect_get(self) -> socket.socket | None:
+        path = _locations.get_socket(self.path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # no get socket: this agent serves get on its own socket
+        if st.st_uid not in (os.getuid(), 0):
+            raise UnsafePath(f"{path} is owned by uid {st.st_uid}, not by you; not talking to it")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            return None  # stale (the agent is gone) or busy: the agent socket says which
+        self._get_sock = sock
+        return sock
 
     def unlock(self, vault: str, key: bytes | bytearray, slot: str = "?", **ttl: float) -> dict[str, Any]:
         return self.request("unlock", vault=vault, key=base64.b64encode(bytes(key)).decode(), slot=slot, **ttl)
@@ -146,3 +220,26 @@ class AgentClient:
             message = self._read_message()
             if isinstance(message, Event):
                 yield {"event": message.name, **message.data}
+
+
+def _read_frame(sock: socket.socket) -> bytearray | None:
+    """One length-prefixed frame into a bytearray (wipeable); None if the connection ended."""
+    header = _recv_exactly(sock, HEADER.size)
+    if header is None:
+        return None
+    (length,) = HEADER.unpack(header)
+    if length > 65536:
+        raise ProtocolError("the agent's get socket sent an oversized answer")
+    return _recv_exactly(sock, length)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
+    return buf

@@ -70,9 +70,12 @@ def main(args: list[str]) -> int:
     try:
         from .client import AgentClient
 
-        with AgentClient() as agent:
+        agent = AgentClient()  # connects on first use: a get-socket get needs no hello
+        try:
             key = agent.get(str(opts["vault"]), opts["context"] and str(opts["context"]),  # type: ignore[arg-type]
                             opts["wait"])  # type: ignore[arg-type]
+        finally:
+            agent.close()
     except TokenAgentError as err:
         if as_json:
             print(json.dumps({"ok": False, "error": err.code, "message": err.message}))

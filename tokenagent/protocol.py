@@ -222,3 +222,40 @@ class Connection:
     @property
     def pending(self) -> int:
         return len(self._buffer)
+
+
+# --- the get socket (docs/spec/protocol.md, "The get socket") ---------------------------------
+# A binary form of one request, served next to the agent socket by a native thread:
+# request body  = 0x01 (version), 0x01 (get), u8 name length, name, u16 context length, context
+# answer body   = 0x01, 0x00, key            (success)
+#               = 0x01, 0x01, u8 code length, code, message (UTF-8)   (failure)
+GET_VERSION: Final = 1
+GET_OP: Final = 1
+GET_MAX_BODY: Final = 2048
+
+
+def encode_get(vault: str, context: str | None) -> bytes | None:
+    """The framed get-socket request, or None if these arguments need the agent socket (a name or
+    context the binary form cannot carry: the JSON path then gives the proper error)."""
+    try:
+        name = vault.encode("ascii")
+        label = context.encode("utf-8") if context else b""
+    except UnicodeError:
+        return None
+    body_len = 5 + len(name) + len(label)
+    if not 0 < len(name) < 256 or body_len > GET_MAX_BODY:
+        return None
+    return b"".join((HEADER.pack(body_len), bytes((GET_VERSION, GET_OP, len(name))), name,
+                     len(label).to_bytes(2, "big"), label))
+
+
+def decode_get_answer(body: bytearray) -> tuple[bytearray | None, str, str]:
+    """(key, "", "") for a success (the key copied out of ``body``), (None, code, message) for a failure."""
+    if len(body) < 2 or body[0] != GET_VERSION or body[1] not in (0, 1):
+        return None, "protocol", "the agent's get socket sent a malformed answer"
+    if body[1] == 0:
+        return body[2:], "", ""
+    if len(body) < 3 or len(body) < 3 + body[2]:
+        return None, "protocol", "the agent's get socket sent a malformed answer"
+    end = 3 + body[2]
+    return None, body[3:end].decode("ascii", "replace"), body[end:].decode("utf-8", "replace")

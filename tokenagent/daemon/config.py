@@ -11,6 +11,7 @@
     pinentry = "pinentry-gnome3"   # ask PINs of plugged tokens with this program (default: none)
     pinentry_tty = "/dev/pts/3"    # for terminal pinentries (pinentry-curses): the terminal to use
     notify = true           # desktop notifications (touch your key, locked on removal) when a session bus is there
+    get_socket = true       # answer get on a second socket (SOCKET.get) from a native thread, where built
 
     [devices]
     pkcs11_modules = ["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"]   # listed by 'tokenagent devices'
@@ -55,6 +56,7 @@ class AgentConfig:
     pinentry: str | None = None
     pinentry_tty: str | None = None
     notify: bool = True
+    get_socket: bool = True
     pkcs11_modules: tuple[str, ...] = ()
     vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -73,7 +75,8 @@ class AgentConfig:
 
 _AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remove": bool,
                "removal_grace": (int, float), "audit": bool, "watch_tokens": bool, "touch_timeout": (int, float),
-               "pinentry": str, "pinentry_tty": str, "notify": bool}
+               "pinentry": str, "pinentry_tty": str, "notify": bool,
+               "get_socket": bool}
 _DEVICE_KEYS = {"pkcs11_modules": list}
 _VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
                "unlock_on_plug": bool}

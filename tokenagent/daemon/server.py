@@ -28,6 +28,7 @@ from ..plugins import load_factor_types
 from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request, Response
 from ..vault import VaultStore, wipe
 from .config import AgentConfig, load_config
+from .getsocket import GetSocket
 from .hardening import harden_process
 from .notify import Notifier
 from .pinentry import Pinentry
@@ -43,10 +44,12 @@ PLUG_SETTLE = 0.5
 
 
 class AgentServer:
-    def __init__(self, state: AgentState, sock: socket.socket, path: Path | None) -> None:
+    def __init__(self, state: AgentState, sock: socket.socket, path: Path | None,
+                 get_socket: GetSocket | None = None) -> None:
         self.state = state
         self.sock = sock
         self.path = path
+        self.get_socket = get_socket
         self.clients = 0
         self._server: asyncio.AbstractServer | None = None
         self._stopping = asyncio.Event()
@@ -95,6 +98,10 @@ class AgentServer:
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(self._protocol, sock=self.sock, backlog=MAX_CLIENTS)
+        if self.get_socket is not None:
+            self.get_socket.start(self.state.audit_path if self.state.config.audit else None, MAX_CLIENTS,
+                                  FRAME_TIMEOUT)
+            self.state.mirror = self.get_socket
         timer = asyncio.create_task(self._expiry_timer())
         if self.state.config.watch_tokens:
             self.watchers = [PcscWatcher(loop, self._token_changed), HidWatcher(loop, self._token_changed)]
@@ -111,6 +118,9 @@ class AgentServer:
             for watcher in self.watchers:
                 watcher.stop()
             self.state.lock_all("agent-exit")
+            if self.get_socket is not None:
+                self.state.mirror = None
+                self.get_socket.stop()
             self.state.close_audit()
             self._server.close()
             if self.path is not None:
@@ -354,10 +364,12 @@ def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None
     path = None
     if sock is None:
         sock, path = bind_socket(socket_file)
+    name = sock.getsockname()
+    get_socket = GetSocket.bind(Path(name)) if config.get_socket and isinstance(name, str) and name else None
     load_factor_types()
     data = paths.ensure_private_dir(paths.data_dir())
     state = AgentState(VaultStore(), config, audit_path=data / "audit.log" if config.audit else None)
-    server = AgentServer(state, sock, path)
+    server = AgentServer(state, sock, path, get_socket)
     log.info("memory protection: %s", ", ".join(k for k, v in hardened.items() if v) or "none available")
     try:
         asyncio.run(server.serve())

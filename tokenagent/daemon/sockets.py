@@ -22,9 +22,10 @@ from ..errors import AgentError, UnsafePath
 from .state import Peer
 
 _UCRED = struct.Struct("=iII")
+MAX_BACKLOG = 512  # the server's MAX_CLIENTS
 
 
-def _clear_old_socket(path: Path) -> None:
+def clear_old_socket(path: Path) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -66,9 +67,9 @@ def bind_private(path: Path) -> socket.socket:
 def bind_socket(path: Path | None = None) -> tuple[socket.socket, Path]:
     path = path or paths.agent_socket()
     paths.ensure_private_dir(path.parent)
-    _clear_old_socket(path)
+    clear_old_socket(path)
     sock = bind_private(path)
-    sock.listen(512)  # the server's MAX_CLIENTS
+    sock.listen(MAX_BACKLOG)
     sock.setblocking(False)
     return sock, path
 

@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, Protocol
 
 from .. import __version__
 from ..errors import AccessDenied, AgentError, PolicyError, TokenAgentError, UsageError, VaultLocked
@@ -58,6 +58,7 @@ class Session:
     idle_ttl: float = 0.0  # each key release pushes idle_deadline this far (0: no idle lock)
     token: str | None = None  # the reader whose key's removal locks this vault (None: not tied)
     releases: int = 0
+    mirror_releases: int = 0  # those served by the get socket (daemon/getsocket.py)
     mlocked: bool = False  # the secret's pages are locked in memory (never swapped)
 
     def wipe(self) -> None:
@@ -65,6 +66,15 @@ class Session:
         if self.mlocked:
             unlock_memory(self.secret)
             self.mlocked = False
+
+
+class KeyMirror(Protocol):
+    """Where unlocked vaults are mirrored for another server of ``get`` (daemon/getsocket.py)."""
+
+    def put(self, session: Session, policy: VaultPolicy) -> None: ...
+    def drop(self, vault: str) -> None: ...
+    def extend(self, vault: str, idle_deadline: float) -> None: ...
+    def usage(self, vault: str) -> tuple[float | None, int] | None: ...
 
 
 @dataclass
@@ -76,6 +86,7 @@ class AgentState:
     sessions: dict[str, Session] = field(default_factory=dict)
     listeners: list[Callable[[Event], None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    mirror: KeyMirror | None = None  # the get socket's copy of the sessions (must use time.monotonic)
     _audit_fd: int | None = field(default=None, repr=False)
     _policies: dict[str, VaultPolicy] = field(default_factory=dict, repr=False)  # the config does not change
 
@@ -91,7 +102,7 @@ class AgentState:
         """Keep ``secret`` (taken over, wiped on lock) after checking it against the vault file."""
         loaded = self.store.load(vault)
         verify(loaded, secret)
-        policy = self.config.policy(vault)
+        policy = self._policy(vault)
         idle = policy.idle_ttl if idle_ttl is None else idle_ttl
         hard = policy.max_ttl if max_ttl is None else max_ttl
         now = self.clock()
@@ -100,6 +111,12 @@ class AgentState:
                           now + idle if idle > 0 else None, now + hard if hard > 0 else None, idle, token)
         session.mlocked = lock_in_memory(secret)
         self.sessions[vault] = session
+        if self.mirror is not None:
+            try:
+                self.mirror.put(session, self._policy(vault))
+            except BaseException:
+                self.lock(vault, "replaced", quiet=True)
+                raise
         self.emit("unlocked", vault=vault, slot=slot, source=source)
         return session
 
@@ -107,6 +124,8 @@ class AgentState:
         session = self.sessions.pop(vault, None)
         if session is None:
             return False
+        if self.mirror is not None:
+            self.mirror.drop(vault)
         session.wipe()
         if not quiet:
             self.emit("locked", vault=vault, reason=reason)
@@ -118,9 +137,18 @@ class AgentState:
             self.lock(name, reason)
         return names
 
+    def sync_mirror(self, session: Session) -> None:
+        """Take in what the get socket did: its releases and the idle deadlines they pushed."""
+        usage = self.mirror.usage(session.vault) if self.mirror is not None else None
+        if usage is not None:
+            idle, session.mirror_releases = usage
+            if idle is not None and session.idle_deadline is not None and idle > session.idle_deadline:
+                session.idle_deadline = idle
+
     def expire(self) -> None:
         now = self.clock()
         for name, s in list(self.sessions.items()):
+            self.sync_mirror(s)
             if s.hard_deadline is not None and now >= s.hard_deadline:
                 self.lock(name, "max-ttl")
             elif s.idle_deadline is not None and now >= s.idle_deadline:
@@ -164,7 +192,7 @@ class AgentState:
             entry: dict[str, Any] = {"vault": name, "unlocked": s is not None}
             if s is not None:
                 entry.update(slot=s.slot, source=s.source, fingerprint=s.fingerprint, mlocked=s.mlocked,
-                             unlocked_for=round(now - s.unlocked_at, 3), releases=s.releases,
+                             unlocked_for=round(now - s.unlocked_at, 3), releases=s.releases + s.mirror_releases,
                              idle_left=_left(s.idle_deadline, now), max_left=_left(s.hard_deadline, now))
             vaults.append(entry)
         return {"vaults": vaults, "pid": os.getpid(), "agent": f"tokenagent {__version__}",
@@ -209,6 +237,8 @@ class AgentState:
         try:
             if session.idle_ttl > 0:
                 session.idle_deadline = self.clock() + session.idle_ttl
+                if self.mirror is not None:
+                    self.mirror.extend(vault, session.idle_deadline)
             session.releases += 1
             self._audit(vault, context, peer, None)
             return {"vault": vault, "key": base64.b64encode(key).decode(), "fingerprint": session.fingerprint}
@@ -225,10 +255,14 @@ class AgentState:
     def _events(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"streaming": True}  # the server attaches the stream after this answer
 
-    def _check_peer(self, vault: str, peer: Peer) -> None:
+    def _policy(self, vault: str) -> VaultPolicy:
         policy = self._policies.get(vault)
         if policy is None:
             policy = self._policies[vault] = self.config.policy(vault)
+        return policy
+
+    def _check_peer(self, vault: str, peer: Peer) -> None:
+        policy = self._policy(vault)
         if policy.allow_uids is not None and peer.uid not in policy.allow_uids:
             raise AccessDenied(f"uid {peer.uid} may not get keys of vault {vault!r} (config allow_uids)")
         if policy.allow_exe is not None and peer.exe not in policy.allow_exe:

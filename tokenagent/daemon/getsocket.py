@@ -1,0 +1,106 @@
+"""The get socket: ``get`` answered by a native thread on ``SOCKET.get`` (docs/spec/protocol.md).
+
+Theory of operation. ``get`` is the one request clients make often (every backup run, every
+password command), and a Python event loop costs several times what ssh-agent spends on a
+request. So the agent listens on a second socket next to its own, ``agent.sock.get``, and
+serves there only ``get``, in a small binary form, from a thread of the C extension
+``_getserver`` that never takes the GIL. The agent stays the only one to decide: it mirrors
+each unlocked vault into the thread (``put``: the secret, the deadlines, the vault's
+allow_uids/allow_exe rules) and removes it on lock (``drop``: wiped at once). The thread
+applies the same checks as ``AgentState._get`` in the same order, writes the same audit line
+before the key leaves, and answers with the same error codes and messages; the agent reads
+back its idle-deadline pushes and release counts (``usage``) for ``expire`` and ``status``.
+
+The socket gets the same protection as the agent's: same private directory, bound under
+umask 0177 and chmod 0600, peers other than our uid and root closed before a byte is read.
+Where the extension was not built (no C compiler at install time) or ``get_socket = false``
+is configured, there is no get socket and clients use the agent socket for ``get`` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+from ..errors import AgentError, UnsafePath
+from .config import VaultPolicy
+from .sockets import MAX_BACKLOG, bind_private, clear_old_socket
+from .state import Session
+
+try:
+    from . import _getserver
+except ImportError:  # built without a C compiler
+    _getserver = None
+
+log = logging.getLogger("tokenagent.agent")
+SUFFIX = ".get"  # the get socket is the agent socket's path with this appended
+MAX_SUN_PATH = 107  # sockaddr_un's sun_path less its terminating 0
+
+
+def available() -> bool:
+    return _getserver is not None
+
+
+class GetSocket:
+    """The native get server of this process (one per process)."""
+
+    def __init__(self, sock: socket.socket, path: Path) -> None:
+        self.sock = sock
+        self.path = path
+        self.running = False
+
+    @classmethod
+    def bind(cls, agent_socket: Path) -> GetSocket | None:
+        """Bind ``agent_socket`` + ``.get``; None (and a log line saying why) if it cannot be served."""
+        if _getserver is None:
+            log.info("no get socket: the native extension is not built (get is served on the agent socket)")
+            return None
+        path = Path(str(agent_socket) + SUFFIX)
+        if len(os.fsencode(path)) > MAX_SUN_PATH:
+            log.warning("no get socket: %s is too long for a Unix socket address", path)
+            return None
+        try:
+            clear_old_socket(path)
+            sock = bind_private(path)
+        except (OSError, UnsafePath, AgentError) as err:
+            log.warning("no get socket at %s: %s", path, err)
+            return None
+        sock.listen(MAX_BACKLOG)
+        return cls(sock, path)
+
+    def start(self, audit_path: os.PathLike[str] | str | None, max_clients: int, frame_timeout: float) -> None:
+        assert _getserver is not None
+        _getserver.start(self.sock.fileno(), None if audit_path is None else os.fspath(audit_path),
+                         max_clients, frame_timeout)
+        self.running = True
+        log.info("get socket on %s", self.path)
+
+    def stop(self) -> None:
+        """End the thread, wipe every mirrored vault, remove the socket file."""
+        if _getserver is not None:
+            _getserver.stop()
+        self.running = False
+        self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    # --- the mirror of AgentState.sessions (state.KeyMirror) ----------------------------------
+    def put(self, session: Session, policy: VaultPolicy) -> None:
+        assert _getserver is not None
+        _getserver.put(session.vault, session.secret, session.allow_raw, session.idle_ttl,
+                       session.idle_deadline, session.hard_deadline, policy.allow_uids, policy.allow_exe)
+
+    def drop(self, vault: str) -> None:
+        assert _getserver is not None
+        _getserver.drop(vault)
+
+    def extend(self, vault: str, idle_deadline: float) -> None:
+        assert _getserver is not None
+        _getserver.extend(vault, idle_deadline)
+
+    def usage(self, vault: str) -> tuple[float | None, int] | None:
+        assert _getserver is not None
+        return _getserver.usage(vault)  # type: ignore[no-any-return]
