@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Key requests per second and latency: tokenagent ``get`` against ssh-agent's identity listing.
 
-Both agents are driven by the same Python load client (one process per connection, blocking
-requests on a Unix socket; both protocols are 4-byte-length framed), at 1 and 8 connections.
+All are driven by the same Python load client (one process per connection, blocking
+requests on a Unix socket; all protocols are 4-byte-length framed), at 1 and 8 connections.
 ssh-agent answers SSH_AGENTC_REQUEST_IDENTITIES, its cheapest request that returns key
-material about a held key; tokenagent answers ``get`` with a context (an HKDF derivation).
+material about a held key; tokenagent answers ``get`` with a context (an HKDF derivation and
+an audit line) on its get socket (what ``tokenagent.client`` uses) and, for comparison, the
+JSON ``get`` on the agent socket (what clients use when the get socket is not built).
 
     .venv/bin/python bench/get_throughput.py [--seconds 3]
 """
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 from _common import SSH_REQUEST_IDENTITIES, Agent, FramedClient, SshAgent, frame_json, machine, percentiles
+
+from tokenagent.protocol import encode_get
 
 
 def _worker(path: str, request: bytes, seconds: float, out: mp.Queue) -> None:
@@ -49,15 +53,21 @@ def main() -> None:
     args = parser.parse_args()
     agent, ssh = Agent(), SshAgent()
     try:
-        get = frame_json({"op": "get", "id": 1, "vault": "v0", "context": "restic:/srv/repo"})
+        get_json = frame_json({"op": "get", "id": 1, "vault": "v0", "context": "restic:/srv/repo"})
+        get_fast = encode_get("v0", "restic:/srv/repo")
+        get_socket = Path(str(agent.socket) + ".get")
+        assert get_fast is not None and get_socket.exists(), "the agent has no get socket (extension not built?)"
         print(f"get throughput, {args.seconds:.0f} s per point, {machine()}")
-        print(f"{'conns':>5} {'agent':>11} {'req/s':>9} {'p50 us':>8} {'p99 us':>8}   ratio req/s")
+        print(f"{'conns':>5} {'server':>22} {'req/s':>9} {'p50 us':>8} {'p99 us':>8}   vs ssh-agent")
         for conns in (1, 8):
-            t_rate, t50, t99 = run(agent.socket, get, conns, args.seconds)
             s_rate, s50, s99 = run(ssh.socket, SSH_REQUEST_IDENTITIES, conns, args.seconds)
-            print(f"{conns:>5} {'tokenagent':>11} {t_rate:>9.0f} {t50:>8.0f} {t99:>8.0f}   "
-                  f"{t_rate / s_rate:.2f}x ssh-agent")
-            print(f"{conns:>5} {'ssh-agent':>11} {s_rate:>9.0f} {s50:>8.0f} {s99:>8.0f}")
+            f_rate, f50, f99 = run(get_socket, get_fast, conns, args.seconds)
+            j_rate, j50, j99 = run(agent.socket, get_json, conns, args.seconds)
+            print(f"{conns:>5} {'ssh-agent':>22} {s_rate:>9.0f} {s50:>8.0f} {s99:>8.0f}")
+            for label, rate, p50, p99 in (("tokenagent get socket", f_rate, f50, f99),
+                                          ("tokenagent JSON get", j_rate, j50, j99)):
+                print(f"{conns:>5} {label:>22} {rate:>9.0f} {p50:>8.0f} {p99:>8.0f}   "
+                      f"throughput {rate / s_rate:.2f}x, p99 {p99 / s99:.2f}x")
     finally:
         agent.close()
         ssh.close()

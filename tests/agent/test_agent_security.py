@@ -29,7 +29,7 @@ from agentkit import CANARY_SECRET, AgentProcess, cli, password_file, start_agen
 from tokenagent.client import AgentClient
 from tokenagent.daemon.config import AgentConfig
 from tokenagent.daemon.state import AgentState, Peer
-from tokenagent.protocol import MAX_FRAME, OPS, Request
+from tokenagent.protocol import MAX_FRAME, OPS, Request, encode_get
 from tokenagent.vault import VaultStore
 
 NOBODY = 65534
@@ -103,8 +103,8 @@ def _in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return json.loads(data)
 
 
-def _as_nobody(op: str, path: Path) -> dict[str, Any]:
-    """In a child dropped to nobody: 100 connection attempts, each sending ``op``; the counts."""
+def _as_nobody(request: bytes, path: Path) -> dict[str, Any]:
+    """In a child dropped to nobody: 100 connection attempts, each sending ``request``; the counts."""
 
     def attempts() -> dict[str, Any]:
         os.setgroups([])
@@ -117,7 +117,7 @@ def _as_nobody(op: str, path: Path) -> dict[str, Any]:
             try:
                 s.connect(str(path))
                 counts["connected"] += 1
-                s.sendall(frame({"op": op, "id": 1}))
+                s.sendall(request)
                 data = s.recv(4096)
                 counts["answered" if data else "closed_unanswered"] += 1
             except (ConnectionResetError, BrokenPipeError):
@@ -133,7 +133,7 @@ def _as_nobody(op: str, path: Path) -> dict[str, Any]:
 def test_other_uid_is_refused_even_with_a_0777_socket(open_socket_agent: AgentProcess) -> None:
     agent = open_socket_agent
     unlock(agent)
-    counts = _as_nobody("lock-all", agent.socket)
+    counts = _as_nobody(frame({"op": "lock-all", "id": 1}), agent.socket)
     assert counts == {"connected": 100, "answered": 0, "closed_unanswered": 100}
     # Nothing the stranger sent was acted on: the vault is still unlocked and no request was audited.
     with AgentClient(agent.socket) as client:
@@ -143,6 +143,24 @@ def test_other_uid_is_refused_even_with_a_0777_socket(open_socket_agent: AgentPr
     same = sum(status_ok(agent) for _ in range(100))
     assert same == 100
     print(f"\n#1 peer uid: other uid refused {counts['closed_unanswered']}/100, same uid served {same}/100")
+
+
+@needs_root
+def test_other_uid_is_refused_on_the_get_socket(open_socket_agent: AgentProcess) -> None:
+    agent = open_socket_agent
+    get_socket = Path(str(agent.socket) + ".get")
+    if not get_socket.exists():
+        pytest.skip("the get socket's C extension is not built (pip install needs gcc)")
+    os.chmod(get_socket, 0o777)
+    unlock(agent)
+    counts = _as_nobody(encode_get("v1", "restic:/x") or b"", get_socket)
+    assert counts == {"connected": 100, "answered": 0, "closed_unanswered": 100}
+    audit = agent.home / "data" / "audit.log"
+    assert not audit.exists() or f'"uid": {NOBODY}' not in audit.read_text()
+    with AgentClient(agent.socket) as client:
+        served = sum(len(client.get("v1", "restic:/x")) == 32 for _ in range(100))
+    assert served == 100
+    print(f"\n#1 peer uid, get socket: other uid refused {counts['closed_unanswered']}/100, same uid served {served}/100")
 
 
 # --- #2 hostile socket dirs ----------------------------------------------------------------------
@@ -378,18 +396,31 @@ def _low_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
 
+def _get_socket_answers(agent: AgentProcess) -> bool:
+    """A get on the get socket gets an answer (here "locked"); True if there is no get socket."""
+    path = Path(str(agent.socket) + ".get")
+    if not path.exists():
+        return True
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(encode_get("v1", "restic:/x") or b"")
+        return b"locked" in s.recv(4096)
+
+
 def test_descriptor_exhaustion_then_new_client_is_served(agent_home: Path) -> None:
     agent = start_agent(agent_home, preexec=_low_fd_limit)
     try:
         hogs = []
-        for _ in range(200):  # three times what the agent may open
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.setblocking(False)
-            try:
-                s.connect(str(agent.socket))
-            except (BlockingIOError, ConnectionRefusedError, OSError):
-                pass
-            hogs.append(s)
+        for path in (agent.socket, Path(str(agent.socket) + ".get")):
+            for _ in range(200):  # three times what the agent may open, on each socket
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.setblocking(False)
+                try:
+                    s.connect(str(path))
+                except (BlockingIOError, ConnectionRefusedError, OSError):
+                    pass
+                hogs.append(s)
         time.sleep(1.0)
         assert agent.proc.poll() is None
         for s in hogs:
@@ -397,27 +428,32 @@ def test_descriptor_exhaustion_then_new_client_is_served(agent_home: Path) -> No
         released = time.monotonic()
         while True:
             try:
-                if status_ok(agent):
+                if status_ok(agent) and _get_socket_answers(agent):
                     break
             except OSError:
                 time.sleep(0.05)
             assert time.monotonic() - released < 10, "no client served 10 s after the descriptors were freed"
         served_after = time.monotonic() - released
         assert agent.proc.poll() is None
-        print(f"\n#7 after descriptor exhaustion (200 connections, limit 64): new client served in "
-              f"{served_after:.2f} s")
+        print(f"\n#7 after descriptor exhaustion (200 connections to each socket, limit 64): new clients of "
+              f"both sockets served in {served_after:.2f} s")
     finally:
         agent.stop()
 
 
 def test_slow_half_sent_frames_do_not_block_others(agent: AgentProcess) -> None:
     stalled = []
-    for _ in range(100):
-        s = agent.connect()
-        s.sendall(b"\x00\x00")  # half a header, then nothing
-        stalled.append(s)
+    paths = [agent.socket, Path(str(agent.socket) + ".get")]
+    paths = [p for p in paths if p.exists()]
+    for path in paths:
+        for _ in range(100):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(str(path))
+            s.sendall(b"\x00\x00")  # half a header, then nothing
+            stalled.append(s)
     started = time.monotonic()
-    assert status_ok(agent)
+    assert status_ok(agent) and _get_socket_answers(agent)
     served = time.monotonic() - started
     closed = 0
     for s in stalled:
@@ -427,8 +463,9 @@ def test_slow_half_sent_frames_do_not_block_others(agent: AgentProcess) -> None:
         except ConnectionResetError:
             closed += 1
         s.close()
-    assert closed == 100
-    print(f"\n#7 with 100 stalled half-frames: new client served in {served:.3f} s; 100/100 stalled closed")
+    assert closed == len(stalled)
+    print(f"\n#7 with 100 stalled half-frames on each of {len(paths)} sockets: new clients served in "
+          f"{served:.3f} s; {closed}/{len(stalled)} stalled closed")
 
 
 # --- #8 lifetimes and locked-state denials ------------------------------------------------------------
