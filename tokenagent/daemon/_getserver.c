@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -935,9 +936,10 @@ out:
 static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"listen_fd", "audit_path", "max_clients", "frame_timeout", NULL};
-    int fd, clients = 512;
+    int fd, clients = 512, created;
     double timeout = 10.0;
     PyObject *path = Py_None;
+    sigset_t all, old;
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "i|Oid", names, &fd, &path, &clients, &timeout))
         return NULL;
@@ -961,7 +963,11 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kw)
     frame_timeout = timeout;
     wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (wake_fd < 0 || pthread_create(&thread, NULL, serve, NULL) != 0) {
+    sigfillset(&all);  /* the thread takes no signal: they stay with the agent's event loop */
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    created = wake_fd >= 0 && pthread_create(&thread, NULL, serve, NULL) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (!created) {
         if (wake_fd >= 0)
             close(wake_fd);
         if (spare_fd >= 0)

@@ -8,7 +8,8 @@ that vault, then answers), and ``events`` (the connection becomes a stream of ev
 Peers that are not our uid (or root) are closed before a single byte is read. A connection
 whose frame stalls half-sent for ``FRAME_TIMEOUT`` seconds is closed, and at most
 ``MAX_CLIENTS`` connections are served at once, so slow or many clients cannot starve the rest.
-A timer locks vaults at their deadlines.
+A timer locks vaults at their deadlines. ``get`` is also served on the get socket by a native
+thread (daemon/getsocket.py); the agent mirrors every unlock and lock into it.
 """
 
 from __future__ import annotations
