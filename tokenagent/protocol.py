@@ -8,8 +8,8 @@ many bytes of UTF-8 JSON holding one object. Clients send requests
 ``{"event": NAME, ...}``. The first request of a connection should be ``hello``, which
 negotiates the version; an unknown op gets the error ``unsupported`` and the connection
 stays usable, as it does after a frame whose body is not a JSON object (answered with the
-error ``protocol``). A length over ``MAX_FRAME`` loses the framing: it is answered with
-``too-large`` and closes that connection only.
+error ``protocol``). A request length over ``MAX_FRAME`` loses the framing: it is answered with
+``too-large`` and closes that connection only. Answers and events may be up to ``MAX_ANSWER``.
 
 ``Connection`` holds no socket: feed it bytes with ``receive_data``, take parsed messages
 from ``next_event`` (``NEED_DATA`` when a frame is incomplete), turn messages into bytes with
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
-MAX_FRAME: Final = 64 * 1024
+MAX_FRAME: Final = 64 * 1024  # a request (what the agent reads)
+MAX_ANSWER: Final = 16 * 1024 * 1024  # a response or event (status of many unlocked vaults is large)
 HEADER = struct.Struct(">I")
 
 OPS: Final = ("hello", "status", "list", "unlock", "get", "lock", "lock-all", "events")
@@ -141,10 +142,10 @@ if TYPE_CHECKING:
     Message = Request | Response | Event
 
 
-def encode(obj: dict[str, Any]) -> bytes:
+def encode(obj: dict[str, Any], limit: int = MAX_FRAME) -> bytes:
     body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
-    if len(body) > MAX_FRAME:
-        raise FrameError(f"frame of {len(body)} bytes is over the {MAX_FRAME}-byte limit", "too-large")
+    if len(body) > limit:
+        raise FrameError(f"frame of {len(body)} bytes is over the {limit}-byte limit", "too-large")
     return HEADER.pack(len(body)) + body
 
 
@@ -185,11 +186,13 @@ def decode_body(body: bytes, role: str) -> Message:
 class Connection:
     """One end of a connection: bytes in, messages out; messages in, bytes out."""
 
-    def __init__(self, role: str, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, role: str, max_frame: int | None = None) -> None:
         if role not in ("server", "client"):
             raise ValueError("role is 'server' or 'client'")
         self.role = role
-        self.max_frame = max_frame
+        # what this end reads: requests (server) or answers and events (client); and sends
+        self.max_frame = max_frame or (MAX_FRAME if role == "server" else MAX_ANSWER)
+        self.send_limit = MAX_ANSWER if role == "server" else MAX_FRAME
         self._buffer = bytearray()
         self._eof = False
         self.broken = False
@@ -217,7 +220,7 @@ class Connection:
         return decode_body(body, self.role)  # a bad body is answered; the framing is intact
 
     def send(self, message: Message) -> bytes:
-        return encode(message.to_json())
+        return encode(message.to_json(), self.send_limit)
 
     @property
     def pending(self) -> int:

@@ -174,3 +174,42 @@ def test_unlocked_key_is_locked_in_memory_until_lock(agent: AgentProcess) -> Non
     assert _locked_kib(agent.pid) > 0  # the page holding the key cannot be swapped out
     agent.cli("lock", "v1")
     assert _locked_kib(agent.pid) == 0
+
+
+def test_status_of_many_unlocked_vaults(tmp_path: Path) -> None:
+    """400 unlocked vaults: a status answer of about 100 kB, over the request limit, arrives whole."""
+    from agentkit import start_agent
+
+    from tokenagent.factors.base import FactorContext, Interaction, SecretRequest
+    from tokenagent.factors.password import PasswordFactor
+    from tokenagent.protocol import MAX_FRAME
+    from tokenagent.vault import VaultStore, new_vault
+
+    class UI(Interaction):
+        def ask_secret(self, request: SecretRequest) -> bytearray:
+            return bytearray(b"pw")
+
+        def notify(self, event: str, message: str) -> None:
+            pass
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "data").mkdir(mode=0o700)
+    (home / "data" / "vaults").mkdir(mode=0o700)
+    store = VaultStore(home / "data" / "vaults")
+    factor = PasswordFactor.enroll(FactorContext(ui=UI(), test_costs=True), {})
+    secret = os.urandom(32)
+    for i in range(400):
+        store.create(new_vault(f"v{i}", [factor], secret=secret)[0])
+    agent = start_agent(home)
+    try:
+        with AgentClient(agent.socket) as client:
+            for i in range(400):
+                client.unlock(f"v{i}", secret)
+            size = len(json.dumps(client.request("status")))
+            vaults = client.status()["vaults"]
+        assert size > MAX_FRAME and len(vaults) == 400 and all(v["unlocked"] for v in vaults)
+        done = agent.cli("status")
+        assert done.returncode == 0 and done.stdout.count("unlocked") >= 400, done.stderr
+    finally:
+        agent.stop()

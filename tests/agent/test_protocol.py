@@ -9,6 +9,7 @@ import pytest
 
 from tokenagent.protocol import (
     CLOSED,
+    MAX_ANSWER,
     MAX_FRAME,
     NEED_DATA,
     Connection,
@@ -93,6 +94,19 @@ def test_a_frame_of_exactly_max_frame_is_accepted() -> None:
 def test_encode_refuses_to_build_an_oversized_frame() -> None:
     with pytest.raises(FrameError, match="limit"):
         encode({"pad": "x" * MAX_FRAME})
+
+
+def test_answers_may_be_larger_than_requests() -> None:
+    client, server = Connection("client"), Connection("server")
+    big = Response.success(3, vaults=[{"vault": f"v{i}", "pad": "x" * 200} for i in range(2000)])
+    data = server.send(big)
+    assert MAX_FRAME < len(data) - 4 <= MAX_ANSWER
+    client.receive_data(data)
+    assert client.next_event() == big
+    with pytest.raises(FrameError, match="limit"):  # but a client's request stays under MAX_FRAME
+        client.send(Request("status", 1, {"pad": "x" * MAX_FRAME}))
+    with pytest.raises(FrameError, match="limit"):
+        server.send(Response.success(4, pad="x" * MAX_ANSWER))
 
 
 def test_eof_in_the_middle_of_a_frame_is_closed() -> None:

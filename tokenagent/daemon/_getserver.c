@@ -45,6 +45,7 @@
 #define MAX_CONTEXT_CHARS 256
 #define KEY_LEN 32
 #define MAX_SECRET 4096
+#define BUCKETS 256            /* of the vault table */
 #define LABEL_CONTEXT "tokenagent/v1/context"
 
 /* ---------------------------------------------------------------- SHA-256 (FIPS 180-4) */
@@ -222,7 +223,7 @@ typedef struct vault {
 } vault;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static vault *vaults;                  /* under lock */
+static vault *vaults[BUCKETS];         /* under lock: the table */
 static char *audit_path;               /* NULL: no audit log; set before the thread starts */
 static int audit_fd = -1;              /* the thread's own */
 static int listen_fd = -1, wake_fd = -1, spare_fd = -1;
@@ -254,24 +255,55 @@ static void vault_free(vault *v)
     free(v);
 }
 
+/* The table: names hashed (FNV-1a) into BUCKETS lists, so a thousand vaults cost a get nothing. */
+static unsigned bucket_of(const char *name, size_t n)
+{
+    uint32_t h = 2166136261u;
+    size_t i;
+    for (i = 0; i < n; i++)
+        h = (h ^ (uint8_t)name[i]) * 16777619u;
+    return h % BUCKETS;
+}
+
 static vault *vault_find(const char *name, size_t n)
 {
     vault *v;
-    for (v = vaults; v != NULL; v = v->next)
+    for (v = vaults[bucket_of(name, n)]; v != NULL; v = v->next)
         if (strlen(v->name) == n && memcmp(v->name, name, n) == 0)
             return v;
     return NULL;
 }
 
-static void vault_unlink(const char *name)
+static int vault_unlink(const char *name)
 {
     vault **p;
-    for (p = &vaults; *p != NULL; p = &(*p)->next) {
+    for (p = &vaults[bucket_of(name, strlen(name))]; *p != NULL; p = &(*p)->next) {
         if (strcmp((*p)->name, name) == 0) {
             vault *v = *p;
             *p = v->next;
             vault_free(v);
-            return;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void vault_insert(vault *v)
+{
+    vault **head = &vaults[bucket_of(v->name, strlen(v->name))];
+    vault_unlink(v->name);
+    v->next = *head;
+    *head = v;
+}
+
+static void vault_clear(void)
+{
+    int b;
+    for (b = 0; b < BUCKETS; b++) {
+        while (vaults[b] != NULL) {
+            vault *v = vaults[b];
+            vaults[b] = v->next;
+            vault_free(v);
         }
     }
 }
@@ -995,11 +1027,7 @@ static PyObject *py_stop(PyObject *self, PyObject *unused)
         running = 0;
     }
     pthread_mutex_lock(&lock);
-    while (vaults != NULL) {
-        vault *v = vaults;
-        vaults = v->next;
-        vault_free(v);
-    }
+    vault_clear();
     pthread_mutex_unlock(&lock);
     Py_RETURN_NONE;
 }
@@ -1094,9 +1122,7 @@ static PyObject *py_put(PyObject *self, PyObject *args, PyObject *kw)
     hkdf_prk(&v->key->prk, v->key->secret, v->key->secret_len);
     PyBuffer_Release(&secret);
     pthread_mutex_lock(&lock);
-    vault_unlink(v->name);
-    v->next = vaults;
-    vaults = v;
+    vault_insert(v);
     pthread_mutex_unlock(&lock);
     Py_RETURN_NONE;
 nomem:
@@ -1116,8 +1142,7 @@ static PyObject *py_drop(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "s", &name))
         return NULL;
     pthread_mutex_lock(&lock);
-    found = vault_find(name, strlen(name)) != NULL;
-    vault_unlink(name);
+    found = vault_unlink(name);
     pthread_mutex_unlock(&lock);
     return PyBool_FromLong(found);
 }

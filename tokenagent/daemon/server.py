@@ -287,8 +287,15 @@ class _ClientProtocol(asyncio.Protocol):
     # --- requests --------------------------------------------------------------------------
     def _send(self, message: Response | Event) -> None:
         assert self.transport is not None
-        if not self.transport.is_closing():
-            self.transport.write(self.conn.send(message))
+        if self.transport.is_closing():
+            return
+        try:
+            data = self.conn.send(message)
+        except FrameError as err:  # an answer beyond MAX_ANSWER: say so instead of dropping the client
+            if not isinstance(message, Response):
+                return
+            data = self.conn.send(Response.failure(message.id, err.code, f"the answer is too large: {err}"))
+        self.transport.write(data)
 
     def _serve(self) -> None:
         transport, peer = self.transport, self.peer

@@ -3,8 +3,9 @@
 Theory of operation. Each unlocked vault is a ``Session``: the secret in a bytearray, the
 slot that opened it, and two deadlines on the monotonic clock: ``idle`` (pushed back by
 every key release) and ``hard`` (fixed at unlock). ``expire()`` locks what is past either
-deadline; the server calls it on a timer and ``dispatch`` calls it before serving, so an
-expired key is never released even between timer ticks. Locking wipes the secret.
+deadline; the server calls it on a timer and ``dispatch`` calls it before serving (``get``
+checks only its own vault), so an expired key is never released even between timer ticks.
+Locking wipes the secret. With a get socket (``mirror``), its releases are read back first.
 
 ``dispatch(request, peer)`` answers every request synchronously and never raises: bad
 arguments, unknown ops and our errors become error responses with the codes of
@@ -147,12 +148,17 @@ class AgentState:
 
     def expire(self) -> None:
         now = self.clock()
-        for name, s in list(self.sessions.items()):
-            self.sync_mirror(s)
-            if s.hard_deadline is not None and now >= s.hard_deadline:
-                self.lock(name, "max-ttl")
-            elif s.idle_deadline is not None and now >= s.idle_deadline:
-                self.lock(name, "idle-ttl")
+        for s in list(self.sessions.values()):
+            self._expire_session(s, now)
+
+    def _expire_session(self, s: Session, now: float) -> bool:
+        """Lock ``s`` if it is past a deadline; True if it did."""
+        self.sync_mirror(s)
+        if s.hard_deadline is not None and now >= s.hard_deadline:
+            return self.lock(s.vault, "max-ttl")
+        if s.idle_deadline is not None and now >= s.idle_deadline:
+            return self.lock(s.vault, "idle-ttl")
+        return False
 
     def next_deadline(self) -> float | None:
         times = [t for s in self.sessions.values() for t in (s.idle_deadline, s.hard_deadline) if t is not None]
@@ -164,7 +170,8 @@ class AgentState:
         if handler is None:
             return Response.failure(request.id, "unsupported", f"unknown op {request.op[:64]!r}")
         try:
-            self.expire()
+            if request.op != "get":  # get looks at its own vault's deadlines (a thousand vaults cost it nothing)
+                self.expire()
             return Response.success(request.id, **handler(self, request.args, peer))
         except TokenAgentError as err:
             return Response.failure(request.id, err.code, err.message)
@@ -225,6 +232,8 @@ class AgentState:
             raise UsageError(f"context must be a string of 1 to {MAX_CONTEXT} characters")
         try:
             session = self.sessions.get(vault)
+            if session is not None and self._expire_session(session, self.clock()):
+                session = None
             if session is None:
                 raise VaultLocked(f"vault {vault!r} is locked: plug in its token or run 'tokenagent unlock {vault}'")
             self._check_peer(vault, peer)
