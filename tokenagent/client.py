@@ -94,20 +94,26 @@ class AgentClient:
             self.version = self.request("hello", versions=[VERSION])["version"]
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes an events() reader blocked in another thread
+            except OSError:
+                pass
+            sock.close()
         if self._get_sock is not None:
             self._get_sock.close()
             self._get_sock = None
 
     def _read_message(self) -> Response | Event:
-        assert self._sock is not None
         while True:
             message = self._conn.next_event()
             if message is NEED_DATA:
+                sock = self._sock
+                if sock is None:
+                    raise ProtocolError("the connection to the agent is closed")
                 try:
-                    data = self._sock.recv(65536)
+                    data = sock.recv(65536)
                 except TimeoutError:
                     raise AgentNotRunning("the agent did not answer in time") from None
                 self._conn.receive_data(data)
@@ -212,12 +218,17 @@ class AgentClient:
         return self.request("lock-all")
 
     def events(self) -> Iterator[dict[str, Any]]:
-        """Stream the agent's events (blocks; close the client to stop)."""
+        """Stream the agent's events (blocks; ``close()``, from another thread too, ends it)."""
         self.request("events")
         assert self._sock is not None
         self._sock.settimeout(None)
         while True:
-            message = self._read_message()
+            try:
+                message = self._read_message()
+            except (OSError, ProtocolError):
+                if self._sock is None:
+                    return  # closed by close(): the stream ends
+                raise
             if isinstance(message, Event):
                 yield {"event": message.name, **message.data}
 

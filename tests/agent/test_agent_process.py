@@ -213,3 +213,24 @@ def test_status_of_many_unlocked_vaults(tmp_path: Path) -> None:
         assert done.returncode == 0 and done.stdout.count("unlocked") >= 400, done.stderr
     finally:
         agent.stop()
+
+
+def test_closing_the_client_ends_its_event_stream(agent: AgentProcess) -> None:
+    listener = AgentClient(agent.socket, timeout=None)
+    seen: list[str] = []
+    ended = threading.Event()
+
+    def listen() -> None:
+        for event in listener.events():
+            seen.append(str(event["event"]))
+        ended.set()
+
+    threading.Thread(target=listen, daemon=True).start()
+    time.sleep(0.3)
+    unlock(agent)
+    deadline = time.monotonic() + 5
+    while "unlocked" not in seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    listener.close()
+    assert ended.wait(5), "events() still blocked 5 s after close()"
+    assert "unlocked" in seen

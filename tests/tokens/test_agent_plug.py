@@ -155,7 +155,16 @@ def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[To
     assert made.returncode == 0, made.stderr
     token.unplug()
     agent = start_agent(home, extra_env=pcscd.env)
+    events: list[tuple[str, object]] = []
+    listener = AgentClient(agent.socket, timeout=None)
+
+    def listen() -> None:
+        for event in listener.events():  # ends when the listener is closed
+            events.append((str(event["event"]), event.get("vault")))
+
+    threading.Thread(target=listen, daemon=True).start()
     try:
+        time.sleep(0.3)
         person.will_type(b"123456\r")
         token.plug()
         with AgentClient(agent.socket) as client:
@@ -163,8 +172,12 @@ def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[To
             assert len(client.get("mail", context="imap", wait=40)) == 32
             assert {v["vault"]: v["slot"] for v in client.status()["vaults"]} == {"backups": "1", "mail": "1"}
         assert b"unlock vault 'mail'" in person.screen and b"3 tries left" in person.screen
+        # The event stream said what the agent waited for: the PIN of the PIV vault, none for OTP.
+        assert ("pin", "mail") in events and ("pin", "backups") not in events
+        assert ("unlocked", "mail") in events and ("unlocked", "backups") in events
         assert json.loads(state.read_text())["piv"]["pin"]["remaining"] == 3
     finally:
+        listener.close()
         person.close()
         agent.stop()
 
