@@ -150,6 +150,32 @@ def test_management_key_other_than_the_default(tmp_path: Path) -> None:
     assert factor.unlock(ctx_for(tok)) == secret
 
 
+def test_management_key_stored_under_the_pin_by_ykman(tmp_path: Path) -> None:
+    """'ykman piv access change-management-key --generate --protect': the key is on the card,
+    readable after the PIN; enrolment reads it with the PIN rules and generates the key."""
+    from ykman.piv import pivman_set_mgm_key
+    from yubikit.core.smartcard import ApduError
+    from yubikit.piv import MANAGEMENT_KEY_TYPE
+
+    tok = token(tmp_path, 614, key=None)
+    piv = PivSession(ScardSmartCardConnection(tok.connection()))
+    piv.authenticate(DEFAULT_MANAGEMENT_KEY)
+    piv.verify_pin(PIN.decode())
+    pivman_set_mgm_key(piv, os.urandom(24), MANAGEMENT_KEY_TYPE.AES192, store_on_device=True)
+    fresh = PivSession(ScardSmartCardConnection(tok.connection()))
+    with pytest.raises(ApduError):  # the stored key is not readable without the PIN
+        fresh.get_object(0x5FC109)
+    submissions = count_pin_submissions(tok)
+    with pytest.raises(PinInvalid, match="2 tries left"):  # a wrong PIN: nothing generated, not resent
+        PivFactor.enroll(ctx_for(tok, pins=[b"000000", PIN]), {})
+    assert submissions() == 1 and not tok.piv.keys
+    ctx = ctx_for(tok)
+    factor, secret = PivFactor.enroll(ctx, {})
+    assert [request.kind for request in ctx.ui.asked] == ["pin"]  # type: ignore[attr-defined]
+    assert factor.unlock(ctx_for(tok)) == secret
+    assert tok.piv.pin.remaining == 3
+
+
 def test_offline_backup_from_its_certificate(tmp_path: Path) -> None:
     """DESIGN §3: the backup card need not be present; later it alone unlocks."""
     main, backup = token(tmp_path, 620), token(tmp_path, 621, key=KEY_TYPE.RSA2048, slot=SLOT.RETIRED1)

@@ -4,8 +4,10 @@ Theory of operation. Enrolment needs only the public half of the card's key, tak
 
 * a key generated now in ``--piv-slot`` (9d by default, or a retired slot 82-95) with
   ``--piv-algorithm`` p256, p384 or rsa2048 and the given PIN and touch policies (this needs
-  the card's management key: the default one, or ``--piv-management-key-file``; a slot that
-  already holds a key is overwritten only after a confirmation or ``--force``);
+  the card's management key: ``--piv-management-key-file``, else the one ykman stored on the
+  card under the PIN (``ykman piv access change-management-key --protect``; read after the PIN,
+  with the PIN rules below), else the default one; a slot that already holds a key is
+  overwritten only after a confirmation or ``--force``);
 * the key already in the slot (``--piv-existing``), read from the slot's metadata or its
   certificate;
 * **offline**, a certificate or public-key file (``--piv-cert FILE``): the backup card need
@@ -181,6 +183,27 @@ def verify_pin(session: Any, ctx: FactorContext, name: str) -> None:
         pin[:] = bytes(len(pin))
 
 
+def _protected_management_key(session: Any, ctx: FactorContext, name: str) -> tuple[bytes | None, str]:
+    """The management key ykman keeps on the card under the PIN (``--protect``), read after the
+    PIN (with its rules); (None, "") when the card has none."""
+    from ykman.piv import get_pivman_data, get_pivman_protected_data
+
+    pivman = get_pivman_data(session)  # no PIN needed to read the flags
+    if pivman.has_derived_key:
+        raise UsageError(f"{name} has a PIN-derived management key (an old ykman setting) that tokenagent does not"
+                         " use: give the key with --piv-management-key-file FILE (hex), or run 'ykman piv access"
+                         " change-management-key --protect' to store it on the card instead")
+    if not pivman.has_stored_key:
+        return None, ""
+    ctx.ui.notify("info", f"{name} keeps its management key under the PIV PIN")
+    verify_pin(session, ctx, name)
+    key = get_pivman_protected_data(session).key
+    if key is None:
+        raise UsageError(f"{name} says its management key is stored under the PIN, but it is not there: give it"
+                         " with --piv-management-key-file FILE (hex)")
+    return bytes(key), "PIN-protected"
+
+
 def _removed_or_refused(name: str, err: Exception) -> TokenError:
     removed = pulled_out(name, err)
     if removed is not None:
@@ -301,17 +324,20 @@ class PivFactor(Factor):
                 raise Cancelled(f"slot {slot_name} of {name} was not changed (use --piv-existing to enrol the key"
                                 " that is there, or confirm / --force to replace it)")
         key_file = options.get("piv_management_key_file")
+        which = "given"
         if key_file:
             try:
                 management_key = bytes.fromhex(Path(str(key_file)).read_text().strip())
             except (OSError, ValueError):
                 raise UsageError(f"{key_file}: expected the management key in hex") from None
         else:
-            management_key = DEFAULT_MANAGEMENT_KEY
+            management_key, which = _protected_management_key(session, ctx, name)
+            if management_key is None:
+                management_key, which = DEFAULT_MANAGEMENT_KEY, "default"
         try:
             session.authenticate(management_key)
         except (ApduError, BadResponseError, ValueError):
-            raise UsageError(f"{name} did not accept the {'given' if key_file else 'default'} management key:"
+            raise UsageError(f"{name} did not accept the {which} management key:"
                              " give the card's key with --piv-management-key-file FILE (hex), or make the key with"
                              " 'ykman piv keys generate' and enrol it with --piv-existing") from None
         ctx.ui.notify("info", f"generating a {algorithm} key in slot {slot_name} of {name}")

@@ -100,6 +100,9 @@ DEFAULT_MGM_KEY = bytes(range(1, 9)) * 3
 DEFAULT_RETRIES = 3
 
 DISCOVERY = 0x7E
+# Objects read only after the PIN (SP 800-73-4 part 1, 3.1): fingerprints, printed information
+# (where ykman keeps a PIN-protected management key), facial image, iris images.
+PIN_PROTECTED_OBJECTS = frozenset({0x5FC103, 0x5FC109, 0x5FC108, 0x5FC121})
 # Discovery object: the PIV AID, PIN usage policy "PIV PIN only"
 DISCOVERY_VALUE = tlv(0x4F, AID) + tlv(0x5F2F, b"\x40\x00")
 SELECT_RESPONSE = tlv(0x61, tlv(0x4F, AID[5:]) + tlv(0x79, tlv(0x4F, AID[:5])))
@@ -498,6 +501,8 @@ class PivApplet(Applet):
         oid = self._object_id(apdu)
         if oid == DISCOVERY:
             return tlv(DISCOVERY, DISCOVERY_VALUE)
+        if oid in PIN_PROTECTED_OBJECTS and not self.pin_verified:
+            raise ApduStatus(SW_SECURITY_STATUS_NOT_SATISFIED)
         if oid not in self.objects:
             raise ApduStatus(SW_FILE_NOT_FOUND)
         return tlv(0x53, self.objects[oid])
