@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m ruff check tokenagent tests
+.venv/bin/python -m ruff check tokenagent tests bench
+.venv/bin/python -m mypy tokenagent
 .venv/bin/python -m pytest -q "$@"

@@ -303,7 +303,8 @@ def _all_subclasses(cls: type[TokenAgentError]) -> list[type[TokenAgentError]]:
 
 def error_for_code(code: str) -> type[TokenAgentError]:
     """The class for a wire code (used by clients to re-raise the agent's errors)."""
-    for cls in [TokenAgentError, *_all_subclasses(TokenAgentError)]:
+    classes: list[type[TokenAgentError]] = [TokenAgentError, *_all_subclasses(TokenAgentError)]
+    for cls in classes:
         if cls.code == code:
             return cls
     return TokenAgentError

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib
 
-from .factors.base import REGISTRY
+from .factors.base import REGISTRY, Factor
 
 _loaded = False
 
 
-def load_factor_types() -> dict[str, type]:
+def load_factor_types() -> dict[str, type[Factor]]:
     """Import every factor type once; return the registry (type name -> class)."""
     global _loaded
     if not _loaded:

@@ -276,9 +276,10 @@ def info(vault: str, as_json: bool) -> None:
     load_factor_types()
     store = VaultStore()
     v = store.load(vault)
+    slots = _slot_rows(v)
     data = {"vault": vault, "fingerprint": v.fingerprint, "format": "tokenagent-vault/1", "seq": v.seq,
             "created": v.created, "secret_len": v.secret_len, "allow_raw": v.allow_raw,
-            "path": str(store.path(vault)), "from_backup": v.from_backup, "slots": _slot_rows(v)}
+            "path": str(store.path(vault)), "from_backup": v.from_backup, "slots": slots}
 
     def text() -> None:
         if v.from_backup:
@@ -286,7 +287,7 @@ def info(vault: str, as_json: bool) -> None:
         click.echo(f"vault:       {vault}\nfingerprint: {v.fingerprint}\nfile:        {data['path']}")
         click.echo(f"created:     {_when(v.created)}\nsecret:      {v.secret_len} bytes"
                    f" ({'released raw' if v.allow_raw else 'subkeys only'})")
-        for r in data["slots"]:
+        for r in slots:
             click.echo(f"slot {r['id']}:      {r['describe']}")
 
     emit(as_json, data, text)

@@ -33,7 +33,7 @@ from .state import Session
 try:
     from . import _getserver
 except ImportError:  # built without a C compiler
-    _getserver = None
+    _getserver = None  # type: ignore[assignment]
 
 log = logging.getLogger("tokenagent.agent")
 SUFFIX = ".get"  # the get socket is the agent socket's path with this appended
@@ -103,4 +103,4 @@ class GetSocket:
 
     def usage(self, vault: str) -> tuple[float | None, int] | None:
         assert _getserver is not None
-        return _getserver.usage(vault)  # type: ignore[no-any-return]
+        return _getserver.usage(vault)

@@ -32,7 +32,7 @@ class Notifier:
         """Show a notification; its id, or None when notifications are off or failed."""
         hints = {"urgency": ("y", 2 if urgent else 1)}
         reply = self._call("Notify", "susssasa{sv}i", (APP, 0, "security-high", summary, body, [], hints, TIMEOUT_MS))
-        return int(reply[0]) if reply else None
+        return int(reply[0]) if reply and isinstance(reply[0], int) else None
 
     def close(self, notification: int | None) -> None:
         if notification is not None:

@@ -183,9 +183,9 @@ def verify_pin(session: Any, ctx: FactorContext, name: str) -> None:
         pin[:] = bytes(len(pin))
 
 
-def _protected_management_key(session: Any, ctx: FactorContext, name: str) -> tuple[bytes | None, str]:
+def _protected_management_key(session: Any, ctx: FactorContext, name: str) -> bytes | None:
     """The management key ykman keeps on the card under the PIN (``--protect``), read after the
-    PIN (with its rules); (None, "") when the card has none."""
+    PIN (with its rules); None when the card has none."""
     from ykman.piv import get_pivman_data, get_pivman_protected_data
 
     pivman = get_pivman_data(session)  # no PIN needed to read the flags
@@ -194,14 +194,14 @@ def _protected_management_key(session: Any, ctx: FactorContext, name: str) -> tu
                          " use: give the key with --piv-management-key-file FILE (hex), or run 'ykman piv access"
                          " change-management-key --protect' to store it on the card instead")
     if not pivman.has_stored_key:
-        return None, ""
+        return None
     ctx.ui.notify("info", f"{name} keeps its management key under the PIV PIN")
     verify_pin(session, ctx, name)
     key = get_pivman_protected_data(session).key
     if key is None:
         raise UsageError(f"{name} says its management key is stored under the PIN, but it is not there: give it"
                          " with --piv-management-key-file FILE (hex)")
-    return bytes(key), "PIN-protected"
+    return bytes(key)
 
 
 def _removed_or_refused(name: str, err: Exception) -> TokenError:
@@ -324,16 +324,15 @@ class PivFactor(Factor):
                 raise Cancelled(f"slot {slot_name} of {name} was not changed (use --piv-existing to enrol the key"
                                 " that is there, or confirm / --force to replace it)")
         key_file = options.get("piv_management_key_file")
-        which = "given"
         if key_file:
             try:
-                management_key = bytes.fromhex(Path(str(key_file)).read_text().strip())
+                management_key, which = bytes.fromhex(Path(str(key_file)).read_text().strip()), "given"
             except (OSError, ValueError):
                 raise UsageError(f"{key_file}: expected the management key in hex") from None
         else:
-            management_key, which = _protected_management_key(session, ctx, name)
-            if management_key is None:
-                management_key, which = DEFAULT_MANAGEMENT_KEY, "default"
+            stored = _protected_management_key(session, ctx, name)
+            management_key, which = (stored, "PIN-protected") if stored is not None else (DEFAULT_MANAGEMENT_KEY,
+                                                                                          "default")
         try:
             session.authenticate(management_key)
         except (ApduError, BadResponseError, ValueError):

@@ -170,10 +170,12 @@ def parse_masterkey(data: bytes) -> MasterkeyFile:
     obj = _json_object(data, MASTERKEY_NAME)
     if PLACEHOLDER_KEY in obj:
         raise ForeignFormatError(f"{MASTERKEY_NAME} is tokenagent's placeholder: {obj[PLACEHOLDER_KEY]}")
-    ints = {k: obj.get(k) for k in ("version", "scryptCostParam", "scryptBlockSize")}
-    for key, value in ints.items():
+    ints: dict[str, int] = {}
+    for key in ("version", "scryptCostParam", "scryptBlockSize"):
+        value = obj.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ForeignFormatError(f"{MASTERKEY_NAME}: {key} must be a positive integer")
+        ints[key] = value
     n, r = ints["scryptCostParam"], ints["scryptBlockSize"]
     if n < 2 or n & (n - 1):
         raise ForeignFormatError(f"{MASTERKEY_NAME}: scryptCostParam {n} is not a power of 2")

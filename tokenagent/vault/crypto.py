@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -166,7 +166,7 @@ def shamir_split(secret: bytes | bytearray, k: int, n: int) -> list[bytearray]:
     return shares
 
 
-def shamir_combine(points: dict[int, bytes | bytearray]) -> bytearray:
+def shamir_combine(points: Mapping[int, bytes | bytearray]) -> bytearray:
     """Lagrange interpolation at 0 from {x: share}; gives garbage (caught by the AEAD) if k is not met."""
     xs = list(points)
     length = len(next(iter(points.values())))

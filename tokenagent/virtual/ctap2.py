@@ -378,11 +378,11 @@ class Fido2Applet(Applet):
                 if opened is not None and (opened["protect"] < 3 or uv):
                     candidates.append((descriptor["id"], opened, None))
         else:
-            for record in self.resident:
-                cred_id = base64.b64decode(record["id"])
+            for entry in self.resident:
+                cred_id = base64.b64decode(entry["id"])
                 opened = self._open_credential(cred_id, rp_hash)
-                if record["rp"] == rp_id and opened is not None and (opened["protect"] == 1 or uv):
-                    candidates.append((cred_id, opened, record))
+                if entry["rp"] == rp_id and opened is not None and (opened["protect"] == 1 or uv):
+                    candidates.append((cred_id, opened, entry))
         if not candidates:
             raise CtapFailure(Err.NO_CREDENTIALS)
         cred_id, opened, record = candidates[0]
@@ -434,7 +434,8 @@ class Fido2Applet(Applet):
             body = AESGCM(self.device_key).decrypt(cred_id[1:13], cred_id[13:], rp_hash)
         except Exception:  # noqa: BLE001 - not ours, or for another rp
             return None
-        return cbor.decode(body)  # type: ignore[no-any-return]
+        decoded = cbor.decode(body)
+        return decoded if isinstance(decoded, dict) else None
 
     # --- clientPIN --------------------------------------------------------------------------
     def client_pin(self, params: dict[Any, Any]) -> dict[int, Any] | None:
