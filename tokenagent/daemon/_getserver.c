@@ -757,8 +757,19 @@ static int conn_flush(conn *c, int epfd)
         ev.data.ptr = c;
         epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
         c->waiting_out = 0;
+        if (c->pending_since >= 0)
+            c->pending_since = monotonic();  /* we read again: the rest of its frame gets the full time */
     }
     return c->closing ? -1 : 0;
+}
+
+static int frame_complete(const conn *c)
+{
+    size_t len;
+    if (c->in_len < 4)
+        return 0;
+    len = (size_t)c->in[0] << 24 | (size_t)c->in[1] << 16 | (size_t)c->in[2] << 8 | c->in[3];
+    return len > MAX_BODY || c->in_len >= 4 + len;
 }
 
 /* Serve the complete frames in the input buffer while there is room for their answers. */
@@ -787,17 +798,10 @@ static void conn_frames(conn *c)
         c->in_len -= pos;
         c->pending_since = -1;
     }
-    if (c->in_len > 0 && c->pending_since < 0)
+    if (c->in_len == 0 || frame_complete(c))
+        c->pending_since = -1;  /* nothing half-sent (complete frames wait for the client to read) */
+    else if (c->pending_since < 0)
         c->pending_since = monotonic();  /* a frame has begun: it must end within frame_timeout */
-}
-
-static int frame_complete(const conn *c)
-{
-    size_t len;
-    if (c->in_len < 4)
-        return 0;
-    len = (size_t)c->in[0] << 24 | (size_t)c->in[1] << 16 | (size_t)c->in[2] << 8 | c->in[3];
-    return len > MAX_BODY || c->in_len >= 4 + len;
 }
 
 /* Read and answer until the client has nothing more to say for now. A short read means the
@@ -895,7 +899,7 @@ static int next_timeout_ms(void)
     double soonest = -1, now = monotonic();
     conn *c;
     for (c = conns; c != NULL; c = c->next)
-        if (c->pending_since >= 0 && (soonest < 0 || c->pending_since + frame_timeout < soonest))
+        if (c->pending_since >= 0 && !c->waiting_out && (soonest < 0 || c->pending_since + frame_timeout < soonest))
             soonest = c->pending_since + frame_timeout;
     if (soonest < 0)
         return -1;
@@ -908,8 +912,8 @@ static void close_stalled(void)
     conn *c = conns, *next;
     for (; c != NULL; c = next) {
         next = c->next;
-        if (c->pending_since >= 0 && now - c->pending_since >= frame_timeout)
-            conn_close(c);  /* a frame stalled half-way */
+        if (c->pending_since >= 0 && !c->waiting_out && now - c->pending_since >= frame_timeout)
+            conn_close(c);  /* a frame stalled half-way (not: we stopped reading a client that does not read) */
     }
 }
 
