@@ -81,6 +81,9 @@ class AgentProcess:
         return self.log.read_text(errors="replace")
 
 
+STARTED: list[AgentProcess] = []  # agents started by the running test (conftest shows their logs on failure)
+
+
 def start_agent(home: Path, socket_path: Path | None = None, preexec: Any = None,
                 extra_env: dict[str, str] | None = None) -> AgentProcess:
     socket_path = socket_path or home / "run" / "agent.sock"
@@ -92,6 +95,7 @@ def start_agent(home: Path, socket_path: Path | None = None, preexec: Any = None
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 preexec_fn=preexec)
     agent = AgentProcess(home, socket_path, proc, log)
+    STARTED.append(agent)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:

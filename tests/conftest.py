@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentkit import AgentProcess, make_vault, start_agent
+from agentkit import STARTED, AgentProcess, make_vault, start_agent
 from pcscd import PrivatePcscd, TokenProcess, missing
 
 STRICT_SKIPS = os.environ.get("TOKENAGENT_STRICT_SKIPS") == "1"
@@ -22,10 +22,18 @@ STRICT_SKIPS = os.environ.get("TOKENAGENT_STRICT_SKIPS") == "1"
 os.environ["TOKENAGENT_TEST_KDF"] = "1"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):  # type: ignore[no-untyped-def]
+    STARTED.clear()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     outcome = yield
     report = outcome.get_result()
+    if report.failed and call.when == "call":
+        for agent in STARTED:  # what each agent of the test logged: the first thing to read in a CI failure
+            report.sections.append((f"agent log {agent.log.name}", agent.log_text()[-20000:]))
     if STRICT_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
         reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
         if "optional:" not in reason:

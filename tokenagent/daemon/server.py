@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,14 @@ from .notify import Notifier
 from .pinentry import Pinentry
 from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
 from .state import AgentState, Peer
-from .watch import HidWatcher, PcscWatcher, open_with_token
+from .watch import RETRY, HidWatcher, PcscWatcher, open_with_token
 
 log = logging.getLogger("tokenagent.agent")
 FRAME_TIMEOUT = 10.0
 MAX_CLIENTS = 512
 MAX_WAIT = 300.0
 PLUG_SETTLE = 0.5
+PLUG_RETRY = 1.0  # before the second round of plug-in unlocks
 
 
 class AgentServer:
@@ -168,27 +170,42 @@ class AgentServer:
             def emit(name: str, **data: Any) -> None:
                 loop.call_soon_threadsafe(lambda: self.state.emit(name, **data))
 
-            for vault in self.state.store.list():
-                if vault in self.state.sessions or not self.state.config.policy(vault).unlock_on_plug:
-                    continue
-                config = self.state.config
-                pinentry = Pinentry(config.pinentry, config.pinentry_tty) if config.pinentry else None
-                opened = await asyncio.to_thread(open_with_token, self.state.store, vault, reader, emit,
-                                                 config.touch_timeout, pinentry)
-                if opened is None or (self.watchers and not self._present(reader)):
-                    self._close_touch(vault)  # no touch came, or the token left
-                    if opened is not None:
-                        wipe(opened[1])
-                    continue
-                slot, key = opened
-                try:
-                    self.state.add_session(vault, key, slot, f"token in {reader}", token=reader)
-                except Exception:
-                    wipe(key)
-                    raise
-                log.info("vault %s unlocked by the token in %s (slot %s)", vault, reader, slot)
+            vaults = self.state.store.list()
+            for round_ in (1, 2):  # the second round: vaults the token may open once it has settled
+                retry = []
+                for vault in vaults:
+                    if vault in self.state.sessions or not self.state.config.policy(vault).unlock_on_plug:
+                        continue
+                    if await self._open_on_plug(vault, reader, emit) == RETRY:
+                        retry.append(vault)
+                vaults = retry
+                if not vaults or (self.watchers and not self._present(reader)):
+                    break
+                if round_ == 1:
+                    await asyncio.sleep(PLUG_RETRY)
         finally:
             self._plugging.discard(reader)
+
+    async def _open_on_plug(self, vault: str, reader: str, emit: Callable[..., None]) -> str | None:
+        """Open ``vault`` with the token in ``reader``; RETRY when a later try may do it."""
+        config = self.state.config
+        pinentry = Pinentry(config.pinentry, config.pinentry_tty) if config.pinentry else None
+        opened = await asyncio.to_thread(open_with_token, self.state.store, vault, reader, emit,
+                                         config.touch_timeout, pinentry)
+        if not isinstance(opened, tuple) or (self.watchers and not self._present(reader)):
+            self._close_touch(vault)  # no touch came, or the token left
+            if isinstance(opened, tuple):
+                wipe(opened[1])
+                return None
+            return opened
+        slot, key = opened
+        try:
+            self.state.add_session(vault, key, slot, f"token in {reader}", token=reader)
+        except Exception:
+            wipe(key)
+            raise
+        log.info("vault %s unlocked by the token in %s (slot %s)", vault, reader, slot)
+        return None
 
     def _protocol(self) -> _ClientProtocol:
         return _ClientProtocol(self)

@@ -13,7 +13,11 @@ reader or by "hid:" and its hidraw path; the devices of one such token are reach
   without a PIN and of YubiKey OTP challenge-response factors. The FIDO2 factor's
   pre-flight (no touch) finds whether this token holds the credential; only then is the
   person asked to touch it ("touch" event). A vault opened this way is tied to the reader:
-  it locks when the token leaves.
+  it locks when the token leaves. A token that has just arrived may not answer yet (pcscd
+  resets cards it powers up; a loaded machine is slow): the vaults not opened for such a
+  reason (no slot matched, pulled out, a transport error) are tried once more a second after
+  the first round, while the token is still there; a PIN refused, a touch not given, a
+  cancel or a damaged vault are never retried.
 * on removal, after ``removal_grace`` seconds (a token re-seated in time does not count),
   locks every vault tied to that reader (``lock_on_remove``).
 
@@ -33,7 +37,18 @@ import time
 from collections.abc import Callable
 
 from ..discovery import HID_PREFIX, ReaderDevices, fido_hid_paths, udev_hidraw_monitor
-from ..errors import NotMine, TokenAgentError
+from ..errors import (
+    Cancelled,
+    NotMine,
+    PinAuthBlocked,
+    PinBlocked,
+    PinInvalid,
+    PinLastTry,
+    PinRequired,
+    TokenAgentError,
+    TouchTimeout,
+    VaultError,
+)
 from ..factors.base import FactorContext, Interaction, SecretRequest
 from ..plugins import load_factor_types
 from ..vault import VaultStore, unlock
@@ -204,26 +219,38 @@ def _needs_only_the_token(kind: object, uv: object, with_pin: bool) -> bool:
     return kind == "piv" and with_pin
 
 
+# Failures a second try cannot undo: it would ask a person again (PIN, touch) or override a no.
+FINAL = (PinInvalid, PinBlocked, PinLastTry, PinRequired, PinAuthBlocked, TouchTimeout, Cancelled, VaultError)
+RETRY = "retry"
+
+
 def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Callable[..., None],
-                    touch_timeout: float = 30.0, pinentry: Pinentry | None = None) -> tuple[str, bytearray] | None:
-    """Try VAULT's plug slots with the token in ``reader`` (runs in a worker thread)."""
+                    touch_timeout: float = 30.0, pinentry: Pinentry | None = None) -> tuple[str, bytearray] | str | None:
+    """Try VAULT's plug slots with the token in ``reader`` (runs in a worker thread): the slot and
+    key; None if they do not open; RETRY if that may change once the token has settled."""
     load_factor_types()  # before the vault is parsed, so its token factors are known
     try:
-        vault = store.load(vault_name)
-        slot_ids = plug_slots(vault.slots, with_pin=pinentry is not None)
-        if not slot_ids:
-            return None
-        ctx = FactorContext(ui=AgentInteraction(emit, vault_name, reader, pinentry), devices=ReaderDevices(reader),
-                            options={"touch_timeout": touch_timeout})
-        result = unlock(vault, ctx, slot_ids)
-        try:
-            roll_forward(store, vault_name, vault, result)  # rolling OTP challenges
-        except TokenAgentError as err:  # the old wrap still opens
-            log.warning("vault %s: rolling challenge not renewed: %s", vault_name, err.message)
-        return result.slot_id, result.masterkey
-    except TokenAgentError as err:
+        return _open_once(store, vault_name, reader, emit, touch_timeout, pinentry)
+    except FINAL as err:
         log.info("vault %s not opened with the token in %s: %s", vault_name, reader, err.message)
         return None
-    except Exception as err:  # noqa: BLE001 - a token pulled out mid-way, a PC/SC failure
-        log.warning("vault %s: the token in %s failed: %s", vault_name, reader, type(err).__name__)
+    except Exception as err:  # noqa: BLE001 - not answering yet, pulled out mid-way, a PC/SC failure
+        why = err.message if isinstance(err, TokenAgentError) else type(err).__name__
+        log.info("vault %s not opened with the token in %s: %s", vault_name, reader, why)
+        return RETRY
+
+
+def _open_once(store: VaultStore, vault_name: str, reader: str, emit: Callable[..., None], touch_timeout: float,
+               pinentry: Pinentry | None) -> tuple[str, bytearray] | None:
+    vault = store.load(vault_name)
+    slot_ids = plug_slots(vault.slots, with_pin=pinentry is not None)
+    if not slot_ids:
         return None
+    ctx = FactorContext(ui=AgentInteraction(emit, vault_name, reader, pinentry), devices=ReaderDevices(reader),
+                        options={"touch_timeout": touch_timeout})
+    result = unlock(vault, ctx, slot_ids)
+    try:
+        roll_forward(store, vault_name, vault, result)  # rolling OTP challenges
+    except TokenAgentError as err:  # the old wrap still opens
+        log.warning("vault %s: rolling challenge not renewed: %s", vault_name, err.message)
+    return result.slot_id, result.masterkey
