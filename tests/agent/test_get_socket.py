@@ -184,8 +184,8 @@ def test_get_socket_answers_as_the_agent_socket_does(agent: AgentProcess) -> Non
     for fast, slow in zip(released[0::2], released[1::2], strict=True):
         assert {k: v for k, v in fast.items() if k != "time"} == {k: v for k, v in slow.items() if k != "time"}
     assert [line["error"] for line in lines if not line["ok"]] == ["locked", "locked", "locked", "locked"]
-    status = AgentClient(agent.socket).status()["vaults"][0]
-    assert status["releases"] == 2 * len(contexts)
+    status = AgentClient(agent.socket).status()
+    assert status["get_socket"] is True and status["vaults"][0]["releases"] == 2 * len(contexts)
     assert agent.cli("lock", "v1").returncode == 0
     assert fast_get(agent, "v1", "restic:/srv/repo")[1] == "locked"
     assert agent.stop() == 0 and not path.exists()
@@ -258,6 +258,8 @@ def test_agent_with_get_socket_off(agent_home: Path) -> None:
     agent = start_agent(agent_home)
     try:
         assert not get_path(agent).exists()
+        assert AgentClient(agent.socket).status()["get_socket"] is False
+        assert "agent socket only" in agent.cli("status").stdout
         unlock(agent)
         done = agent.cli("get", "v1", "--context", "c", "--format", "hex")
         assert done.returncode == 0 and bytes.fromhex(done.stdout.strip()) == derive_subkey(CANARY_SECRET, "c")

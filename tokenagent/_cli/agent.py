@@ -36,6 +36,9 @@ def status(as_json: bool) -> None:
 
     def text() -> None:
         click.echo(f"{data['agent']}, pid {data['pid']}, up {data['uptime']:.0f} s")
+        if data.get("get_socket") is False:
+            click.echo("  keys are served by the agent socket only: the native get socket is off or not built"
+                       " (docs/agent.md)")
         for v in data["vaults"]:
             if v["unlocked"]:
                 left = f", locks in {v['idle_left']:.0f} s" if v.get("idle_left") is not None else ""

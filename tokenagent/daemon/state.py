@@ -203,7 +203,7 @@ class AgentState:
                              idle_left=_left(s.idle_deadline, now), max_left=_left(s.hard_deadline, now))
             vaults.append(entry)
         return {"vaults": vaults, "pid": os.getpid(), "agent": f"tokenagent {__version__}",
-                "uptime": round(now - self.started, 3)}
+                "uptime": round(now - self.started, 3), "get_socket": self.mirror is not None}
 
     def _list(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"vaults": [{"vault": n, "unlocked": n in self.sessions} for n in _vault_names(self)]}
