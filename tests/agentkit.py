@@ -5,10 +5,12 @@ Test modules import these as ``agentkit``; conftest.py turns them into fixtures.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -60,6 +62,11 @@ class AgentProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def get_socket(self) -> Path:
+        """Where the agent serves its get socket (docs/spec/protocol.md), if it does."""
+        return Path(str(self.socket) + ".get")
 
     def env(self) -> dict[str, str]:
         return {"TOKENAGENT_SOCKET": str(self.socket)}
@@ -125,6 +132,44 @@ def password_file(home: Path) -> str:
     path = home.parent / "pw-unlock"
     path.write_text(PASSWORD + "\n")
     return str(path)
+
+
+def frame(obj: object) -> bytes:
+    """One JSON request framed as the agent protocol frames it."""
+    body = json.dumps(obj).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def read_response(sock: socket.socket) -> dict[str, Any]:
+    (length,) = struct.unpack(">I", recv_exactly(sock, 4))
+    return json.loads(recv_exactly(sock, length))  # type: ignore[no-any-return]
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
+        data += chunk
+    return data
+
+
+def password_vaults(directory: Path, names: list[str], secret: bytes) -> Any:
+    """A VaultStore in ``directory`` with these vaults, each one password slot at test KDF costs,
+    made in process (much faster than one CLI run each)."""
+    from scripted import context  # type: ignore[import-not-found]
+
+    from tokenagent.factors.password import PasswordFactor
+    from tokenagent.vault import VaultStore, new_vault
+
+    for missing in reversed([d for d in (directory, *directory.parents) if not d.exists()]):
+        missing.mkdir(mode=0o700)  # private, as the agent requires of its data directory
+    store = VaultStore(directory)
+    factor = PasswordFactor.enroll(context([b"pw"]), {})
+    for name in names:
+        store.create(new_vault(name, [factor], secret=secret)[0])
+    return store
 
 
 class Person:

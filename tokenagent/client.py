@@ -26,6 +26,7 @@ from .errors import AgentNotRunning, ProtocolError, UnsafePath, error_for_code
 from .protocol import (
     CLOSED,
     HEADER,
+    MAX_FRAME,
     NEED_DATA,
     VERSION,
     Connection,
@@ -239,7 +240,7 @@ def _read_frame(sock: socket.socket) -> bytearray | None:
     if header is None:
         return None
     (length,) = HEADER.unpack(header)
-    if length > 65536:
+    if length > MAX_FRAME:
         raise ProtocolError("the agent's get socket sent an oversized answer")
     return _recv_exactly(sock, length)
 

@@ -15,25 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from getsocket_mutations import mutate  # the driver runs from this directory
+
 from tokenagent.daemon import _getserver as native
 from tokenagent.protocol import encode_get
 
 EXPECTED_MODULE_DIR = sys.argv[1]
-
-
-def mutate(rng: random.Random, data: bytes) -> bytes:
-    body = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        action = rng.random()
-        if action < 0.4 and body:
-            body[rng.randrange(len(body))] = rng.randrange(256)
-        elif action < 0.6:
-            del body[rng.randrange(len(body) + 1):]
-        elif action < 0.8:
-            body[rng.randrange(len(body) + 1):0] = rng.randbytes(rng.randint(1, 8))
-        else:
-            body = bytearray(rng.randbytes(rng.randint(0, 40)))
-    return bytes(body)
 
 
 def read_answers(s: socket.socket, n: int) -> list[bytes]:

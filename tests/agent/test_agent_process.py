@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from agentkit import CANARY_SECRET, PASSWORD, AgentProcess, make_vault, password_file
+from agentkit import CANARY_SECRET, PASSWORD, AgentProcess, make_vault, password_file, password_vaults
 
 from tokenagent.client import AgentClient
 from tokenagent.errors import PolicyError, VaultLocked
@@ -180,27 +180,12 @@ def test_status_of_many_unlocked_vaults(tmp_path: Path) -> None:
     """400 unlocked vaults: a status answer of about 100 kB, over the request limit, arrives whole."""
     from agentkit import start_agent
 
-    from tokenagent.factors.base import FactorContext, Interaction, SecretRequest
-    from tokenagent.factors.password import PasswordFactor
     from tokenagent.protocol import MAX_FRAME
-    from tokenagent.vault import VaultStore, new_vault
-
-    class UI(Interaction):
-        def ask_secret(self, request: SecretRequest) -> bytearray:
-            return bytearray(b"pw")
-
-        def notify(self, event: str, message: str) -> None:
-            pass
 
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
-    (home / "data").mkdir(mode=0o700)
-    (home / "data" / "vaults").mkdir(mode=0o700)
-    store = VaultStore(home / "data" / "vaults")
-    factor = PasswordFactor.enroll(FactorContext(ui=UI(), test_costs=True), {})
     secret = os.urandom(32)
-    for i in range(400):
-        store.create(new_vault(f"v{i}", [factor], secret=secret)[0])
+    password_vaults(home / "data" / "vaults", [f"v{i}" for i in range(400)], secret)
     agent = start_agent(home)
     try:
         with AgentClient(agent.socket) as client:

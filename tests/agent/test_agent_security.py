@@ -24,37 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentkit import CANARY_SECRET, AgentProcess, cli, password_file, start_agent
+from agentkit import (
+    CANARY_SECRET,
+    AgentProcess,
+    cli,
+    frame,
+    password_file,
+    password_vaults,
+    read_response,
+    start_agent,
+)
 
 from tokenagent.client import AgentClient
 from tokenagent.daemon.config import AgentConfig
 from tokenagent.daemon.state import AgentState, Peer
 from tokenagent.protocol import MAX_FRAME, OPS, Request, encode_get
-from tokenagent.vault import VaultStore
 
 NOBODY = 65534
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid (CI runs as root)")
-
-
-def frame(obj: object) -> bytes:
-    body = json.dumps(obj).encode()
-    return struct.pack(">I", len(body)) + body
-
-
-def read_response(sock: socket.socket) -> dict[str, object]:
-    header = _recv_exactly(sock, 4)
-    (length,) = struct.unpack(">I", header)
-    return json.loads(_recv_exactly(sock, length))
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return data
 
 
 def unlock(agent: AgentProcess, *extra: str) -> None:
@@ -148,7 +135,7 @@ def test_other_uid_is_refused_even_with_a_0777_socket(open_socket_agent: AgentPr
 @needs_root
 def test_other_uid_is_refused_on_the_get_socket(open_socket_agent: AgentProcess) -> None:
     agent = open_socket_agent
-    get_socket = Path(str(agent.socket) + ".get")
+    get_socket = agent.get_socket
     if not get_socket.exists():
         pytest.skip("the get socket's C extension is not built (pip install needs gcc)")
     os.chmod(get_socket, 0o777)
@@ -398,7 +385,7 @@ def _low_fd_limit() -> None:
 
 def _get_socket_answers(agent: AgentProcess) -> bool:
     """A get on the get socket gets an answer (here "locked"); True if there is no get socket."""
-    path = Path(str(agent.socket) + ".get")
+    path = agent.get_socket
     if not path.exists():
         return True
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -412,7 +399,7 @@ def test_descriptor_exhaustion_then_new_client_is_served(agent_home: Path) -> No
     agent = start_agent(agent_home, preexec=_low_fd_limit)
     try:
         hogs = []
-        for path in (agent.socket, Path(str(agent.socket) + ".get")):
+        for path in (agent.socket, agent.get_socket):
             for _ in range(200):  # three times what the agent may open, on each socket
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.setblocking(False)
@@ -443,7 +430,7 @@ def test_descriptor_exhaustion_then_new_client_is_served(agent_home: Path) -> No
 
 def test_slow_half_sent_frames_do_not_block_others(agent: AgentProcess) -> None:
     stalled = []
-    paths = [agent.socket, Path(str(agent.socket) + ".get")]
+    paths = [agent.socket, agent.get_socket]
     paths = [p for p in paths if p.exists()]
     for path in paths:
         for _ in range(100):
@@ -510,22 +497,7 @@ def test_max_ttl_locks_despite_activity(agent: AgentProcess) -> None:
 
 
 def test_deadlines_follow_the_monotonic_clock_not_the_wall_clock(tmp_path: Path) -> None:
-    from tokenagent.factors.base import FactorContext, Interaction, SecretRequest
-    from tokenagent.factors.password import PasswordFactor
-    from tokenagent.vault import new_vault
-
-    class UI(Interaction):
-        def ask_secret(self, request: SecretRequest) -> bytearray:
-            return bytearray(b"pw")
-
-        def notify(self, event: str, message: str) -> None:
-            pass
-
-    directory = tmp_path / "vaults"
-    directory.mkdir(mode=0o700)
-    store = VaultStore(directory)
-    vault, key = new_vault("v1", [PasswordFactor.enroll(FactorContext(ui=UI(), test_costs=True), {})], secret=b"k" * 32)
-    store.create(vault)
+    store = password_vaults(tmp_path / "vaults", ["v1"], b"k" * 32)
     now = [1000.0]
     state = AgentState(store, AgentConfig(), clock=lambda: now[0])
     state.add_session("v1", bytearray(b"k" * 32), "1", "client", idle_ttl=10, max_ttl=100)

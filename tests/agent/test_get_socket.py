@@ -19,9 +19,21 @@ import time
 from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
+from typing import Any
 
 import pytest
-from agentkit import CANARY_SECRET, AgentProcess, cli, make_vault, password_file, start_agent
+from agentkit import (
+    CANARY_SECRET,
+    AgentProcess,
+    cli,
+    frame,
+    make_vault,
+    password_file,
+    read_response,
+    recv_exactly,
+    start_agent,
+)
+from getsocket_mutations import mutate  # type: ignore[import-not-found]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,18 +100,8 @@ def test_mutation_fuzz_of_the_parser_100k() -> None:
     parse = _native().parse
     outcomes = {"parsed": 0, **dict.fromkeys(ERROR_CODES, 0)}
     for _ in range(100_000):
-        body = bytearray(rng.choice(seeds)[4:])  # type: ignore[index]
-        for _ in range(rng.randint(1, 4)):
-            action = rng.random()
-            if action < 0.4 and body:
-                body[rng.randrange(len(body))] = rng.randrange(256)
-            elif action < 0.6:
-                del body[rng.randrange(len(body) + 1):]
-            elif action < 0.8:
-                body[rng.randrange(len(body) + 1):0] = os.urandom(rng.randint(1, 8))
-            else:
-                body = bytearray(os.urandom(rng.randint(0, 40)))
-        result = parse(bytes(body))
+        body = mutate(rng, rng.choice(seeds)[4:])  # type: ignore[index]
+        result = parse(body)
         if isinstance(result[0], str):
             assert result[0] in ERROR_CODES and isinstance(result[1], str)
             outcomes[result[0]] += 1
@@ -112,30 +114,16 @@ def test_mutation_fuzz_of_the_parser_100k() -> None:
 
 # --- the agent's get socket, end to end ----------------------------------------------------------------
 
-def get_path(agent: AgentProcess) -> Path:
-    return Path(str(agent.socket) + ".get")
-
-
 def connect_get(agent: AgentProcess) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
-    s.connect(str(get_path(agent)))
+    s.connect(str(agent.get_socket))
     return s
 
 
 def read_answer(s: socket.socket) -> tuple[bytearray | None, str, str]:
-    header = _exactly(s, 4)
-    return decode_get_answer(bytearray(_exactly(s, struct.unpack(">I", header)[0])))
-
-
-def _exactly(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {n} bytes")
-        data += chunk
-    return data
+    (length,) = struct.unpack(">I", recv_exactly(s, 4))
+    return decode_get_answer(bytearray(recv_exactly(s, length)))
 
 
 def fast_get(agent: AgentProcess, vault: str, context: str | None) -> tuple[bytearray | None, str, str]:
@@ -144,11 +132,10 @@ def fast_get(agent: AgentProcess, vault: str, context: str | None) -> tuple[byte
         return read_answer(s)
 
 
-def json_get(agent: AgentProcess, vault: str, context: str | None) -> dict[str, object]:
-    body = json.dumps({"op": "get", "id": 1, "vault": vault, **({"context": context} if context else {})}).encode()
+def json_get(agent: AgentProcess, vault: str, context: str | None) -> dict[str, Any]:
     with agent.connect() as s:
-        s.sendall(struct.pack(">I", len(body)) + body)
-        return json.loads(_exactly(s, struct.unpack(">I", _exactly(s, 4))[0]))
+        s.sendall(frame({"op": "get", "id": 1, "vault": vault, **({"context": context} if context else {})}))
+        return read_response(s)
 
 
 def unlock(agent: AgentProcess, *extra: str) -> None:
@@ -162,7 +149,7 @@ def audit_lines(agent: AgentProcess) -> list[dict[str, object]]:
 
 
 def test_get_socket_answers_as_the_agent_socket_does(agent: AgentProcess) -> None:
-    path = get_path(agent)
+    path = agent.get_socket
     st_ = os.lstat(path)
     assert stat.S_ISSOCK(st_.st_mode) and stat.S_IMODE(st_.st_mode) == 0o600 and st_.st_uid == os.getuid()
     locked = fast_get(agent, "v1", "restic:/x")
@@ -205,7 +192,7 @@ def test_cli_get_uses_the_get_socket(agent: AgentProcess) -> None:
     assert bytes.fromhex(done.stdout.strip()) == expected
     assert AgentClient(agent.socket).status()["vaults"][0]["releases"] == 1
     # And with the get socket gone the CLI gets the key from the agent socket.
-    os.unlink(get_path(agent))
+    os.unlink(agent.get_socket)
     again = agent.cli("get", "v1", "--context", "restic:/srv/repo", "--format", "hex")
     assert again.returncode == 0 and again.stdout == done.stdout
     assert AgentClient(agent.socket).status()["vaults"][0]["releases"] == 2
@@ -257,7 +244,7 @@ def test_agent_with_get_socket_off(agent_home: Path) -> None:
     (config / "config.toml").write_text("[agent]\nget_socket = false\n")
     agent = start_agent(agent_home)
     try:
-        assert not get_path(agent).exists()
+        assert not agent.get_socket.exists()
         assert AgentClient(agent.socket).status()["get_socket"] is False
         assert "agent socket only" in agent.cli("status").stdout
         unlock(agent)

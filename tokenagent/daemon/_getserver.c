@@ -703,7 +703,7 @@ static void serve_get(conn *c, const uint8_t *body, size_t n)
         return;
     }
     if (v->idle_ttl > 0)
-        v->idle_deadline = monotonic() + v->idle_ttl;
+        v->idle_deadline = now + v->idle_ttl;
     v->releases++;
     pthread_mutex_unlock(&lock);
     answer_key(c, key, key_len);

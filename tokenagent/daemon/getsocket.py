@@ -25,6 +25,7 @@ import os
 import socket
 from pathlib import Path
 
+from .. import _locations
 from ..errors import AgentError, UnsafePath
 from .config import VaultPolicy
 from .sockets import MAX_BACKLOG, bind_private, clear_old_socket
@@ -36,7 +37,6 @@ except ImportError:  # built without a C compiler
     _getserver = None  # type: ignore[assignment]
 
 log = logging.getLogger("tokenagent.agent")
-SUFFIX = ".get"  # the get socket is the agent socket's path with this appended
 MAX_SUN_PATH = 107  # sockaddr_un's sun_path less its terminating 0
 
 
@@ -58,7 +58,7 @@ class GetSocket:
         if _getserver is None:
             log.info("no get socket: the native extension is not built (get is served on the agent socket)")
             return None
-        path = Path(str(agent_socket) + SUFFIX)
+        path = Path(_locations.get_socket(str(agent_socket)))
         if len(os.fsencode(path)) > MAX_SUN_PATH:
             log.warning("no get socket: %s is too long for a Unix socket address", path)
             return None
