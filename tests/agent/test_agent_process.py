@@ -219,3 +219,18 @@ def test_closing_the_client_ends_its_event_stream(agent: AgentProcess) -> None:
     listener.close()
     assert ended.wait(5), "events() still blocked 5 s after close()"
     assert "unlocked" in seen
+
+
+def test_cli_get_imports_no_heavy_module(agent: AgentProcess) -> None:
+    """'tokenagent get' is what every backup run starts: none of click, cryptography, fido2,
+    yubikit/ykman or pyscard may be imported on its way (python -X importtime lists them all)."""
+    unlock(agent)
+    env = {**os.environ, "TOKENAGENT_HOME": str(agent.home), **agent.env()}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "tokenagent._cli.entry", "get", "v1",
+                           "--context", "restic:/srv/repo", "--format", "hex"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and bytes.fromhex(done.stdout.strip()) == derive_subkey(CANARY_SECRET, "restic:/srv/repo")
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "tokenagent" in imported and "json" in imported  # the listing works
+    assert not imported & {"click", "cryptography", "fido2", "yubikit", "ykman", "smartcard", "pkcs11"}, imported

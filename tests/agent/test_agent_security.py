@@ -222,7 +222,20 @@ def test_client_sends_nothing_to_a_socket_of_another_uid(agent_home: Path, tmp_p
         assert ready == []  # not even a connection was made
     finally:
         listener.close()
-    print("\n#3 foreign socket: 0 connections, 0 requests")
+    # A get socket planted beside the agent socket's path gets no request either.
+    planted = tmp_path / "agent.sock.get"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(planted))
+    listener.listen(8)
+    os.chown(planted, NOBODY, NOBODY)
+    try:
+        done = cli(agent_home, "get", "v1", "--context", "x", env={"TOKENAGENT_SOCKET": str(tmp_path / "agent.sock")})
+        assert done.returncode == 3 and "not by you" in done.stderr, done.stderr
+        ready, _, _ = select.select([listener], [], [], 0.2)
+        assert ready == []
+    finally:
+        listener.close()
+    print("\n#3 foreign socket and foreign get socket: 0 connections, 0 requests")
 
 
 # --- #4 no dumps, no same-uid memory reads --------------------------------------------------------
