@@ -81,7 +81,11 @@ def factor_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def _planned_factors(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The factors a command asks for, in a fixed order, each with its own options."""
     plan: list[tuple[str, dict[str, Any]]] = []
-    plan += [("password", {"kdf_time": kw["kdf_time"]})] * kw["n_password"]
+    if kw["n_password"]:
+        from ..daemon.config import load_config
+
+        policy = load_config().password_policy
+        plan += [("password", {"kdf_time": kw["kdf_time"], "policy": policy}) for _ in range(kw["n_password"])]
     plan += [("keyfile", {"path": p}) for p in kw["keyfiles"]]
     plan += [("recovery", {"shares": kw["recovery_shares"]})] * kw["n_recovery"]
     if kw["recovery_shares"] and not kw["n_recovery"]:

@@ -16,6 +16,10 @@
     [devices]
     pkcs11_modules = ["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"]   # listed by 'tokenagent devices'
 
+    [passwords]             # policy for new password factors (init, enroll, passwd)
+    min_length = 12         # characters
+    min_bits = 60           # estimated quality in bits (zxcvbn, as KeePassXC shows it)
+
     [vaults.NAME]           # per-vault overrides and client rules
     idle_ttl = 60
     max_ttl = 3600
@@ -33,6 +37,7 @@ from typing import Any
 
 from .. import paths
 from ..errors import UsageError
+from ..factors.quality import PasswordPolicy
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class AgentConfig:
     notify: bool = True
     get_socket: bool = True
     pkcs11_modules: tuple[str, ...] = ()
+    password_policy: PasswordPolicy = PasswordPolicy()
     vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def policy(self, vault: str) -> VaultPolicy:
@@ -78,6 +84,7 @@ _AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remov
                "pinentry": str, "pinentry_tty": str, "notify": bool,
                "get_socket": bool}
 _DEVICE_KEYS = {"pkcs11_modules": list}
+_PASSWORD_KEYS = {"min_length": int, "min_bits": (int, float)}
 _VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
                "unlock_on_plug": bool}
 
@@ -101,13 +108,18 @@ def load_config(path: Path | None = None) -> AgentConfig:
     agent = raw.pop("agent", {})
     devices = raw.pop("devices", {})
     vaults = raw.pop("vaults", {})
+    passwords = raw.pop("passwords", {})
     if raw:
         raise UsageError(f"config {path}: unknown tables {sorted(raw)}")
     _check(agent, _AGENT_KEYS, "[agent]")
     _check(devices, _DEVICE_KEYS, "[devices]")
+    _check(passwords, _PASSWORD_KEYS, "[passwords]")
+    if any(v < 0 for v in passwords.values()):
+        raise UsageError(f"config {path}: [passwords] limits are not negative")
     modules = devices.get("pkcs11_modules", [])
     if not all(isinstance(m, str) for m in modules):
         raise UsageError(f"config {path}: [devices] pkcs11_modules is a list of paths")
     for name, table in vaults.items():
         _check(table, _VAULT_KEYS, f"[vaults.{name}]")
-    return AgentConfig(**{k: agent[k] for k in agent}, pkcs11_modules=tuple(modules), vaults=vaults)
+    return AgentConfig(**{k: agent[k] for k in agent}, pkcs11_modules=tuple(modules), vaults=vaults,
+                       password_policy=PasswordPolicy(**passwords))

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from ..errors import UsageError, VaultFormatError
 from .base import Factor, FactorContext, JSONValue, SecretRequest, register
 from .params import expect_b64, expect_int, expect_keys
+from .quality import PasswordPolicy, hint
 
 ENV_TEST_KDF = "TOKENAGENT_TEST_KDF"
 SALT_LEN = 16
@@ -92,6 +93,10 @@ class PasswordFactor(Factor):
         try:
             if not password:
                 raise UsageError("the password is empty; choose a real one")
+            policy = options.get("policy") or PasswordPolicy()
+            advice = hint(policy.check(password))
+            if advice:
+                ctx.ui.notify("warning", advice)
             if ctx.test_costs:
                 if not test_costs_allowed():
                     raise UsageError(f"test KDF costs need {ENV_TEST_KDF}=1 in the environment")
