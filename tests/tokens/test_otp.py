@@ -69,6 +69,10 @@ def test_secret_is_the_hmac_of_the_slot_key(tmp_path: Path) -> None:
     program(backup, key, slot=1)
     copy = OtpFactor(1, factor.challenge, None, False)
     assert copy.unlock(ctx_for(backup)) == secret
+    with pytest.raises(NotMine):  # a slot enrolled from one key is that key's (its serial)
+        factor.unlock(ctx_for(backup))
+    shared, shared_secret = OtpFactor.enroll(ctx_for(tok), {"otp_slot": 1, "otp_any_key": True})
+    assert shared.serial is None and shared.unlock(ctx_for(backup)) == shared_secret  # --otp-any-key
 
 
 def test_programming_asks_first_and_keeps_the_slot_when_refused(tmp_path: Path) -> None:
@@ -181,3 +185,53 @@ def test_another_program_selecting_another_application_in_between(tmp_path: Path
     ctx = ctx_for(tok)
     ctx.devices = VirtualDevices([tok], connect=lambda _: shared)
     assert factor.unlock(ctx) == secret and shared.meddled
+
+
+def test_backup_key_programmed_with_the_shown_secret(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                     tmp_path: Path) -> None:
+    """--otp-show-secret shows the secret written once; ykman programs a second key with it, which then
+    opens the vault alone. --otp-secret-file writes a given secret (a third key), --otp-touch sets touch."""
+    import subprocess
+    import sys
+
+    home = private_home(tmp_path)
+    main, backup, third = (TokenProcess(pcscd, tmp_path / f"otp-{s}.json", s) for s in (601, 602, 603))
+    tokens += [main, backup, third]
+    done = cli(home, "init", "docs", "--otp", "--otp-program", "--otp-show-secret", "--otp-touch", "--force",
+               "--serial", "601", "--json", env=pcscd.env)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)["shown"]
+    assert len(shown) == 1 and "ykman otp chalresp --touch 2 SECRET" in shown[0]["title"]
+    secret_hex = shown[0]["secret"]
+    assert len(bytes.fromhex(secret_hex)) == 20
+    slots = json.loads(cli(home, "slots", "docs", "--json", env=pcscd.env).stdout)["slots"]
+    assert "touch" in slots[0]["describe"]  # read back from the key: the slot was programmed to need a touch
+    key = json.loads(cli(home, "open", "docs", "--reveal", "--json", env=pcscd.env).stdout)["key"]
+
+    env = {**os.environ, **pcscd.env}
+    reader = subprocess.run([sys.executable, "-c", "from smartcard.System import readers; print(readers()[1])"],
+                            env=env, capture_output=True, text=True, timeout=60).stdout.strip()
+    programmed = subprocess.run([sys.executable, "-m", "ykman._cli.__main__", "--reader", reader, "otp", "chalresp",
+                                 "--force", "2", secret_hex], env=env, capture_output=True, text=True, timeout=120,
+                                stdin=subprocess.DEVNULL)
+    assert programmed.returncode == 0, programmed.stderr
+
+    secret_file = tmp_path / "otp-secret"
+    secret_file.write_text(secret_hex + "\n")
+    bad = tmp_path / "bad-secret"
+    bad.write_text("not hex\n")
+    refused = cli(home, "init", "other", "--otp", "--otp-program", "--otp-secret-file", str(bad), "--force",
+                  "--serial", "603", env=pcscd.env)
+    assert refused.returncode == 2 and "40 hex digits" in refused.stderr and "not hex" not in refused.stderr
+    assert cli(home, "init", "other", "--otp", "--otp-program", "--otp-secret-file", str(secret_file), "--force",
+               "--serial", "603", env=pcscd.env).returncode == 0
+    assert cli(home, "init", "x", "--otp", "--otp-touch", env=pcscd.env).returncode == 2  # needs --otp-program
+
+    main.unplug()
+    third.unplug()
+    alone = cli(home, "open", "docs", "--reveal", "--json", env=pcscd.env)
+    assert alone.returncode == 0, alone.stderr
+    assert json.loads(alone.stdout)["key"] == key  # the backup key alone opens the vault
+    backup.unplug()
+    third.plug()
+    assert json.loads(cli(home, "open", "docs", "--reveal", "--json", env=pcscd.env).stdout)["key"] == key

@@ -72,6 +72,15 @@ def factor_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="PIV: touch policy of a generated key (never, always, cached)."),
         click.option("--otp-slot", type=click.IntRange(1, 2), default=2, show_default=True, help="OTP: slot 1 or 2."),
         click.option("--otp-program", is_flag=True, help="OTP: program a fresh secret into the slot (asks first)."),
+        click.option("--otp-secret-file", metavar="FILE",
+                     help="OTP, with --otp-program: write this secret (40 hex digits, as ykman takes it; '-' = stdin)"
+                          " instead of a random one, e.g. the one of the key this one backs up."),
+        click.option("--otp-show-secret", is_flag=True,
+                     help="OTP, with --otp-program: show the secret written, once, to program a backup key with it."),
+        click.option("--otp-touch", is_flag=True, help="OTP, with --otp-program: the slot answers only when touched."),
+        click.option("--otp-any-key", is_flag=True,
+                     help="OTP: the slot's secret is on several keys (backups): any of them opens, not only this"
+                          " serial. Implied by --otp-show-secret and --otp-secret-file."),
         click.option("--otp-rolling", is_flag=True, help="OTP: a new challenge after every unlock (a slot of its own)."),
     ]):
         f = decorator(f)
@@ -92,7 +101,11 @@ def _planned_factors(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         raise UsageError("--recovery-shares goes with --recovery")
     token_common = {k: kw[k] for k in ("fido2_uv", "fido2_rp", "fido2_prf", "piv_slot", "piv_algorithm",
                                        "piv_existing", "piv_management_key_file", "pin_policy", "touch_policy",
-                                       "otp_slot", "otp_program", "otp_rolling", "touch_timeout")}
+                                       "otp_slot", "otp_program", "otp_rolling", "touch_timeout",
+                                       "otp_show_secret", "otp_touch", "otp_any_key")}
+    token_common["otp_secret_given"] = bool(kw.get("otp_secret_file"))
+    if not kw["otp_program"] and (kw.get("otp_secret_file") or kw["otp_show_secret"] or kw["otp_touch"]):
+        raise UsageError("--otp-secret-file, --otp-show-secret and --otp-touch go with --otp-program")
     plan += [("fido2", dict(token_common)) for _ in range(kw["n_fido2"])]
     certs = list(kw["piv_certs"])
     for _ in range(kw["n_piv"]):
@@ -135,6 +148,7 @@ def factor_context(kw: dict[str, Any], unlock_keyfiles: tuple[str, ...] = ()) ->
         password_file=kw.get("password_file"),
         pin_file=kw.get("pin_file"),
         recovery_file=kw.get("recovery_file"),
+        otp_secret_file=kw.get("otp_secret_file"),
         force=kw.get("force", False),
         quiet=kw.get("as_json", False),
         options={"keyfiles": list(unlock_keyfiles), "serials": list(kw.get("serials", ())),

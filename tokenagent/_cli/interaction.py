@@ -21,7 +21,8 @@ from ..errors import Cancelled, NotMine, UsageError
 from ..factors.base import DeviceProvider, FactorContext, Interaction, SecretRequest
 from ..factors.password import test_costs_allowed
 
-FILE_KINDS = {"password": "password", "new-password": "password", "pin": "pin", "puk": "pin", "recovery": "recovery"}
+FILE_KINDS = {"password": "password", "new-password": "password", "pin": "pin", "puk": "pin", "recovery": "recovery",
+              "otp-secret": "otp-secret"}
 
 
 class SecretLines:
@@ -126,15 +127,18 @@ def make_context(
     password_file: str | None = None,
     pin_file: str | None = None,
     recovery_file: str | None = None,
+    otp_secret_file: str | None = None,
     force: bool = False,
     quiet: bool = False,
     options: dict[str, Any] | None = None,
 ) -> tuple[FactorContext, TerminalInteraction]:
     files = {}
     given = [(k, o, p) for k, o, p in (("password", "--password-file", password_file), ("pin", "--pin-file", pin_file),
-                                         ("recovery", "--recovery-file", recovery_file)) if p]
+                                         ("recovery", "--recovery-file", recovery_file),
+                                         ("otp-secret", "--otp-secret-file", otp_secret_file)) if p]
     if sum(p == "-" for _, _, p in given) > 1:
-        raise UsageError("only one of --password-file, --pin-file, --recovery-file can read standard input")
+        raise UsageError("only one of --password-file, --pin-file, --recovery-file, --otp-secret-file can read"
+                         " standard input")
     for kind, option, path in given:
         files[kind] = SecretLines(option, path)
     ui = TerminalInteraction(files, quiet=quiet)

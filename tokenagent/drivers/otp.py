@@ -35,7 +35,7 @@ from ..errors import (
     UsageError,
     VaultFormatError,
 )
-from ..factors.base import Factor, FactorContext, JSONValue, register
+from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
 from ..factors.params import expect_b64, expect_keys
 from .smartcard import WRONG_APPLICATION, SmartCardDevice, opened_cards, pulled_out
 
@@ -105,13 +105,27 @@ class OtpFactor(Factor):
                                 + (" The slot is in use: what it holds now is lost for good." if in_use else ""))
                     if not (ctx.force or ctx.ui.confirm(question)):
                         raise Cancelled(f"slot {slot} of {label} was not changed (confirm at the prompt, or --force)")
-                    session.put_configuration(SLOT(slot), HmacSha1SlotConfiguration(secrets.token_bytes(HMAC_KEY_LEN)))
+                    key = _new_hmac_key(ctx, options)
+                    try:
+                        config = HmacSha1SlotConfiguration(bytes(key)).require_touch(bool(options.get("otp_touch")))
+                        session.put_configuration(SLOT(slot), config)
+                        if options.get("otp_show_secret"):
+                            touch_flag = " --touch" if options.get("otp_touch") else ""
+                            ctx.ui.show_secret_once(
+                                f"Challenge-response secret now in slot {slot} of {label}. To make a backup key that"
+                                f" opens the same slots, program it with: ykman otp chalresp{touch_flag} {slot} SECRET"
+                                " (keep the secret offline, or destroy it once the backup is made):", key.hex())
+                    finally:
+                        key[:] = bytes(len(key))
                     state = session.get_config_state()
                 elif not state.is_configured(SLOT(slot)):
                     raise UsageError(f"slot {slot} of {label} is empty: program it with --otp-program"
                                      " (or 'ykman otp chalresp --generate')")
                 touch = bool(state.is_touch_triggered(SLOT(slot)))
-                factor = cls(slot, secrets.token_bytes(CHALLENGE_LEN), device.serial, touch,
+                # A secret meant for several keys (shown, given, or declared so) binds the slot to no serial:
+                # any key whose slot holds it answers.
+                shared = any(options.get(k) for k in ("otp_show_secret", "otp_secret_given", "otp_any_key"))
+                factor = cls(slot, secrets.token_bytes(CHALLENGE_LEN), None if shared else device.serial, touch,
                              bool(options.get("otp_rolling")))
                 return factor, factor._respond(device, ctx, label)
             except TokenAgentError:
@@ -179,6 +193,21 @@ class OtpFactor(Factor):
                     raise _failed(label, err) from None
             who = f"YubiKey {self.serial}" if self.serial else "the YubiKey of this slot"
             raise NotMine(f"{who} is not plugged in")
+
+
+def _new_hmac_key(ctx: FactorContext, options: Mapping[str, Any]) -> bytearray:
+    """The HMAC-SHA1 key to program: given (``--otp-secret-file``, hex as ykman prints it) or random."""
+    if not options.get("otp_secret_given"):
+        return bytearray(secrets.token_bytes(HMAC_KEY_LEN))
+    text = ctx.ui.ask_secret(SecretRequest("otp-secret", "Challenge-response secret to program (40 hex digits)"))
+    try:
+        digits = bytes(text).strip().replace(b" ", b"")
+        if len(digits) != 2 * HMAC_KEY_LEN or not all(c in b"0123456789abcdefABCDEF" for c in digits):
+            raise UsageError(f"the OTP secret is {HMAC_KEY_LEN * 2} hex digits (as 'ykman otp chalresp' takes it);"
+                             " the one given is not")
+        return bytearray(bytes.fromhex(digits.decode()))
+    finally:
+        text[:] = bytes(len(text))
 
 
 def _failed(label: str, err: Exception) -> TokenError:
