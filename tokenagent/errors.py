@@ -29,6 +29,7 @@ class ExitCode(IntEnum):
     LOCKED = 7  # the vault is locked in the agent
     DENIED = 8  # policy refused (peer rules, last slot, raw key not allowed)
     CANCELLED = 9  # the user cancelled (Ctrl-C, pinentry cancel, touch refused)
+    TOKEN_ABSENT = 10  # the token needed is not plugged in (or left): plug it in and run again
 
 
 class TokenAgentError(Exception):
@@ -76,6 +77,16 @@ class VaultNotFound(VaultError):
     """No such vault."""
 
     code = "vault-not-found"
+
+
+def vault_not_found(name: str, known: Sequence[str]) -> VaultNotFound:
+    """``VaultNotFound`` for ``name``, naming the vaults whose names are close to it (a typo)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    if close:
+        return VaultNotFound(f"no vault named {name!r}; did you mean {' or '.join(repr(c) for c in close)}?")
+    return VaultNotFound(f"no vault named {name!r} (see: tokenagent list)")
 
 
 class VaultExists(VaultError):
@@ -155,6 +166,13 @@ class NotMine(AuthError):
     code = "not-mine"
 
 
+class TokenAbsent(NotMine):
+    """The token this factor needs is not plugged in: not a failure of the slot, but the unlock
+    says so (``TokenNotPresent``) when no slot opened and no secret given was wrong."""
+
+    code = "token-absent"
+
+
 class WrongSecret(AuthError):
     """A password, key file, or recovery key did not open the slot."""
 
@@ -174,6 +192,19 @@ class NoSlotMatched(AuthError):
         super().__init__(message)
 
 
+class TokenNotPresent(NoSlotMatched):
+    """No slot opened because the tokens they need are not plugged in (no secret given was wrong).
+    ``absent`` names the slots whose token was missing (the ones worth trying again)."""
+
+    code = "token-not-present"
+    exit_code = ExitCode.TOKEN_ABSENT
+
+    def __init__(self, message: str | None = None, reasons: Sequence[tuple[str, str]] = (),
+                 absent: Sequence[str] = ()) -> None:
+        self.absent = list(absent)
+        super().__init__(message, reasons)
+
+
 # --- tokens --------------------------------------------------------------------------
 
 
@@ -188,12 +219,14 @@ class TokenNotFound(TokenError):
     """No token that can open this slot is present. Insert it and try again."""
 
     code = "token-not-found"
+    exit_code = ExitCode.TOKEN_ABSENT
 
 
 class TokenRemoved(TokenError):
     """The token was removed during the operation. Nothing was changed; insert it and try again."""
 
     code = "token-removed"
+    exit_code = ExitCode.TOKEN_ABSENT
 
 
 class PinInvalid(TokenError):

@@ -84,9 +84,9 @@ def test_import_secret_from_stdin(home: Path, tmp_path: Path) -> None:
         ("no-vault", 3, "no vault named 'nope'"),
         ("no-factor", 2, "name at least one factor"),
         ("bad-name", 2, "invalid vault name"),
-        ("exists", 2, "exists already"),
+        ("exists", 3, "exists already"),
         ("no-terminal", 4, "use --password-file"),
-        ("no-card", 5, "no PIV card found"),
+        ("no-card", 10, "no PIV card found"),
     ],
 )
 def test_errors_are_one_clear_line(home: Path, tmp_path: Path, case: str, exit_code: int, words: str,

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ..errors import LastSlot, TokenAgentError, UsageError
+from ..errors import LastSlot, TokenAgentError, UsageError, VaultExists
 from ..factors.base import Factor, FactorContext
 from ..plugins import load_factor_types
 from ..vault import VaultStore, check_name, new_vault, operations, unlock, wipe
@@ -207,7 +207,7 @@ def create_vault(vault: str, kw: dict[str, Any], secret: bytes | bytearray | Non
     check_name(vault)
     store = VaultStore()
     if store.exists(vault):
-        raise UsageError(f"a vault named {vault!r} exists already; use 'tokenagent enroll {vault}' to add a slot")
+        raise VaultExists(f"a vault named {vault!r} exists already; use 'tokenagent enroll {vault}' to add a slot")
     plan = _planned_factors(kw)
     ctx, ui = factor_context(kw)
     enrolled = _enroll_all(ctx, plan)

@@ -18,7 +18,7 @@ import click
 
 from .. import paths
 from ..client import AgentClient
-from ..errors import UsageError, VaultNotFound
+from ..errors import UsageError, VaultExists, VaultNotFound
 from ..factors.base import SecretRequest
 from ..integrations import cryptomator as cm
 from ..integrations import keepass
@@ -158,7 +158,7 @@ def adopt(vault_dir: Path, name: str, cryptomator_password_file: str | None, kee
     """Keep VAULT_DIR's keys in a new tokenagent vault and move masterkey.cryptomator out of the folder."""
     check_name(name)
     if VaultStore().exists(name):
-        raise UsageError(f"a vault named {name!r} exists already; choose another --name")
+        raise VaultExists(f"a vault named {name!r} exists already; choose another --name")
     config = cm.read_config(vault_dir)
     mk_path = cm.masterkey_path(vault_dir, config)
     mk_bytes = mk_path.read_bytes() if mk_path.exists() else None

@@ -24,7 +24,8 @@ def cli() -> None:
     """tokenagent: keep vault keys behind hardware tokens, and serve them to local clients.
 
     Exit codes: 0 ok, 1 failure, 2 usage, 3 vault, 4 authentication, 5 token,
-    6 agent, 7 locked, 8 denied by policy, 9 cancelled (docs/exit-codes.md).
+    6 agent, 7 locked, 8 denied by policy, 9 cancelled, 10 token not plugged in
+    (docs/exit-codes.md).
     """
     load_factor_types()  # before any vault is read, so its token factors are known
 

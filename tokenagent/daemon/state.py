@@ -26,9 +26,19 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Protocol
 
 from .. import __version__
-from ..errors import AccessDenied, AgentError, PolicyError, TokenAgentError, UsageError, VaultLocked
+from ..errors import (
+    AccessDenied,
+    AgentError,
+    PolicyError,
+    TokenAgentError,
+    UsageError,
+    VaultLocked,
+    VaultNotFound,
+    vault_not_found,
+)
 from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Response
 from ..vault import VaultStore, check_name, derive_subkey, verify, wipe
+from ..vault.operations import is_token_slot
 from .config import AgentConfig, VaultPolicy
 from .hardening import lock_in_memory, unlock_memory
 
@@ -235,7 +245,7 @@ class AgentState:
             if session is not None and self._expire_session(session, self.clock()):
                 session = None
             if session is None:
-                raise VaultLocked(f"vault {vault!r} is locked: plug in its token or run 'tokenagent unlock {vault}'")
+                raise self._why_not_unlocked(vault)
             self._check_peer(vault, peer)
             if context is None and not session.allow_raw:
                 raise PolicyError(f"vault {vault!r} releases only subkeys: ask with --context LABEL")
@@ -256,7 +266,23 @@ class AgentState:
 
     def _lock(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         vault = _vault_arg(args)
-        return {"vault": vault, "was_unlocked": self.lock(vault, "request")}
+        was = self.lock(vault, "request")
+        if not was and vault not in _vault_names(self):
+            raise vault_not_found(vault, _vault_names(self))
+        return {"vault": vault, "was_unlocked": was}
+
+    def _why_not_unlocked(self, vault: str) -> TokenAgentError:
+        """The error for a get of a vault that is not unlocked: not found (with the names close to
+        it), or locked, with "plug in its token" only when one of its slots is a token."""
+        try:
+            loaded = self.store.load(vault)
+        except VaultNotFound:
+            return vault_not_found(vault, _vault_names(self))
+        except (OSError, TokenAgentError):
+            loaded = None  # damaged or unreadable: still locked, the unlock says what is wrong
+        if loaded is not None and any(is_token_slot(s) for s in loaded.slots):
+            return VaultLocked(f"vault {vault!r} is locked: plug in its token or run 'tokenagent unlock {vault}'")
+        return VaultLocked(f"vault {vault!r} is locked: run 'tokenagent unlock {vault}'")
 
     def _lock_all(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"locked": self.lock_all("request")}

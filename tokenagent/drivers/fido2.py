@@ -41,12 +41,12 @@ from fido2.ctap2 import Ctap2
 from fido2.ctap2.pin import ClientPin, PinProtocol, PinProtocolV1, PinProtocolV2
 
 from ..errors import (
-    NotMine,
     NotSupported,
     PinAuthBlocked,
     PinBlocked,
     PinInvalid,
     PinRequired,
+    TokenAbsent,
     TokenAgentError,
     TokenError,
     TokenNotFound,
@@ -321,7 +321,7 @@ class Fido2Factor(Factor):
         try:
             found = self._find(devices)
             if found is None:
-                raise NotMine("the FIDO2 key of this slot is not plugged in" if devices
+                raise TokenAbsent("the FIDO2 key of this slot is not plugged in" if devices
                               else "no FIDO2 key is plugged in")
             device, ctap = found
             name = _name(device)

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import (
     Cancelled,
-    NotMine,
+    TokenAbsent,
     TokenAgentError,
     TokenError,
     TokenNotFound,
@@ -192,7 +192,7 @@ class OtpFactor(Factor):
                 except Exception as err:  # noqa: BLE001 - transport failures, the key refusing
                     raise _failed(label, err) from None
             who = f"YubiKey {self.serial}" if self.serial else "the YubiKey of this slot"
-            raise NotMine(f"{who} is not plugged in")
+            raise TokenAbsent(f"{who} is not plugged in")
 
 
 def _new_hmac_key(ctx: FactorContext, options: Mapping[str, Any]) -> bytearray:

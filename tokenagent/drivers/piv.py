@@ -43,10 +43,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import (
     Cancelled,
-    NotMine,
     NotSupported,
     PinBlocked,
     PinInvalid,
+    TokenAbsent,
     TokenAgentError,
     TokenError,
     TokenNotFound,
@@ -363,7 +363,7 @@ class PivFactor(Factor):
                 except Exception as err:  # noqa: BLE001 - transport failures, the card refusing
                     raise _removed_or_refused(name, err) from None
             who = f"PIV card {self.serial}" if self.serial else "the PIV card of this slot"
-            raise NotMine(f"{who} is not plugged in (or its slot {self.slot} holds another key)")
+            raise TokenAbsent(f"{who} is not plugged in (or its slot {self.slot} holds another key)")
 
     def _decrypt(self, session: Any, ctx: FactorContext, name: str) -> bytearray:
         slot = _slot(self.slot)

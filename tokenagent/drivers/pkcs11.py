@@ -39,6 +39,7 @@ from ..errors import (
     NotSupported,
     PinBlocked,
     PinInvalid,
+    TokenAbsent,
     TokenAgentError,
     TokenError,
     UsageError,
@@ -122,7 +123,7 @@ def _token(uri: Pkcs11Uri, ctx: FactorContext) -> Any:
     try:
         return _library(uri, ctx).get_token(token_label=uri.token)
     except (pkcs11.NoSuchToken, pkcs11.exceptions.TokenNotPresent):
-        raise NotMine(f"PKCS#11 token {uri.token!r} is not present") from None
+        raise TokenAbsent(f"PKCS#11 token {uri.token!r} is not present") from None
 
 
 def _find(session: Any, uri: Pkcs11Uri, object_class: Any) -> Any:

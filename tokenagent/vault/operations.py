@@ -21,8 +21,12 @@ from .store import VaultStore
 SOFTWARE_TYPES = frozenset({"password", "keyfile", "recovery"})
 
 
-def _is_token_slot(slot: Slot) -> bool:
+def is_token_slot(slot: Slot) -> bool:
+    """Does opening this slot need a token (a key to plug in), not only things a person types or keeps?"""
     return any(f.descriptor()["type"] not in SOFTWARE_TYPES for f in slot.factors)
+
+
+_is_token_slot = is_token_slot
 
 
 def add_slot(

@@ -24,6 +24,8 @@ from dataclasses import dataclass, replace
 from ..errors import (
     NoSlotMatched,
     NotMine,
+    TokenAbsent,
+    TokenNotPresent,
     UsageError,
     VaultIntegrityError,
     WrongSecret,
@@ -269,6 +271,8 @@ def unlock(vault: Vault, ctx: FactorContext, slot_ids: Sequence[str] | None = No
     slots = [vault.slot(s) for s in slot_ids] if slot_ids else list(vault.slots)
     offered = ctx.options.get("factor_types") if not slot_ids else None
     reasons: list[tuple[str, str]] = []
+    absent: list[str] = []  # slots whose token is not plugged in
+    refused = False  # a secret given was wrong
     for slot in slots:
         if not usable_with(slot, offered):
             reasons.append((slot.id, f"needs {slot.describe()}"))
@@ -277,6 +281,9 @@ def unlock(vault: Vault, ctx: FactorContext, slot_ids: Sequence[str] | None = No
             masterkey = open_slot(vault, slot, ctx)
         except (NotMine, WrongSecret) as err:
             reasons.append((slot.id, err.message))
+            if isinstance(err, TokenAbsent):
+                absent.append(slot.id)
+            refused = refused or isinstance(err, WrongSecret)
             continue
         try:
             verify(vault, masterkey)
@@ -285,4 +292,7 @@ def unlock(vault: Vault, ctx: FactorContext, slot_ids: Sequence[str] | None = No
             raise
         return UnlockResult(slot.id, masterkey)
     detail = "; ".join(f"slot {slot_id}: {why}" for slot_id, why in reasons)
+    if absent and not refused:  # "plug in your key" is the answer, not "wrong password"
+        raise TokenNotPresent(f"the token of vault {vault.name!r} is not plugged in: plug it in and run again"
+                              f" ({detail})", reasons, absent)
     raise NoSlotMatched(f"no slot of vault {vault.name!r} could be opened ({detail})", reasons)

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import paths
-from ..errors import UnsafePath, UsageError, VaultBusy, VaultExists, VaultFormatError, VaultNotFound
+from ..errors import UnsafePath, UsageError, VaultBusy, VaultExists, VaultFormatError, vault_not_found
 from .format import Vault, parse
 
 SUFFIX = ".vault"
@@ -127,7 +127,7 @@ class VaultStore:
         try:
             data = _read_nofollow(primary)
         except FileNotFoundError:
-            raise VaultNotFound(f"no vault named {name!r} (see: tokenagent list)") from None
+            raise vault_not_found(name, self.list()) from None
         try:
             return parse(data, name)
         except VaultFormatError as primary_err:

@@ -1,0 +1,65 @@
+"""What a new user meets first, with the real agent and CLI as processes (issue: first use).
+
+Unknown vaults are ``vault-not-found`` at once, with the names close to the one typed; "plug in
+its token" only for vaults that have a token slot; exit codes scripts can tell apart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from agentkit import AgentProcess, make_vault, private_home, start_agent
+
+from tokenagent.client import AgentClient
+from tokenagent.errors import VaultLocked, VaultNotFound
+
+
+@pytest.fixture(params=[False], ids=["json-socket"])  # the get socket hands unknown names to it
+def agent_either(request: pytest.FixtureRequest, tmp_path: Path) -> AgentProcess:
+    home = private_home(tmp_path, f"[agent]\nget_socket = {'true' if request.param else 'false'}\n")
+    make_vault(home, "backup-home")
+    agent = start_agent(home)
+    request.addfinalizer(agent.stop)
+    return agent
+
+
+def test_unknown_vault_is_not_found_at_once_with_the_close_names(agent_either: AgentProcess) -> None:
+    agent = agent_either
+    started = time.monotonic()
+    typo = agent.cli("get", "backup-hom", "--wait", "30")
+    assert time.monotonic() - started < 20  # not the 30 s of --wait: there is nothing to wait for
+    assert typo.returncode == 3, typo.stderr
+    assert typo.stderr == "tokenagent: no vault named 'backup-hom'; did you mean 'backup-home'?\n"
+    far = agent.cli("get", "zzz", "--json")
+    assert far.returncode == 3 and json.loads(far.stdout)["error"] == "vault-not-found"
+    assert "tokenagent list" in json.loads(far.stdout)["message"]
+    with AgentClient(agent.socket) as client:  # the JSON socket itself, with and without wait
+        for args in ({"vault": "backup-hom"}, {"vault": "backup-hom", "wait": 30}):
+            with pytest.raises(VaultNotFound, match="did you mean 'backup-home'"):
+                client.request("get", **args)
+
+
+def test_locked_password_vault_does_not_say_plug_in_a_token(agent_either: AgentProcess) -> None:
+    locked = agent_either.cli("get", "backup-home")
+    assert locked.returncode == 7
+    assert locked.stderr == "tokenagent: vault 'backup-home' is locked: run 'tokenagent unlock backup-home'\n"
+    with AgentClient(agent_either.socket) as client, pytest.raises(VaultLocked) as err:
+        client.request("get", vault="backup-home")
+    assert "plug in" not in err.value.message
+
+
+def test_lock_of_an_unknown_name_fails(agent: AgentProcess) -> None:
+    unknown = agent.cli("lock", "v2")
+    assert unknown.returncode == 3 and "no vault named 'v2'; did you mean 'v1'?" in unknown.stderr
+    known = agent.cli("lock", "v1")
+    assert known.returncode == 0 and "was not unlocked" in known.stdout
+
+
+def test_init_of_an_existing_vault_is_vault_exists(agent: AgentProcess) -> None:
+    pw = agent.home.parent / "pw-again"
+    pw.write_text("x\n")
+    again = agent.cli("init", "v1", "--password", "--password-file", str(pw), "--json")
+    assert again.returncode == 3 and json.loads(again.stdout)["error"] == "vault-exists"
