@@ -66,17 +66,27 @@ can_use_virtual_tokens() {
 
 # ------------------------------------------------------------------------------------------
 if can_use_virtual_tokens; then
-  port=$("$PY" -c 'import sys; sys.path.insert(0, "tests"); from pcscd import free_ports; print(free_ports(2))')
+  # the private pcscd's helpers live in tests/pcscd.py: free ports, the options this pcscd needs
+  # (--disable-polkit on pcscd 2.x built with polkit; 1.9 refuses it), its refusals of clients
+  pcscd_py() { "$PY" -c "import sys; sys.path.insert(0, 'tests'); import pcscd; $1" "${@:2}"; }
+  port=$(pcscd_py 'print(pcscd.free_ports(2))')
+  pcscd_opts=$(pcscd_py 'print(" ".join(pcscd.pcscd_options(pcscd.pcscd_help())))')
   mkdir -p "$demo/pcscd/reader.conf.d"
   printf 'FRIENDLYNAME "Virtual PCD"\nDEVICENAME   /dev/null:0x%04X\nLIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so\nCHANNELID    0x%04X\n' \
     "$port" "$port" > "$demo/pcscd/reader.conf.d/vpcd"
   unshare --mount --propagation private sh -c \
-    "mkdir -p /run/pcscd && mount -t tmpfs -o mode=0755 tmpfs /run/pcscd && exec pcscd --foreground --config $demo/pcscd/reader.conf.d" \
+    "mkdir -p /run/pcscd && mount -t tmpfs -o mode=0755 tmpfs /run/pcscd && exec pcscd --foreground --config $demo/pcscd/reader.conf.d $pcscd_opts" \
     > "$demo/pcscd/log" 2>&1 &
   pcscd_pid=$!
   pids+=($pcscd_pid)
   export PCSCLITE_CSOCK_NAME=/proc/$pcscd_pid/root/run/pcscd/pcscd.comm
   for _ in $(seq 100); do [ -S "$PCSCLITE_CSOCK_NAME" ] && break; sleep 0.1; done
+  if [ ! -S "$PCSCLITE_CSOCK_NAME" ]; then cat "$demo/pcscd/log"; echo "the private pcscd did not start (its log is above)"; exit 1; fi
+  pcscd_refusals() {  # pcscd's own account when it turned clients away (polkit), instead of a misleading symptom
+    local refused
+    refused=$(pcscd_py 'print(pcscd.refusals(open(sys.argv[1]).read()))' "$demo/pcscd/log")
+    [ -z "$refused" ] || printf 'pcscd turned clients away (pcscd %s):\n%s\n' "$(pcscd --version 2>&1 | grep -o '[0-9][0-9.]*' | head -1)" "$refused"
+  }
 
   cards() {  # cards present in pcscd's readers, without sending them anything (the agent may be talking to one)
     "$PY" -c 'from smartcard.System import readers
@@ -87,19 +97,20 @@ for r in readers():
         c.connect(); n += 1; c.disconnect()
     except Exception:
         pass
-print(n)'
+print(n)' 2>/dev/null
   }
-  wait_cards() { for _ in $(seq 60); do [ "$(cards)" = "$1" ] && return 0; sleep 0.25; done; echo "pcscd did not show $1 token(s)"; exit 1; }
+  wait_cards() { for _ in $(seq 60); do [ "$(cards)" = "$1" ] && return 0; sleep 0.25; done; pcscd_refusals; echo "pcscd did not show $1 token(s)"; exit 1; }
   start_token() {  # name serial slot
     tokenagent virtual-token run --state "$demo/$1.json" --serial "$2" --vpcd "127.0.0.1:$((port + $3))" \
       --unplugged > "$demo/$1.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 100); do [ -S "$demo/$1.json.ctl" ] && return 0; sleep 0.1; done
-    cat "$demo/$1.log"; exit 1
+    cat "$demo/$1.log"; pcscd_refusals; exit 1  # the trap stops the token and pcscd
   }
   plugged=0
   plug() { printf '$ tokenagent virtual-token plug --state %s.json   # (you plug in the key)\n' "$1"
-           tokenagent virtual-token plug --state "$demo/$1.json" >/dev/null; plugged=$((plugged + 1)); wait_cards $plugged; }
+           tokenagent virtual-token plug --state "$demo/$1.json" >/dev/null || { pcscd_refusals; exit 1; }
+           plugged=$((plugged + 1)); wait_cards $plugged; }
   unplug() { printf '$ tokenagent virtual-token unplug --state %s.json   # (you pull the key out)\n' "$1"
              tokenagent virtual-token unplug --state "$demo/$1.json" >/dev/null; plugged=$((plugged - 1)); wait_cards $plugged; }
 

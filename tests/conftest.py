@@ -77,12 +77,14 @@ def agent(agent_home: Path) -> Iterator[AgentProcess]:
 # --- a private pcscd with virtual tokens (helpers in pcscd.py) ---------------------------------
 
 @pytest.fixture
-def pcscd(tmp_path: Path) -> Iterator[PrivatePcscd]:
-    """A private pcscd with the vpcd driver; skipped without root/pcscd/vpcd (a failure under CI)."""
+def pcscd(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[PrivatePcscd]:
+    """A private pcscd with the vpcd driver; skipped without root/pcscd/vpcd (a failure under CI).
+    ``@pytest.mark.reader_name("Yubico Virtual PCD")`` names its readers (ykcs11 wants "Yubico...")."""
     reason = missing()
     if reason:
         pytest.skip(reason)
-    daemon = PrivatePcscd(tmp_path / "pcscd")
+    marker = request.node.get_closest_marker("reader_name")
+    daemon = PrivatePcscd(tmp_path / "pcscd", *(marker.args if marker else ()))
     try:
         yield daemon
     finally:

@@ -24,6 +24,28 @@ from agentkit import stop_process
 VPCD_DRIVER = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 
 
+def pcscd_options(help_text: str) -> list[str]:
+    """The options a private pcscd needs beyond ``--foreground --config DIR``, from what ``pcscd
+    --help`` offers. pcscd 2.x as Debian 13 builds it asks polkit (over the system D-Bus) about
+    every client, and with no system bus turns them all away: ``--disable-polkit``, where it
+    exists (1.9.9 does not know the option and refuses to start with it)."""
+    return ["--disable-polkit"] if "--disable-polkit" in help_text else []
+
+
+def pcscd_help() -> str:
+    done = subprocess.run(["pcscd", "--help"], capture_output=True, text=True, timeout=30)
+    return done.stdout + done.stderr
+
+
+# What pcscd logs when it turns a client away (pcsc-lite 2.x with polkit: auth.c, winscard_svc.c)
+_REFUSALS = ("Rejected unauthorized", "NOT authorized", "polkit")
+
+
+def refusals(log: str) -> str:
+    """pcscd's own lines about clients it refused or about polkit ("" when there are none)."""
+    return "\n".join(line for line in log.splitlines() if any(word in line for word in _REFUSALS))
+
+
 def missing() -> str | None:
     """Why a private pcscd cannot run here (None: it can)."""
     if os.getuid() != 0:
@@ -67,8 +89,14 @@ def free_ports(count: int) -> int:
 
 
 class PrivatePcscd:
-    def __init__(self, workdir: Path) -> None:
+    """``reader_name`` is the readers' FRIENDLYNAME (pcscd adds " 00 00", " 00 01"; further pairs
+    get " A", " B" after the name). ykcs11 lists only readers whose name starts with "Yubico":
+    ``PrivatePcscd(dir, "Yubico Virtual PCD")`` (ykman takes a reader for a USB YubiKey only when
+    its name holds "Yubico YubiKey", so it still sees an NFC reader)."""
+
+    def __init__(self, workdir: Path, reader_name: str = "Virtual PCD") -> None:
         self.workdir = workdir
+        self.reader_name = reader_name
         self.port = free_ports(READERS)
         conf = workdir / "reader.conf.d"
         conf.mkdir(parents=True)
@@ -79,13 +107,13 @@ class PrivatePcscd:
                 driver = str(workdir / f"libifdvpcd-{entry}.so")
                 shutil.copyfile(VPCD_DRIVER, driver)
             port = self.port + SLOTS_PER_ENTRY * entry
-            name = "Virtual PCD" + (f" {chr(ord('A') + entry)}" if entry else "")
+            name = reader_name + (f" {chr(ord('A') + entry)}" if entry else "")
             entries.append(f'FRIENDLYNAME "{name}"\nDEVICENAME   /dev/null:0x{port:04X}\n'
                            f"LIBPATH      {driver}\nCHANNELID    0x{port:04X}\n")
         (conf / "vpcd").write_text("\n".join(entries))
         self.log = workdir / "pcscd.log"
         script = ("mkdir -p /run/pcscd && mount -t tmpfs -o mode=0755 tmpfs /run/pcscd"
-                  f" && exec pcscd --foreground --config {conf}")
+                  f" && exec pcscd --foreground --config {conf} {' '.join(pcscd_options(pcscd_help()))}")
         self.tokens: list[TokenProcess] = []
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
@@ -94,12 +122,20 @@ class PrivatePcscd:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"pcscd exited: {self.log.read_text()}")
+                raise RuntimeError(f"pcscd exited: {self.log_text()}")
             if self.socket.exists() and all(_listening(self.port + i) for i in range(READERS)):
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"pcscd did not start: {self.log.read_text()}")
+        raise RuntimeError(f"pcscd did not start: {self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def explain(self) -> str:
+        """What to add to a failure message: pcscd's refusals of clients, when it logged any."""
+        refused = refusals(self.log_text())
+        return f"; pcscd turned clients away:\n{refused}" if refused else ""
 
     @property
     def env(self) -> dict[str, str]:
@@ -110,9 +146,12 @@ class PrivatePcscd:
         done = subprocess.run([sys.executable, "-c", _WAIT_CARDS, str(count), str(timeout)],
                               env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout + 10)
         if done.returncode != 0:
-            raise RuntimeError(f"pcscd did not show {count} card(s): {done.stdout}{done.stderr}")
+            raise RuntimeError(f"pcscd did not show {count} card(s): {done.stdout}{done.stderr}{self.explain()}")
 
     def stop(self) -> None:
+        """Stop pcscd and every token still plugged into it (a test that failed half-way leaves none behind)."""
+        for token in list(self.tokens):
+            token.stop()
         stop_process(self.proc)
 
 
@@ -170,17 +209,25 @@ class TokenProcess:
         if not plugged:
             args.append("--unplugged")
         self.log = state.with_suffix(".log")
+        self.plugged = False
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-        ctl = state.with_name(state.name + ".ctl")
-        deadline = time.monotonic() + 20
-        while not ctl.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"virtual token did not start: {self.log.read_text()}")
-            time.sleep(0.05)
-        self.plugged = plugged
-        pcscd.tokens.append(self)
-        self._settle()
+        try:
+            ctl = state.with_name(state.name + ".ctl")
+            deadline = time.monotonic() + 20
+            while not ctl.exists():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"virtual token did not start: {self.log.read_text()}{pcscd.explain()}")
+                time.sleep(0.05)
+            self.plugged = plugged
+            pcscd.tokens.append(self)
+            self._settle()
+        except BaseException:
+            # A token whose start-up failed is stopped here: the caller never got the object to stop
+            self.stop()
+            if self in pcscd.tokens:
+                pcscd.tokens.remove(self)
+            raise
 
     def _settle(self) -> None:
         self.pcscd.wait_cards(sum(1 for t in self.pcscd.tokens if t.plugged))

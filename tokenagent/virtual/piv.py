@@ -377,11 +377,8 @@ class PivApplet(Applet):
             result = pow(value, numbers.d, n).to_bytes(size, "big")
         else:
             assert isinstance(key, ec.EllipticCurvePrivateKey)  # noqa: S101 - only RSA and EC are stored
-            digest = fields[0x81]
-            hash_type = EC_HASHES[meta["alg"]]
-            if len(digest) != hash_type.digest_size:
-                raise ApduStatus(SW_INCORRECT_PARAMETERS)
-            result = key.sign(digest, ec.ECDSA(Prehashed(hash_type())))
+            result = key.sign(_ecdsa_input(fields[0x81], EC_HASHES[meta["alg"]]().digest_size),
+                              ec.ECDSA(Prehashed(EC_HASHES[meta["alg"]]())))
         return tlv(0x7C, tlv(0x82, result))
 
     def _check_use(self, slot: int, meta: dict[str, Any]) -> None:
@@ -546,6 +543,16 @@ class PivApplet(Applet):
         INS_RESET: _reset,
         INS_SET_MGMKEY: _set_mgm_key,
     }
+
+
+def _ecdsa_input(digest: bytes, size: int) -> bytes:
+    """The digest as the curve's ECDSA takes it (FIPS 186-4 6.4): a longer one is cut to its leftmost
+    ``size`` bytes, a shorter one (SHA-256 on P-384, SHA-1 on P-256) is the same number left-padded
+    with zeros. A YubiKey signs both; clients rely on it (yubikit sends a SHA-256 digest unpadded
+    for a P-384 key, libykpiv and OpenSC send what the hash gave)."""
+    if not digest:
+        raise ApduStatus(SW_INCORRECT_PARAMETERS)
+    return digest[:size].rjust(size, b"\0")
 
 
 def _dyn_auth(data: bytes) -> bytes:
