@@ -6,17 +6,22 @@ Commands that need user presence run in a worker thread: the first answer is SW 
 keepalive status (UP needed), and the client polls with NFCCTAP_GETRESPONSE (INS 11), P1 11
 cancelling, as python-fido2's ``CtapPcscDevice`` does.
 
-What is implemented (CTAP 2.1, §6): getInfo; makeCredential (ES256; non-resident credentials
-whose id is the credential's secrets sealed with AES-256-GCM under a device key, bound to the
-rp id hash; resident credentials kept in the state; excludeList; extensions hmac-secret and
-credProtect; packed self attestation); getAssertion (allowList or resident credentials,
-options up/uv, hmac-secret with one or two salts under PIN/UV protocol 1 or 2, with separate
-CredRandom values with and without UV); clientPIN (getPinRetries, getKeyAgreement, setPIN,
-changePIN, getPinToken, getPinUvAuthTokenUsingPinWithPermissions) with 8 retries decremented
-before the comparison, 3 consecutive mistakes blocking PIN use until a power cycle, and a
-blocked PIN at 0; authenticatorReset (UP required); authenticatorSelection. Not implemented:
-U2F/CTAP1, getNextAssertion (one credential per assertion), credential management, large
-blobs, enterprise attestation, built-in UV; docs/virtual-token.md lists them.
+What is implemented (CTAP 2.1, §6): getInfo (maxMsgSize 1200, maxCredentialCountInList 8,
+maxCredentialIdLength 128, as a YubiKey 5 states them; a longer message answers
+REQUEST_TOO_LARGE, a longer list LIMIT_EXCEEDED); makeCredential (ES256 and EdDSA;
+non-resident credentials whose id is the credential sealed under a device key, bound to the
+rp id hash (``fido2_keys``); resident credentials kept in the state; excludeList;
+extensions hmac-secret and credProtect; packed self attestation); getAssertion (allowList or
+resident credentials, the newest first, getNextAssertion for the rest; options up/uv;
+hmac-secret with one or two salts under PIN/UV protocol 1 or 2, with separate CredRandom
+values with and without UV); clientPIN (getPinRetries, PIN_NOT_SET without a PIN;
+getKeyAgreement, setPIN, changePIN, getPinToken, getPinUvAuthTokenUsingPinWithPermissions
+with the mc, ga and cm permissions) with 8 retries decremented before the comparison, 3
+consecutive mistakes blocking PIN use until a power cycle, and a blocked PIN at 0;
+credential management (0x0A and the 0x41 preview, ``credman``); authenticatorReset (only
+within 5 s of power-up, as a YubiKey 5, and with a touch); authenticatorSelection. Not
+implemented: U2F/CTAP1, large blobs, authenticatorConfig, enterprise attestation, built-in
+UV; docs/virtual-token.md lists them.
 
 The device's secrets are in its state file, which is what persists a token across plugs.
 """
@@ -29,17 +34,21 @@ import hmac
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fido2 import cbor
 
 from .card import SW_INS_NOT_SUPPORTED, Apdu, ApduStatus, Applet, Presence
+from .credman import CMD_CREDENTIAL_MGMT, CMD_CREDENTIAL_MGMT_PREVIEW, RESIDENT_CAPACITY, CredentialManagement
+from .ctap_status import CtapFailure, Err
+from .fido2_keys import ALGORITHMS, CredentialKey, new_credential, open_credential
 
 AID = bytes.fromhex("A0000006472F0001")
 AAGUID = bytes.fromhex("746f6b656e6167656e742d7669727475")  # "tokenagent-virtu"
@@ -51,48 +60,23 @@ MAX_MSG_SIZE = 1200
 PIN_RETRIES = 8
 PIN_MISTAKES_PER_BOOT = 3
 TOUCH_TIMEOUT = 30.0
-ES256 = -7
+RESET_WINDOW = 5.0  # seconds after power-up (plug, NFC field) in which a YubiKey 5 accepts authenticatorReset
 ECDH_ALG = -25
-
-
-class Err:
-    """CTAP2 status codes (CTAP 2.1 §8.2)."""
-
-    SUCCESS = 0x00
-    INVALID_COMMAND = 0x01
-    INVALID_PARAMETER = 0x02
-    INVALID_LENGTH = 0x03
-    CBOR_UNEXPECTED_TYPE = 0x11
-    INVALID_CBOR = 0x12
-    MISSING_PARAMETER = 0x14
-    CREDENTIAL_EXCLUDED = 0x19
-    UNSUPPORTED_ALGORITHM = 0x26
-    OPERATION_DENIED = 0x27
-    UNSUPPORTED_OPTION = 0x2B
-    INVALID_OPTION = 0x2C
-    KEEPALIVE_CANCEL = 0x2D
-    NO_CREDENTIALS = 0x2E
-    USER_ACTION_TIMEOUT = 0x2F
-    NOT_ALLOWED = 0x30
-    PIN_INVALID = 0x31
-    PIN_BLOCKED = 0x32
-    PIN_AUTH_INVALID = 0x33
-    PIN_AUTH_BLOCKED = 0x34
-    PIN_NOT_SET = 0x35
-    PUAT_REQUIRED = 0x36
-    PIN_POLICY_VIOLATION = 0x37
-    UNAUTHORIZED_PERMISSION = 0x40
-
-
-class CtapFailure(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(f"CTAP error 0x{code:02X}")
-        self.code = code
+MAX_CREDS_IN_LIST = 8  # getInfo 0x07 and 0x08 as a YubiKey 5 states them
+MAX_CRED_ID_LENGTH = 128
+NEXT_ASSERTION_TIMEOUT = 30.0  # seconds getNextAssertion may follow getAssertion (CTAP 2.1 §6.3)
 
 
 class Permission:
     MAKE_CREDENTIAL = 0x01
     GET_ASSERTION = 0x02
+    CREDENTIAL_MGMT = 0x04
+    BIO_ENROLL = 0x08
+    LARGE_BLOB_WRITE = 0x10
+    AUTHENTICATOR_CFG = 0x20
+    PERSISTENT_CREDENTIAL_MGMT = 0x40
+    GRANTED = MAKE_CREDENTIAL | GET_ASSERTION | CREDENTIAL_MGMT  # what this authenticator's getInfo backs
+    DEFINED = 0x7F  # CTAP 2.1 §6.5.5.7: defined but unbacked permissions are refused, undefined ones ignored
 
 
 # --- PIN/UV auth protocols (CTAP 2.1 §6.5.6, §6.5.7) ------------------------------------------
@@ -162,6 +146,18 @@ def public_key_from_cose(cose: Any) -> ec.EllipticCurvePublicKey:
         raise CtapFailure(Err.INVALID_PARAMETER) from None
 
 
+@dataclass
+class PendingAssertions:
+    """What getNextAssertion still has to give after a getAssertion that found several resident credentials."""
+
+    since: float
+    rp_hash: bytes
+    client_data_hash: bytes
+    flags: int
+    hmac_request: Any
+    rest: list[tuple[bytes, CredentialKey, dict[str, Any] | None]]
+
+
 # --- the authenticator ---------------------------------------------------------------------------
 
 class Fido2Applet(Applet):
@@ -177,6 +173,8 @@ class Fido2Applet(Applet):
         self.pin_retries = PIN_RETRIES
         self.sign_count = 0
         self.resident: list[dict[str, Any]] = []
+        self.credman = CredentialManagement(self)
+        self._next_assertions: PendingAssertions | None = None
         self._boot()
         self._worker: threading.Thread | None = None
         self._result: bytes | None = None
@@ -202,7 +200,11 @@ class Fido2Applet(Applet):
         self.pin_token = secrets.token_bytes(32)
         self.token_permissions = 0
         self.token_rp: str | None = None
+        self.token_legacy = False  # from getPinToken (no permissions asked): the preview credMgmt takes it
         self.mistakes_this_boot = 0
+        self._next_assertions = None
+        self.credman.forget_walk()
+        self.powered_at = time.monotonic()
 
     def power_cycle(self) -> None:
         self._cancel.set()
@@ -257,6 +259,8 @@ class Fido2Applet(Applet):
         """One CTAP2 command → status byte + CBOR (callable directly, for in-process tests)."""
         if not message:
             return bytes([Err.INVALID_LENGTH])
+        if len(message) > MAX_MSG_SIZE:
+            return bytes([Err.REQUEST_TOO_LARGE])  # above getInfo's maxMsgSize: the client splits its lists
         command, body = message[0], message[1:]
         try:
             params = cbor.decode(body) if body else {}
@@ -266,58 +270,81 @@ class Fido2Applet(Applet):
             return bytes([Err.CBOR_UNEXPECTED_TYPE])
         handler: Callable[[dict[Any, Any]], dict[int, Any] | None] | None = {
             0x01: self.make_credential, 0x02: self.get_assertion, 0x04: self.get_info,
-            0x06: self.client_pin, 0x07: self.reset, 0x0B: self.selection,
+            0x06: self.client_pin, 0x07: self.reset, 0x08: self.get_next_assertion, 0x0B: self.selection,
+            CMD_CREDENTIAL_MGMT: lambda p: self.credman.handle(p, preview=False),
+            CMD_CREDENTIAL_MGMT_PREVIEW: lambda p: self.credman.handle(p, preview=True),
         }.get(command)
         if handler is None:
             return bytes([Err.INVALID_COMMAND])
+        if command != 0x08:
+            self._next_assertions = None
+        if command not in (CMD_CREDENTIAL_MGMT, CMD_CREDENTIAL_MGMT_PREVIEW):
+            self.credman.forget_walk()
         try:
             result = handler(params)
         except CtapFailure as failure:
             return bytes([failure.code])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
             return bytes([Err.INVALID_PARAMETER])
         return bytes([Err.SUCCESS]) + (cbor.encode(result) if result is not None else b"")
 
     def get_info(self, params: dict[Any, Any]) -> dict[int, Any]:
         return {
-            0x01: ["FIDO_2_0", "FIDO_2_1"],
+            0x01: ["FIDO_2_0", "FIDO_2_1_PRE", "FIDO_2_1"],
             0x02: ["credProtect", "hmac-secret"],
             0x03: AAGUID,
-            0x04: {"rk": True, "up": True, "plat": False, "clientPin": self.pin_hash is not None,
-                   "pinUvAuthToken": True, "makeCredUvNotRqd": True},
+            0x04: {"rk": True, "up": True, "plat": False, "credMgmt": True, "clientPin": self.pin_hash is not None,
+                   "pinUvAuthToken": True, "makeCredUvNotRqd": True, "credentialMgmtPreview": True},
             0x05: MAX_MSG_SIZE,
             0x06: [2, 1],
+            0x07: MAX_CREDS_IN_LIST,
+            0x08: MAX_CRED_ID_LENGTH,
             0x09: ["nfc", "usb"],
-            0x0A: [{"type": "public-key", "alg": ES256}],
+            0x0A: [{"type": "public-key", "alg": alg} for alg in ALGORITHMS],
             0x0D: 4,
+            0x14: RESIDENT_CAPACITY - len(self.resident),
         }
 
     def _touch(self) -> None:
         if not self.presence.wait(TOUCH_TIMEOUT, self._cancel.is_set):
             raise CtapFailure(Err.KEEPALIVE_CANCEL if self._cancel.is_set() else Err.USER_ACTION_TIMEOUT)
 
-    def _check_uv(self, params: dict[Any, Any], auth_key: int, proto_key: int, client_data_hash: bytes,
-                  permission: int, rp_id: str) -> bool:
-        """Verify pinUvAuthParam (if given): True when the request carries user verification."""
-        param = params.get(auth_key)
-        if param is None:
-            return False
+    def verify_auth_param(self, params: dict[Any, Any], auth_key: int, proto_key: int, message: bytes) -> None:
+        """Check pinUvAuthParam = authenticate(pinUvAuthToken, message) under the request's PIN/UV protocol."""
         protocol = PROTOCOLS.get(params.get(proto_key, 0))
         if protocol is None:
             raise CtapFailure(Err.MISSING_PARAMETER if proto_key not in params else Err.INVALID_PARAMETER)
         if self.pin_hash is None:
             raise CtapFailure(Err.PIN_NOT_SET)
-        if not protocol.verify(self.pin_token, client_data_hash, param):
+        if not isinstance(params[auth_key], bytes) or not protocol.verify(self.pin_token, message, params[auth_key]):
             raise CtapFailure(Err.PIN_AUTH_INVALID)
+
+    def _check_uv(self, params: dict[Any, Any], auth_key: int, proto_key: int, client_data_hash: bytes,
+                  permission: int, rp_id: str) -> bool:
+        """Verify pinUvAuthParam (if given): True when the request carries user verification."""
+        if params.get(auth_key) is None:
+            return False
+        self.verify_auth_param(params, auth_key, proto_key, client_data_hash)
         if not self.token_permissions & permission or (self.token_rp not in (None, rp_id)):
             raise CtapFailure(Err.PIN_AUTH_INVALID)
         self.token_rp = rp_id
         return True
 
+    @staticmethod
+    def _credential_list(params: dict[Any, Any], key: int) -> list[Any]:
+        listed = params.get(key) or []
+        if not isinstance(listed, list):
+            raise CtapFailure(Err.CBOR_UNEXPECTED_TYPE)
+        if len(listed) > MAX_CREDS_IN_LIST:
+            raise CtapFailure(Err.LIMIT_EXCEEDED)  # getInfo's maxCredentialCountInList
+        return listed
+
     def make_credential(self, params: dict[Any, Any]) -> dict[int, Any]:
         client_data_hash, rp, user, algs = params[1], params[2], params[3], params[4]
         rp_id = rp["id"]
-        if not any(a.get("alg") == ES256 and a.get("type") == "public-key" for a in algs):
+        offered = [a.get("alg") for a in algs if a.get("type") == "public-key"]
+        alg = next((a for a in offered if a in ALGORITHMS), None)  # the rp's order of preference
+        if alg is None:
             raise CtapFailure(Err.UNSUPPORTED_ALGORITHM)
         options = params.get(7, {})
         if options.get("up") is False:
@@ -330,21 +357,22 @@ class Fido2Applet(Applet):
         if cred_protect not in (1, 2, 3):
             raise CtapFailure(Err.INVALID_PARAMETER)
         rp_hash = hashlib.sha256(rp_id.encode()).digest()
-        for excluded in params.get(5, []):
-            found = self._open_credential(excluded.get("id", b""), rp_hash)
-            if found is not None and (found["protect"] < 3 or uv):
+        for excluded in self._credential_list(params, 5):
+            found = open_credential(self.device_key, rp_hash, excluded.get("id", b""))
+            if found is not None and (found.protect < 3 or uv):
                 self._touch()
                 raise CtapFailure(Err.CREDENTIAL_EXCLUDED)
+        user_id = base64.b64encode(user["id"]).decode()
+        resident = bool(options.get("rk"))
+        if resident and len(self.resident) >= RESIDENT_CAPACITY and not any(
+                r["rp"] == rp_id and r["user_id"] == user_id for r in self.resident):
+            raise CtapFailure(Err.KEY_STORE_FULL)
         self._touch()
-        key = ec.generate_private_key(ec.SECP256R1())
-        secret = {"d": key.private_numbers().private_value.to_bytes(32, "big"),
-                  "cr": secrets.token_bytes(32), "cru": secrets.token_bytes(32), "protect": cred_protect}
-        cred_id = self._seal_credential(secret, rp_hash)
-        if options.get("rk"):
-            self.resident = [r for r in self.resident
-                             if not (r["rp"] == rp_id and r["user_id"] == base64.b64encode(user["id"]).decode())]
-            self.resident.append({"rp": rp_id, "user_id": base64.b64encode(user["id"]).decode(),
-                                  "user": {k: v for k, v in user.items() if k in ("name", "displayName")},
+        cred_id, key = new_credential(self.device_key, rp_hash, alg, cred_protect)
+        if resident:  # a new credential for the same rp and user replaces the old one (CTAP 2.1 §6.1.2 step 17)
+            self.resident = [r for r in self.resident if not (r["rp"] == rp_id and r["user_id"] == user_id)]
+            self.resident.append({"rp": rp_id, "rp_name": rp.get("name"), "user_id": user_id,
+                                  "user": {k: v for k, v in user.items() if k in ("name", "displayName") and v},
                                   "id": base64.b64encode(cred_id).decode()})
         ext_out: dict[str, Any] = {}
         if extensions.get("hmac-secret") is True:
@@ -354,13 +382,11 @@ class Fido2Applet(Applet):
         flags = 0x01 | (0x04 if uv else 0) | 0x40 | (0x80 if ext_out else 0)
         self.sign_count += 1
         self.changed()
-        attested = AAGUID + len(cred_id).to_bytes(2, "big") + cred_id + cbor.encode(
-            cose_public_key(key.public_key(), ES256))
+        attested = AAGUID + len(cred_id).to_bytes(2, "big") + cred_id + cbor.encode(key.cose_public_key())
         auth_data = rp_hash + bytes([flags]) + self.sign_count.to_bytes(4, "big") + attested
         if ext_out:
             auth_data += cbor.encode(ext_out)
-        signature = key.sign(auth_data + client_data_hash, ec.ECDSA(hashes.SHA256()))
-        return {1: "packed", 2: auth_data, 3: {"alg": ES256, "sig": signature}}
+        return {1: "packed", 2: auth_data, 3: {"alg": alg, "sig": key.sign(auth_data + client_data_hash)}}
 
     def get_assertion(self, params: dict[Any, Any]) -> dict[int, Any]:
         rp_id, client_data_hash = params[1], params[2]
@@ -370,40 +396,58 @@ class Fido2Applet(Applet):
         up = options.get("up", True)
         uv = self._check_uv(params, 6, 7, client_data_hash, Permission.GET_ASSERTION, rp_id)
         rp_hash = hashlib.sha256(rp_id.encode()).digest()
-        candidates: list[tuple[bytes, dict[str, Any], dict[str, Any] | None]] = []
-        allow = params.get(3)
+        candidates: list[tuple[bytes, Any, dict[str, Any] | None]] = []
+        allow = self._credential_list(params, 3)
         if allow:
             for descriptor in allow:
-                opened = self._open_credential(descriptor.get("id", b""), rp_hash)
-                if opened is not None and (opened["protect"] < 3 or uv):
-                    candidates.append((descriptor["id"], opened, None))
+                cred_id = descriptor.get("id", b"")
+                opened = open_credential(self.device_key, rp_hash, cred_id)
+                if opened is not None and (opened.protect < 3 or uv):
+                    candidates.append((cred_id, opened, None))
         else:
-            for entry in self.resident:
+            for entry in reversed(self.resident):  # the most recent first (CTAP 2.1 §6.2.2 step 12)
                 cred_id = base64.b64decode(entry["id"])
-                opened = self._open_credential(cred_id, rp_hash)
-                if entry["rp"] == rp_id and opened is not None and (opened["protect"] == 1 or uv):
+                opened = open_credential(self.device_key, rp_hash, cred_id)
+                if entry["rp"] == rp_id and opened is not None and (opened.protect == 1 or uv):
                     candidates.append((cred_id, opened, entry))
         if not candidates:
             raise CtapFailure(Err.NO_CREDENTIALS)
-        cred_id, opened, record = candidates[0]
         if up:
             self._touch()
-        ext_out: dict[str, Any] = {}
         hmac_request = params.get(4, {}).get("hmac-secret")
+        flags = (0x01 if up else 0) | (0x04 if uv else 0)
+        first = self._assertion(rp_hash, flags, client_data_hash, hmac_request, *candidates[0])
+        if len(candidates) > 1 and not allow:
+            first[5] = len(candidates)
+            self._next_assertions = PendingAssertions(time.monotonic(), rp_hash, client_data_hash, flags,
+                                                      hmac_request, candidates[1:])
+        return first
+
+    def get_next_assertion(self, params: dict[Any, Any]) -> dict[int, Any]:
+        pending = self._next_assertions
+        if pending is None or not pending.rest or time.monotonic() - pending.since > NEXT_ASSERTION_TIMEOUT:
+            self._next_assertions = None
+            raise CtapFailure(Err.NOT_ALLOWED)
+        pending.since = time.monotonic()
+        return self._assertion(pending.rp_hash, pending.flags, pending.client_data_hash, pending.hmac_request,
+                               *pending.rest.pop(0))
+
+    def _assertion(self, rp_hash: bytes, flags: int, client_data_hash: bytes, hmac_request: Any,
+                   cred_id: bytes, key: Any, record: dict[str, Any] | None) -> dict[int, Any]:
+        ext_out: dict[str, Any] = {}
         if hmac_request is not None:
-            ext_out["hmac-secret"] = self._hmac_secret(hmac_request, opened["cru"] if uv else opened["cr"])
-        flags = (0x01 if up else 0) | (0x04 if uv else 0) | (0x80 if ext_out else 0)
+            uv = bool(flags & 0x04)
+            ext_out["hmac-secret"] = self._hmac_secret(hmac_request, key.cred_random_uv if uv else key.cred_random)
+        flags |= 0x80 if ext_out else 0
         self.sign_count += 1
         self.changed()
         auth_data = rp_hash + bytes([flags]) + self.sign_count.to_bytes(4, "big")
         if ext_out:
             auth_data += cbor.encode(ext_out)
-        key = ec.derive_private_key(int.from_bytes(opened["d"], "big"), ec.SECP256R1())
         result: dict[int, Any] = {1: {"type": "public-key", "id": cred_id}, 2: auth_data,
-                                  3: key.sign(auth_data + client_data_hash, ec.ECDSA(hashes.SHA256()))}
-        if record is not None:
-            result[4] = {"id": base64.b64decode(record["user_id"]), **record["user"]}
-            result[5] = len(candidates)
+                                  3: key.sign(auth_data + client_data_hash)}
+        if record is not None:  # names only after user verification (CTAP 2.1 §6.2.2 step 12)
+            result[4] = {"id": base64.b64decode(record["user_id"]), **(record["user"] if flags & 0x04 else {})}
         return result
 
     def _hmac_secret(self, request: dict[int, Any], cred_random: bytes) -> bytes:
@@ -421,26 +465,12 @@ class Fido2Applet(Applet):
         output = b"".join(hmac.digest(cred_random, salts[i:i + 32], "sha256") for i in range(0, len(salts), 32))
         return protocol.encrypt(shared, output)
 
-    # --- credentials -----------------------------------------------------------------------
-    def _seal_credential(self, secret: dict[str, Any], rp_hash: bytes) -> bytes:
-        nonce = secrets.token_bytes(12)
-        body = cbor.encode(secret)
-        return b"\x01" + nonce + AESGCM(self.device_key).encrypt(nonce, body, rp_hash)
-
-    def _open_credential(self, cred_id: bytes, rp_hash: bytes) -> dict[str, Any] | None:
-        if not isinstance(cred_id, bytes) or len(cred_id) < 30 or cred_id[0] != 1:
-            return None
-        try:
-            body = AESGCM(self.device_key).decrypt(cred_id[1:13], cred_id[13:], rp_hash)
-        except Exception:  # noqa: BLE001 - not ours, or for another rp
-            return None
-        decoded = cbor.decode(body)
-        return decoded if isinstance(decoded, dict) else None
-
     # --- clientPIN --------------------------------------------------------------------------
     def client_pin(self, params: dict[Any, Any]) -> dict[int, Any] | None:
         sub = params[2]
-        if sub == 0x01:
+        if sub == 0x01:  # getPINRetries: a key without a PIN has no retry counter (CTAP 2.1 §6.5.5.2, YubiKey 5)
+            if self.pin_hash is None:
+                raise CtapFailure(Err.PIN_NOT_SET)
             return {3: self.pin_retries, 4: False}
         protocol = PROTOCOLS.get(params.get(1, 0))
         if protocol is None:
@@ -466,16 +496,18 @@ class Fido2Applet(Applet):
             self._set_pin(protocol, shared, new_enc)
             return None
         if sub in (0x05, 0x09):  # getPinToken, getPinUvAuthTokenUsingPinWithPermissions
-            permissions = params.get(9, Permission.MAKE_CREDENTIAL | Permission.GET_ASSERTION) if sub == 0x09 \
-                else Permission.MAKE_CREDENTIAL | Permission.GET_ASSERTION
-            if sub == 0x09 and not permissions:
-                raise CtapFailure(Err.INVALID_PARAMETER)
-            if permissions & ~(Permission.MAKE_CREDENTIAL | Permission.GET_ASSERTION):
-                raise CtapFailure(Err.UNAUTHORIZED_PERMISSION)
+            permissions = Permission.MAKE_CREDENTIAL | Permission.GET_ASSERTION
+            if sub == 0x09:
+                permissions = params.get(9, 0)
+                if not permissions:
+                    raise CtapFailure(Err.INVALID_PARAMETER)
+                if permissions & Permission.DEFINED & ~Permission.GRANTED:
+                    raise CtapFailure(Err.UNAUTHORIZED_PERMISSION)  # be, lbw, acfg, pcmr: not in getInfo
             self._check_pin(protocol, shared, params[6])
             self.pin_token = secrets.token_bytes(32)
             self.token_permissions = permissions
             self.token_rp = params.get(0x0A) if sub == 0x09 else None
+            self.token_legacy = sub == 0x05
             return {2: protocol.encrypt(shared, self.pin_token)}
         raise CtapFailure(Err.INVALID_PARAMETER)
 
@@ -513,6 +545,10 @@ class Fido2Applet(Applet):
 
     # --- reset and selection ----------------------------------------------------------------
     def reset(self, params: dict[Any, Any]) -> None:
+        # CTAP 2.1 §6.6 lets an authenticator refuse a reset some time after power-up; a YubiKey 5 takes it only
+        # within 5 s of being plugged in or put on the reader (ykman: "re-insert your YubiKey"), then with a touch.
+        if time.monotonic() - self.powered_at > RESET_WINDOW:
+            raise CtapFailure(Err.NOT_ALLOWED)
         self._touch()
         self.device_key = secrets.token_bytes(32)
         self.pin_hash = None

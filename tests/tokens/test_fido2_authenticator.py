@@ -1,0 +1,282 @@
+"""The virtual token's CTAP 2.1 authenticator against clients we did not write (python-fido2's Ctap2,
+ClientPin, Fido2Client, Fido2Server, CredentialManagement; ykman through the private pcscd), over both
+framings: getPINRetries without a PIN, the reset window after power-up, the list limits of getInfo,
+EdDSA credentials, getNextAssertion and credential management (0x0A and the 0x41 preview)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fido2.client import ClientError, DefaultClientDataCollector, Fido2Client, UserInteraction
+from fido2.ctap import CtapError
+from fido2.ctap2 import Ctap2
+from fido2.ctap2.credman import CredentialManagement
+from fido2.ctap2.pin import ClientPin
+from fido2.pcsc import CtapPcscDevice
+from fido2.server import Fido2Server
+from pcscd import PrivatePcscd, TokenProcess
+
+from tokenagent.virtual import ctap2 as ctap2_module
+from tokenagent.virtual.card import TouchMode
+from tokenagent.virtual.token import VirtualToken
+
+PIN = "4321"
+RP = {"id": "example.com", "name": "Example RP"}
+ES256, EDDSA = {"type": "public-key", "alg": -7}, {"type": "public-key", "alg": -8}
+
+
+class Interaction(UserInteraction):
+    def request_pin(self, permissions: Any, rp_id: str | None) -> str:
+        return PIN
+
+
+def device(tok: VirtualToken, transport: str) -> Any:
+    return tok.hid_device() if transport == "hid" else CtapPcscDevice(tok.connection(), "virtual")
+
+
+@pytest.fixture(params=["pcsc", "hid"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def client_for(dev: Any, origin: str = "https://example.com") -> Fido2Client:
+    return Fido2Client(dev, client_data_collector=DefaultClientDataCollector(origin), user_interaction=Interaction())
+
+
+def register(client: Fido2Client, server: Fido2Server, user: dict[str, Any], alg: dict[str, Any] = ES256,
+             resident: bool = True, exclude: list[Any] | None = None) -> Any:
+    options, state = server.register_begin(user, exclude, resident_key_requirement="required" if resident
+                                           else "discouraged")
+    result = client.make_credential({**options["publicKey"], "pubKeyCredParams": [alg]})
+    return server.register_complete(state, result).credential_data
+
+
+def credman(ctap: Ctap2) -> CredentialManagement:
+    client_pin = ClientPin(ctap)
+    token = client_pin.get_pin_token(PIN, ClientPin.PERMISSION.CREDENTIAL_MGMT)
+    return CredentialManagement(ctap, client_pin.protocol, token)
+
+
+def ykman(pcscd: PrivatePcscd, reader: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ykman._cli.__main__", "--reader", reader, *args],
+                          env={**os.environ, **pcscd.env}, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+
+
+def first_reader(pcscd: PrivatePcscd) -> str:
+    done = subprocess.run([sys.executable, "-c", "from smartcard.System import readers; print(readers()[0])"],
+                          env={**os.environ, **pcscd.env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+# --- getPINRetries without a PIN ---------------------------------------------------------
+
+def test_pin_retries_without_a_pin_is_pin_not_set(tmp_path: Path, transport: str) -> None:
+    tok = VirtualToken(tmp_path / "t.json", serial=1)
+    ctap = Ctap2(device(tok, transport))
+    client_pin = ClientPin(ctap)
+    with pytest.raises(CtapError) as raised:
+        client_pin.get_pin_retries()
+    assert raised.value.code == CtapError.ERR.PIN_NOT_SET
+    client_pin.set_pin(PIN)
+    assert client_pin.get_pin_retries()[0] == 8
+
+
+# --- authenticatorReset only just after power-up, with a touch --------------------------
+
+def test_reset_only_within_five_seconds_of_power_up(tmp_path: Path, transport: str) -> None:
+    tok = VirtualToken(tmp_path / "t.json", serial=2)
+    ctap = Ctap2(device(tok, transport))
+    ClientPin(ctap).set_pin(PIN)
+    tok.fido2.powered_at -= ctap2_module.RESET_WINDOW + 1  # as if plugged in six seconds ago
+    with pytest.raises(CtapError) as raised:
+        ctap.reset()
+    assert raised.value.code == CtapError.ERR.NOT_ALLOWED
+    assert Ctap2(device(tok, transport)).get_info().options["clientPin"] is True  # nothing was reset
+    tok.replug()
+    ctap = Ctap2(device(tok, transport))
+    ctap.reset()
+    assert ctap.get_info().options["clientPin"] is False
+
+
+def test_reset_waits_for_a_touch(tmp_path: Path, transport: str) -> None:
+    tok = VirtualToken(tmp_path / "t.json", serial=3, touch=TouchMode.EXPLICIT)
+    ctap = Ctap2(device(tok, transport))
+    ClientPin(ctap).set_pin(PIN)
+    cancel = threading.Event()
+    statuses: list[int] = []
+    threading.Timer(0.5, cancel.set).start()
+    with pytest.raises(CtapError) as raised:
+        ctap.reset(event=cancel, on_keepalive=statuses.append)
+    assert raised.value.code == CtapError.ERR.KEEPALIVE_CANCEL and 2 in statuses  # UP needed, nobody touched
+    assert ctap.get_info().options["clientPin"] is True
+    tok.replug()
+    ctap = Ctap2(device(tok, transport))
+    threading.Timer(0.3, tok.touch).start()
+    ctap.reset()
+    assert ctap.get_info().options["clientPin"] is False
+
+
+# --- list limits ------------------------------------------------------------------------
+
+def test_list_limits_are_stated_and_enforced_and_the_client_splits(tmp_path: Path, transport: str) -> None:
+    tok = VirtualToken(tmp_path / "t.json", serial=4)
+    dev = device(tok, transport)
+    ctap = Ctap2(dev)
+    assert (ctap.info.max_creds_in_list, ctap.info.max_cred_id_length) == (8, 128)
+    ClientPin(ctap).set_pin(PIN)
+    server = Fido2Server(RP)
+    user = {"id": b"user", "name": "user"}
+    cred = register(client_for(dev), server, user, resident=False)
+    assert len(cred.credential_id) <= 128
+    too_many = [{"type": "public-key", "id": os.urandom(64)} for _ in range(9)]
+    with pytest.raises(CtapError) as raised:
+        ctap.get_assertion(RP["id"], b"c" * 32, too_many, options={"up": False})
+    assert raised.value.code == CtapError.ERR.LIMIT_EXCEEDED
+    too_large = [{"type": "public-key", "id": os.urandom(128)} for _ in range(8)]
+    ctap._max_msg_size = 4096  # let the request leave the client: the authenticator refuses it itself
+    with pytest.raises(CtapError) as raised:
+        ctap.get_assertion(RP["id"], b"c" * 32, too_large, options={"up": False})
+    assert raised.value.code == CtapError.ERR.REQUEST_TOO_LARGE
+    # Fido2Client drops ids over 128 bytes and asks in chunks of 8: the one credential in 30 is found
+    exclude = [{"type": "public-key", "id": os.urandom(128)} for _ in range(29)]
+    exclude.insert(17, {"type": "public-key", "id": cred.credential_id})
+    exclude.append({"type": "public-key", "id": os.urandom(129)})
+    with pytest.raises(ClientError, match="CREDENTIAL_EXCLUDED"):
+        register(client_for(dev), server, user, resident=False, exclude=exclude)
+
+
+# --- EdDSA, resident credentials, getNextAssertion, credential management ---------------
+
+def test_eddsa_and_es256_credentials_verify_with_fido2_server(tmp_path: Path, transport: str) -> None:
+    tok = VirtualToken(tmp_path / "t.json", serial=5)
+    dev = device(tok, transport)
+    assert {"type": "public-key", "alg": -8} in Ctap2(dev).info.algorithms
+    ClientPin(Ctap2(dev)).set_pin(PIN)
+    server = Fido2Server(RP)
+    for alg in (EDDSA, ES256):
+        cred = register(client_for(dev), server, {"id": b"u", "name": "u"}, alg, resident=False)
+        assert cred.public_key[3] == alg["alg"]
+        options, state = server.authenticate_begin([cred])
+        result = client_for(dev).get_assertion(options.public_key).get_response(0)
+        assert server.authenticate_complete(state, [cred], result) == cred
+
+
+def test_resident_credentials_and_get_next_assertion(tmp_path: Path, transport: str) -> None:
+    tok = VirtualToken(tmp_path / "t.json", serial=6)
+    dev = device(tok, transport)
+    ClientPin(Ctap2(dev)).set_pin(PIN)
+    server = Fido2Server(RP)
+    creds = [register(client_for(dev), server, {"id": f"user{i}".encode(), "name": f"user {i}"},
+                      (ES256, EDDSA)[i % 2]) for i in range(3)]
+    options, state = server.authenticate_begin(user_verification="required")
+    selection = client_for(dev).get_assertion(options.public_key)
+    assertions = selection.get_assertions()  # the first from getAssertion, two more by getNextAssertion
+    assert [a.user["id"] for a in assertions] == [b"user2", b"user1", b"user0"]  # the newest first
+    assert assertions[0].number_of_credentials == 3
+    for index in range(3):
+        server.authenticate_complete(state, creds, selection.get_response(index))
+    with pytest.raises(CtapError) as raised:
+        Ctap2(dev).get_next_assertion()  # nothing pending any more
+    assert raised.value.code == CtapError.ERR.NOT_ALLOWED
+
+
+def test_credential_management_list_update_delete(tmp_path: Path, transport: str) -> None:
+    tok = VirtualToken(tmp_path / "t.json", serial=7)
+    dev = device(tok, transport)
+    ctap = Ctap2(dev)
+    assert ctap.info.options["credMgmt"] and ctap.info.options["credentialMgmtPreview"]
+    ClientPin(ctap).set_pin(PIN)
+    assert credman(ctap).get_metadata() == {1: 0, 2: 100}
+    other = {"id": "example.org", "name": "Other RP"}
+    made = [register(client_for(dev), Fido2Server(RP), {"id": b"alice", "name": "alice", "displayName": "Alice"},
+                     EDDSA),
+            register(client_for(dev), Fido2Server(RP), {"id": b"bob", "name": "bob"}),
+            register(client_for(dev, "https://example.org"), Fido2Server(other), {"id": b"carol", "name": "carol"})]
+    cm = credman(ctap)
+    assert cm.get_metadata() == {1: 3, 2: 97}
+    assert ctap.get_info().remaining_disc_creds == 97
+    rps = cm.enumerate_rps()
+    assert sorted(r[3]["id"] for r in rps) == ["example.com", "example.org"]
+    assert {r[3]["id"]: r[3]["name"] for r in rps} == {"example.com": "Example RP", "example.org": "Other RP"}
+    listed = cm.enumerate_creds(Fido2Server(RP).rp.id_hash)
+    by_user = {c[6]["id"]: c for c in listed}
+    assert by_user[b"alice"][6] == {"id": b"alice", "name": "alice", "displayName": "Alice"}
+    assert by_user[b"alice"][7]["id"] == made[0].credential_id
+    assert by_user[b"alice"][8] == made[0].public_key and by_user[b"alice"][8][3] == -8
+    assert by_user[b"bob"][8] == made[1].public_key and by_user[b"alice"][10] == 1
+    cm.update_user_info(by_user[b"bob"][7], {"id": b"bob", "name": "robert", "displayName": "Robert"})
+    with pytest.raises(CtapError) as raised:
+        cm.update_user_info(by_user[b"bob"][7], {"id": b"mallory", "name": "x"})  # another user id
+    assert raised.value.code == CtapError.ERR.INVALID_PARAMETER
+    cm.delete_cred(by_user[b"alice"][7])
+    listed = cm.enumerate_creds(Fido2Server(RP).rp.id_hash)
+    assert [c[6] for c in listed] == [{"id": b"bob", "name": "robert", "displayName": "Robert"}]
+    with pytest.raises(CtapError) as raised:
+        cm.delete_cred(by_user[b"alice"][7])
+    assert raised.value.code == CtapError.ERR.NO_CREDENTIALS
+    assert cm.get_metadata() == {1: 2, 2: 98}
+    # the credential is gone from assertions too; a token without the cm permission is refused
+    options, state = Fido2Server(RP).authenticate_begin(user_verification="required")
+    assert len(client_for(dev).get_assertion(options.public_key).get_assertions()) == 1
+    token = ClientPin(ctap).get_pin_token(PIN, ClientPin.PERMISSION.GET_ASSERTION, RP["id"])
+    with pytest.raises(CtapError) as raised:
+        CredentialManagement(ctap, ClientPin(ctap).protocol, token).get_metadata()
+    assert raised.value.code == CtapError.ERR.PIN_AUTH_INVALID
+
+
+def test_credential_management_preview_command(tmp_path: Path, transport: str) -> None:
+    """A client that knows only the CTAP 2.1 preview (0x41, as YubiKey 5 firmware before 5.4 offers)."""
+    tok = VirtualToken(tmp_path / "t.json", serial=8)
+    dev = device(tok, transport)
+    ctap = Ctap2(dev)
+    ClientPin(ctap).set_pin(PIN)
+    register(client_for(dev), Fido2Server(RP), {"id": b"dave", "name": "dave"})
+    options = {k: v for k, v in ctap.info.options.items() if k != "credMgmt"}
+    ctap._info = replace(ctap.info, options=options)
+    cm = credman(ctap)
+    (rp,) = cm.enumerate_rps()
+    (cred,) = cm.enumerate_creds(rp[4])
+    assert cred[6]["name"] == "dave"
+    cm.delete_cred(cred[7])
+    assert cm.get_metadata()[1] == 0
+    assert json.loads(tok.state_path.read_text())["fido2"]["resident"] == []
+
+
+@pytest.mark.pcscd
+def test_ykman_lists_and_deletes_resident_credentials(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                      tmp_path: Path) -> None:
+    state = tmp_path / "t.json"
+    seed = VirtualToken(state, serial=8201)
+    dev = device(seed, "pcsc")
+    ClientPin(Ctap2(dev)).set_pin(PIN)
+    made = [register(client_for(dev), Fido2Server(RP), {"id": b"erin", "name": "erin", "displayName": "Erin"}),
+            register(client_for(dev), Fido2Server(RP), {"id": b"frank", "name": "frank"}, EDDSA)]
+    del seed, dev
+    tokens.append(TokenProcess(pcscd, state, 8201))
+    reader = first_reader(pcscd)
+    listed = ykman(pcscd, reader, "fido", "credentials", "list", "--pin", PIN, "--csv")
+    assert listed.returncode == 0, listed.stderr
+    rows = list(csv.DictReader(io.StringIO(listed.stdout.strip())))
+    assert {(r["rp_id"], r["user_name"], r["user_display_name"], r["credential_id"]) for r in rows} == {
+        ("example.com", "erin", "Erin", made[0].credential_id.hex()),
+        ("example.com", "frank", "", made[1].credential_id.hex())}
+    deleted = ykman(pcscd, reader, "fido", "credentials", "delete", made[1].credential_id.hex()[:12], "--pin", PIN,
+                    "--force")
+    assert deleted.returncode == 0 and "Credential deleted." in deleted.stdout, deleted.stderr + deleted.stdout
+    listed = ykman(pcscd, reader, "fido", "credentials", "list", "--pin", PIN, "--csv")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["user_name"] for r in csv.DictReader(io.StringIO(listed.stdout.strip()))] == ["erin"]
+    info = ykman(pcscd, reader, "fido", "info")
+    assert info.returncode == 0 and "PIN:" in info.stdout, info.stderr
