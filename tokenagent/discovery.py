@@ -155,6 +155,7 @@ def _serial_pcsc_class() -> Any:
         class SerialCtapPcscDevice(CtapPcscDevice):  # type: ignore[misc]
             def __init__(self, connection: Any, name: str, serial: int | None) -> None:
                 self._serial = serial
+                self.reader = name  # for its human name (drivers.fido2.device_name)
                 super().__init__(connection, name)
 
             @property
@@ -191,9 +192,11 @@ def describe_devices(pkcs11_modules: tuple[str, ...] = ()) -> list[dict[str, Any
     from fido2.ctap2 import Ctap2
     from fido2.ctap2.pin import ClientPin
 
+    from .drivers.fido2 import device_name
+
     out: list[dict[str, Any]] = []
     for device in SystemDevices().connections("fido2"):
-        entry: dict[str, Any] = {"type": "fido2", "name": getattr(device, "product_name", None) or repr(device),
+        entry: dict[str, Any] = {"type": "fido2", "name": device_name(device),
                                  "serial": device_serial(device),
                                  "transport": "pcsc" if type(device).__name__.endswith("PcscDevice") else "hid"}
         try:

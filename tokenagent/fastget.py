@@ -17,7 +17,24 @@ import os
 import sys
 
 USAGE = "usage: tokenagent get VAULT [--context LABEL] [--format raw|hex|base64] [--wait SECONDS] [--json]"
+HELP = f"""{USAGE}
+
+  Print a key of VAULT from the running agent: the subkey for LABEL (--context), or the
+  vault's secret itself where the vault allows it (an imported secret).
+
+Options:
+  --context LABEL     the subkey for LABEL (HKDF of the vault's key; one per tool and repository)
+  --format FORMAT     raw (the bytes, never to a terminal), hex or base64 (default)
+  --wait SECONDS      wait this long for a locked vault to be unlocked (plug in its token)
+  --json              one JSON object on standard output, errors too
+  -h, --help          show this help
+
+Exit codes: docs/exit-codes.md (7: the vault is locked; 3: no such vault)."""
 FORMATS = ("raw", "hex", "base64")
+
+
+class _Help(Exception):
+    """-h/--help: print HELP and exit 0."""
 
 
 def _parse(args: list[str]) -> dict[str, object]:
@@ -38,7 +55,7 @@ def _parse(args: list[str]) -> dict[str, object]:
         elif arg == "--json":
             opts["json"] = True
         elif arg in ("-h", "--help"):
-            raise SystemExit(USAGE)
+            raise _Help
         elif arg.startswith("-"):
             raise ValueError(f"unknown option {arg}")
         elif opts["vault"] is None:
@@ -52,9 +69,12 @@ def _parse(args: list[str]) -> dict[str, object]:
         raise ValueError("--format is raw, hex or base64")
     if opts["wait"] is not None:
         try:
-            opts["wait"] = float(str(opts["wait"]))
+            wait = float(str(opts["wait"]))
         except ValueError:
             raise ValueError("--wait takes a number of seconds") from None
+        if not 0 <= wait < float("inf"):
+            raise ValueError("--wait takes a number of seconds, 0 or more")
+        opts["wait"] = wait
     return opts
 
 
@@ -63,10 +83,17 @@ def main(args: list[str]) -> int:
 
     try:
         opts = _parse(args)
+    except _Help:
+        print(HELP)
+        return 0
     except ValueError as err:
         print(f"tokenagent: {err}\n{USAGE}", file=sys.stderr)
         return int(ExitCode.USAGE)
     as_json = bool(opts["json"])
+    if opts["format"] == "raw" and not as_json and os.isatty(sys.stdout.fileno()):
+        print("tokenagent: standard output is a terminal; the raw key would be shown on screen: pipe it"
+              " (e.g. | cryptsetup ... --key-file=-), or use --format base64", file=sys.stderr)
+        return int(ExitCode.USAGE)
     try:
         from .client import AgentClient
 

@@ -23,7 +23,7 @@ from ..vault import VaultStore, check_name, new_vault, operations, unlock, wipe
 from ..vault.format import Vault
 from ..vault.slots import open_slot
 from .interaction import TerminalInteraction, make_context
-from .util import emit, json_option
+from .util import emit, json_option, refuse_terminal
 
 TOKEN_TYPES = ("fido2", "piv", "otp", "pkcs11")
 
@@ -437,6 +437,7 @@ def open_(vault: str, unlock_keyfiles: tuple[str, ...], unlock_slots: tuple[str,
         key = derive_subkey(opened.masterkey, context_label) if context_label else bytearray(opened.masterkey)
         try:
             if fmt == "raw" and not kw["as_json"]:
+                refuse_terminal("the raw key", "--format hex")
                 sys.stdout.buffer.write(bytes(key))
                 sys.stdout.buffer.flush()
                 return
@@ -460,7 +461,14 @@ def keyfile_generate(path: Path, as_json: bool) -> None:
     """Write a new KeePass XML 2.0 key file (256 random bits, mode 0400) to PATH."""
     from ..factors.keyfile import generate_keyfile
 
-    generate_keyfile(path)
+    try:
+        generate_keyfile(path)
+    except FileNotFoundError:
+        raise UsageError(f"cannot write {path}: the directory {path.parent} does not exist") from None
+    except IsADirectoryError:
+        raise UsageError(f"cannot write {path}: it is a directory") from None
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror}") from None
     emit(as_json, {"path": str(path)}, f"key file written to {path} (mode 0400); keep a copy somewhere safe")
 
 

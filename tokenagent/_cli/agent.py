@@ -15,7 +15,7 @@ from ..client import AgentClient
 from ..errors import UsageError
 from ..vault import VaultStore, wipe
 from .admin import factor_context, open_vault, secret_file_options
-from .util import emit, json_option
+from .util import emit, json_option, wait_seconds
 
 
 @click.command()
@@ -112,9 +112,10 @@ def events(as_json: bool) -> None:
 @click.option("--context", "context_label", metavar="LABEL", help="Use the subkey for LABEL.")
 @click.option("--env", "env_name", default="TOKENAGENT_KEY", show_default=True, help="Environment variable.")
 @click.option("--format", "fmt", type=click.Choice(["hex", "base64"]), default="base64", show_default=True)
-@click.option("--wait", type=float, help="Wait this many seconds for the vault to be unlocked.")
+@click.option("--wait", type=wait_seconds, help="Wait this many seconds for the vault to be unlocked.")
+@json_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_(vault: str, context_label: str | None, env_name: str, fmt: str, wait: float | None,
+def exec_(vault: str, context_label: str | None, env_name: str, fmt: str, wait: float | None, as_json: bool,
           command: tuple[str, ...]) -> None:
     """Run COMMAND with the key of VAULT in an environment variable (use: exec VAULT -- CMD ARGS)."""
     with AgentClient() as client:

@@ -25,9 +25,9 @@ from ..integrations import keepass
 from ..vault import VaultStore, check_name, wipe
 from .admin import create_vault, factor_options, secret_file_options
 from .interaction import SecretLines, TerminalInteraction
-from .util import emit, json_option
+from .util import emit, json_option, wait_seconds
 
-wait_option = click.option("--wait", type=float, metavar="SECONDS",
+wait_option = click.option("--wait", type=wait_seconds, metavar="SECONDS",
                            help="Wait this long for the vault to be unlocked (plug in its token).")
 
 

@@ -358,7 +358,18 @@ def _removed(name: str, err: Exception) -> TokenRemoved:
                         " changed; plug it in and try again")
 
 
-def _name(device: CtapDevice) -> str:
+def device_name(device: CtapDevice) -> str:
+    """A FIDO2 key as a person knows it: its product name and serial, and where it is (the PC/SC
+    reader holding it, or the hidraw path), e.g. "FIDO2 key (serial 6001) in reader 'Virtual PCD 00 00'"."""
     serial = getattr(device, "serial_number", None)
-    label = getattr(device, "product_name", None) or repr(device)
-    return f"{label} (serial {serial})" if serial else label
+    label = getattr(device, "product_name", None) or "FIDO2 key"
+    if serial:
+        label += f" (serial {serial})"
+    reader = getattr(device, "reader", None)  # set by tokenagent.discovery for PC/SC devices
+    path = getattr(getattr(device, "descriptor", None), "path", None)
+    if reader:
+        return f"{label} in reader '{reader}'"
+    return f"{label} at {path}" if isinstance(path, str) and path else label
+
+
+_name = device_name

@@ -1,0 +1,100 @@
+"""The command line as a new user meets it (no agent needed): help, refusals, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PW = "first-use-password"
+
+
+def run(home: Path, *args: str, stdout: int | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1",
+           "TOKENAGENT_SOCKET": str(home / "no-agent.sock")}
+    return subprocess.run([sys.executable, "-m", "tokenagent._cli.entry", *args], env=env, text=True, timeout=60,
+                          stdout=stdout if stdout is not None else subprocess.PIPE, stderr=subprocess.PIPE,
+                          input=stdin)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir(mode=0o700)
+    return h
+
+
+def on_a_terminal(home: Path, *args: str) -> tuple[int, str, bytes]:
+    """Run with standard output on a pseudo-terminal: exit code, stderr, what the terminal got."""
+    master, slave = os.openpty()
+    try:
+        done = run(home, *args, stdout=slave)
+        os.set_blocking(master, False)
+        try:
+            shown = os.read(master, 65536)
+        except BlockingIOError:
+            shown = b""
+    finally:
+        os.close(slave)
+        os.close(master)
+    return done.returncode, done.stderr, shown
+
+
+def test_get_help_prints_help_and_exits_0(home: Path) -> None:
+    for flag in ("--help", "-h"):
+        done = run(home, "get", flag)
+        assert done.returncode == 0 and done.stderr == ""
+        assert done.stdout.startswith("usage: tokenagent get VAULT") and "--context LABEL" in done.stdout
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "soon"])
+def test_a_negative_or_odd_wait_is_refused(home: Path, value: str) -> None:
+    done = run(home, "get", "v", "--wait", value)
+    assert done.returncode == 2 and "--wait takes a number of seconds" in done.stderr
+    done = run(home, "exec", "v", "--wait", value, "--", "true")
+    assert done.returncode == 2 and "--wait" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_raw_keys_are_not_written_to_a_terminal(home: Path, tmp_path: Path) -> None:
+    code, err, shown = on_a_terminal(home, "get", "v", "--format", "raw")
+    assert code == 2 and "standard output is a terminal" in err and shown == b""
+    pw = tmp_path / "pw"
+    pw.write_text(PW + "\n")
+    assert run(home, "init", "v", "--password", "--password-file", str(pw)).returncode == 0
+    code, err, shown = on_a_terminal(home, "open", "v", "--password-file", str(pw), "--reveal", "--format", "raw")
+    assert code == 2 and "standard output is a terminal" in err and shown == b""
+    piped = run(home, "open", "v", "--password-file", str(pw), "--reveal", "--format", "hex")
+    assert piped.returncode == 0 and len(piped.stdout.strip()) == 64
+
+
+def test_keyfile_generate_into_a_missing_directory_is_one_line(home: Path, tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "dir" / "k.keyx"
+    done = run(home, "keyfile", "generate", str(target))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr == f"tokenagent: cannot write {target}: the directory {target.parent} does not exist\n"
+
+
+def test_exec_json_is_an_option_not_the_command(home: Path) -> None:
+    done = run(home, "exec", "v", "--json", "--", "true")
+    answer = json.loads(done.stdout)  # the agent is not running: said as JSON, "--json" was not run
+    assert done.returncode == 6 and answer["error"] == "agent-not-running"
+
+
+def test_fido2_keys_have_human_names(tmp_path: Path) -> None:
+    from fido2.pcsc import CtapPcscDevice
+
+    from tokenagent.discovery import serial_pcsc_device
+    from tokenagent.drivers.fido2 import device_name
+    from tokenagent.virtual.token import VirtualToken
+
+    token = VirtualToken(tmp_path / "token.json", serial=6001)
+    named = serial_pcsc_device(token.connection(), "Virtual PCD 00 00", 6001)
+    assert device_name(named) == "FIDO2 key (serial 6001) in reader 'Virtual PCD 00 00'"
+    assert device_name(CtapPcscDevice(token.connection(), "Virtual PCD 00 01")) == "FIDO2 key"
+    hid = token.hid_device()
+    print(device_name(hid))
+    assert "CtapHidDevice(" not in device_name(hid) and "serial 6001" in device_name(hid)
