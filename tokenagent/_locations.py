@@ -31,3 +31,10 @@ GET_SUFFIX = ".get"  # the get socket (docs/spec/protocol.md) is the agent socke
 
 def get_socket(agent_socket_path: str) -> str:
     return agent_socket_path + GET_SUFFIX
+
+
+SSH_SUFFIX = ".ssh"  # the ssh-agent socket (docs/ssh.md) is the agent socket's path plus this
+
+
+def ssh_socket(agent_socket_path: str) -> str:
+    return agent_socket_path + SSH_SUFFIX

@@ -31,7 +31,7 @@ MAX_FRAME: Final = 64 * 1024  # a request (what the agent reads)
 MAX_ANSWER: Final = 16 * 1024 * 1024  # a response or event (status of many unlocked vaults is large)
 HEADER = struct.Struct(">I")
 
-OPS: Final = ("hello", "status", "list", "unlock", "get", "lock", "lock-all", "events")
+OPS: Final = ("hello", "status", "list", "unlock", "get", "lock", "lock-all", "events", "age-unwrap")
 
 
 class _Sentinel:

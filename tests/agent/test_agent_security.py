@@ -530,6 +530,7 @@ def test_every_op_while_locked(agent: AgentProcess) -> None:
         "hello": {"versions": [1]}, "status": {}, "list": {}, "get": {"vault": "v1"},
         "lock": {"vault": "v1"}, "lock-all": {}, "events": {},
         "unlock": {"vault": "v1", "key": base64.b64encode(b"not the key").decode()},
+        "age-unwrap": {"vault": "v1", "label": "x", "stanzas": [["A" * 43, "A" * 43]]},
     }
     assert set(args) == set(OPS)
     for op in OPS:
@@ -539,7 +540,7 @@ def test_every_op_while_locked(agent: AgentProcess) -> None:
         assert "key" not in answer
         seen[op] = "ok" if answer["ok"] else str(answer["error"])
     assert seen == {"hello": "ok", "status": "ok", "list": "ok", "get": "locked", "lock": "ok", "lock-all": "ok",
-                    "events": "ok", "unlock": "vault-integrity"}
+                    "events": "ok", "unlock": "vault-integrity", "age-unwrap": "locked"}
     with agent.connect() as s:
         s.sendall(frame({"op": "get", "id": 2, "vault": "v1", "context": "restic:/x"}))
         assert read_response(s)["error"] == "locked"

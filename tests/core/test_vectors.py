@@ -9,7 +9,8 @@ from scripted import context  # type: ignore[import-not-found]
 
 from tokenagent.factors.keyfile import keepass_key
 from tokenagent.factors.recovery import from_modhex, to_modhex
-from tokenagent.vault import crypto, unlock
+from tokenagent import agekeys, sshagent
+from tokenagent.vault import crypto, identities, unlock
 from tokenagent.vault.format import parse
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -24,7 +25,7 @@ def read_vector(path: Path) -> tuple[dict[str, str], bytes]:
 
 def test_there_are_vectors_of_every_kind() -> None:
     kinds = {read_vector(p)[0]["kind"] for p in FILES}
-    assert kinds == {"derive", "kek", "vault", "keyfile", "shamir", "modhex"}
+    assert kinds == {"derive", "kek", "vault", "keyfile", "shamir", "modhex", "identity"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
@@ -56,5 +57,13 @@ def test_vector(path: Path, tmp_path: Path) -> None:
     elif kind == "modhex":
         assert to_modhex(bytes.fromhex(h["key"])) == h["modhex"]
         assert from_modhex(h["modhex"]).hex() == h["key"]  # type: ignore[union-attr]
+    elif kind == "identity":
+        mk, label = bytes.fromhex(h["masterkey"]), h["label"]
+        for key_type in ("ed25519", "ecdsa-p256"):
+            blob = sshagent.public_blob(identities.ssh_private_key(mk, label, key_type))
+            assert sshagent.authorized_keys_line(blob, "") == h[f"ssh-{key_type}"]
+        assert agekeys.recipient(identities.age_public(mk, label)) == h["age-recipient"]
+        assert agekeys.identity("work", label) == h["age-identity"]
+        assert agekeys.parse_identity(h["age-identity"]) == ("work", label)
     else:
         pytest.fail(f"unknown vector kind {kind!r}")

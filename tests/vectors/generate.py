@@ -95,7 +95,28 @@ def shamir() -> None:
     write("modhex", {"kind": "modhex", "key": secret.hex(), "modhex": to_modhex(secret)})
 
 
+def identities() -> None:
+    """The SSH and age keys derived from a vault (docs/spec/vault.md, "Identities")."""
+    from tokenagent import agekeys, sshagent
+    from tokenagent.vault import identities as ids
+
+    mk = secrets.token_bytes(32)
+    label = "laptop"
+    write("identity-ssh-and-age", {
+        "kind": "identity", "masterkey": mk.hex(), "label": label,
+        "ssh-ed25519": sshagent.authorized_keys_line(sshagent.public_blob(ids.ssh_private_key(mk, label)), ""),
+        "ssh-ecdsa-p256": sshagent.authorized_keys_line(
+            sshagent.public_blob(ids.ssh_private_key(mk, label, "ecdsa-p256")), ""),
+        "age-recipient": agekeys.recipient(ids.age_public(mk, label)),
+        "age-identity": agekeys.identity("work", label),
+    })
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["identities"]:  # only the identity vectors (the others keep their values)
+        identities()
+        sys.exit(0)
+    identities()
     labels()
     vaults()
     keyfiles()

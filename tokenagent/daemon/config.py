@@ -19,6 +19,9 @@
     [passwords]             # policy for new password factors (init, enroll, passwd)
     min_length = 12         # characters
     min_bits = 60           # estimated quality in bits (zxcvbn, as KeePassXC shows it)
+    [ssh]                   # the ssh-agent socket (SOCKET.ssh; docs/ssh.md)
+    socket = true           # serve it (default: true)
+    keys = [{vault = "work", label = "laptop", comment = "me@work", type = "ed25519", confirm = false}]
 
     [vaults.NAME]           # per-vault overrides and client rules
     idle_ttl = 60
@@ -50,6 +53,17 @@ class VaultPolicy:
 
 
 @dataclass(frozen=True)
+class SshKey:
+    """An SSH key derived from a vault (docs/ssh.md): served while the vault is unlocked."""
+
+    vault: str
+    label: str
+    comment: str = ""
+    type: str = "ed25519"
+    confirm: bool = False  # ask the pinentry program before each signature
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     idle_ttl: float = 900.0
     max_ttl: float = 28800.0
@@ -64,6 +78,8 @@ class AgentConfig:
     get_socket: bool = True
     pkcs11_modules: tuple[str, ...] = ()
     password_policy: PasswordPolicy = PasswordPolicy()
+    ssh_socket: bool = True
+    ssh_keys: tuple[SshKey, ...] = ()
     vaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def policy(self, vault: str) -> VaultPolicy:
@@ -85,6 +101,8 @@ _AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remov
                "get_socket": bool}
 _DEVICE_KEYS = {"pkcs11_modules": list}
 _PASSWORD_KEYS = {"min_length": int, "min_bits": (int, float)}
+_SSH_KEYS = {"socket": bool, "keys": list}
+_SSH_KEY_KEYS = {"vault": str, "label": str, "comment": str, "type": str, "confirm": bool}
 _VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
                "unlock_on_plug": bool}
 
@@ -109,6 +127,7 @@ def load_config(path: Path | None = None) -> AgentConfig:
     devices = raw.pop("devices", {})
     vaults = raw.pop("vaults", {})
     passwords = raw.pop("passwords", {})
+    ssh = _ssh_config(raw.pop("ssh", {}), path)
     if raw:
         raise UsageError(f"config {path}: unknown tables {sorted(raw)}")
     _check(agent, _AGENT_KEYS, "[agent]")
@@ -122,4 +141,19 @@ def load_config(path: Path | None = None) -> AgentConfig:
     for name, table in vaults.items():
         _check(table, _VAULT_KEYS, f"[vaults.{name}]")
     return AgentConfig(**{k: agent[k] for k in agent}, pkcs11_modules=tuple(modules), vaults=vaults,
-                       password_policy=PasswordPolicy(**passwords))
+                       password_policy=PasswordPolicy(**passwords), **ssh)
+
+
+def _ssh_config(table: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise UsageError(f"config {path}: [ssh] must be a table")
+    _check(table, _SSH_KEYS, "[ssh]")
+    keys = []
+    for entry in table.get("keys", []):
+        if not isinstance(entry, dict) or "vault" not in entry or "label" not in entry:
+            raise UsageError(f"config {path}: [ssh] keys are tables with at least vault and label")
+        _check(entry, _SSH_KEY_KEYS, "[ssh] keys")
+        if entry.get("type", "ed25519") not in ("ed25519", "ecdsa-p256"):
+            raise UsageError(f"config {path}: [ssh] key type is ed25519 or ecdsa-p256")
+        keys.append(SshKey(**entry))
+    return {"ssh_socket": table.get("socket", True), "ssh_keys": tuple(keys)}

@@ -35,6 +35,7 @@ from .hardening import harden_process
 from .notify import Notifier
 from .pinentry import Pinentry
 from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
+from .sshsocket import SshSocket
 from .state import AgentState, Peer
 from .watch import RETRY, HidWatcher, PcscWatcher, open_with_token
 
@@ -48,8 +49,9 @@ PLUG_RETRY = 1.0  # before the second round of plug-in unlocks
 
 class AgentServer:
     def __init__(self, state: AgentState, sock: socket.socket, path: Path | None,
-                 get_socket: GetSocket | None = None) -> None:
+                 get_socket: GetSocket | None = None, ssh_socket: SshSocket | None = None) -> None:
         self.state = state
+        self.ssh_socket = ssh_socket  # the ssh-agent face (daemon/sshsocket.py)
         self.sock = sock
         self.path = path
         self.get_socket = get_socket
@@ -105,6 +107,8 @@ class AgentServer:
             self.get_socket.start(self.state.audit_path if self.state.config.audit else None, MAX_CLIENTS,
                                   FRAME_TIMEOUT)
             self.state.mirror = self.get_socket
+        if self.ssh_socket is not None:
+            await self.ssh_socket.start()
         timer = asyncio.create_task(self._expiry_timer())
         if self.state.config.watch_tokens:
             self.watchers = [PcscWatcher(loop, self._token_changed), HidWatcher(loop, self._token_changed)]
@@ -121,6 +125,8 @@ class AgentServer:
             for watcher in self.watchers:
                 watcher.stop()
             self.state.lock_all("agent-exit")
+            if self.ssh_socket is not None:
+                self.ssh_socket.stop()
             if self.get_socket is not None:
                 self.state.mirror = None
                 self.get_socket.stop()
@@ -222,7 +228,7 @@ class AgentServer:
 
 def _wait_seconds(request: Request, response: Response) -> float | None:
     wait = request.args.get("wait")
-    if (request.op == "get" and not response.ok and response.error == "locked"
+    if (request.op in ("get", "age-unwrap") and not response.ok and response.error == "locked"
             and isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0):
         return float(wait)
     return None
@@ -394,7 +400,8 @@ def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None
     load_factor_types()
     data = paths.ensure_private_dir(paths.data_dir())
     state = AgentState(VaultStore(), config, audit_path=data / "audit.log" if config.audit else None)
-    server = AgentServer(state, sock, path, get_socket)
+    ssh_socket = SshSocket.bind(Path(name), state) if config.ssh_socket and isinstance(name, str) and name else None
+    server = AgentServer(state, sock, path, get_socket, ssh_socket)
     log.info("memory protection: %s", ", ".join(k for k, v in hardened.items() if v) or "none available")
     try:
         asyncio.run(server.serve())

@@ -394,3 +394,7 @@ _HANDLERS: dict[str, Callable[[AgentState, dict[str, Any], Peer], dict[str, Any]
     "lock-all": AgentState._lock_all,
     "events": AgentState._events,
 }
+
+from .ageunwrap import age_unwrap  # noqa: E402  (the age face's op; it imports this module's helpers lazily)
+
+_HANDLERS["age-unwrap"] = age_unwrap

@@ -1,0 +1,424 @@
+"""The agent's ssh-agent socket (``SOCKET.ssh``): SSH keys derived from unlocked vaults (docs/ssh.md).
+
+Theory of operation. A third socket next to ``agent.sock`` and ``agent.sock.get``, protected
+as they are (private directory, mode 0600 from the bind, ``SO_PEERCRED`` uid check before a
+byte is read). ``SshService`` answers the ssh-agent requests against ``AgentState``: the keys
+of ``[ssh] keys`` in config.toml are listed only while their vault is unlocked (and only to
+peers the vault's ``allow_uids``/``allow_exe`` rules admit); a signature is made from the
+vault's secret at the moment of the request (the private key is derived, used and dropped),
+counts as a use of the vault (its idle deadline is pushed back), and is one line of the audit
+log, written before the signature leaves. Everything that would change the agent's keys or
+lock it with a passphrase is refused: the keys are the vaults', ``tokenagent lock`` locks.
+
+``session-bind@openssh.com`` (sent by ssh after key exchange) is verified and remembered per
+connection, so the audit line of a user authentication names the server's host key. A key
+with ``confirm = true`` asks the configured pinentry program (CONFIRM) before each signature,
+in a worker thread; the connection's next requests wait their turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from .. import _locations, sshagent
+from ..errors import AgentError, TokenAgentError, UnsafePath
+from ..protocol import CLOSED, NEED_DATA, FrameError
+from ..vault.identities import ssh_private_key
+from .config import SshKey
+from .pinentry import Pinentry, _escape
+from .sockets import MAX_BACKLOG, bind_private, clear_old_socket, peer_allowed, peer_of
+from .state import AgentState, Peer, Session
+
+log = logging.getLogger("tokenagent.agent")
+FRAME_TIMEOUT = 10.0
+MAX_CLIENTS = 128
+MAX_SUN_PATH = 107
+EXTENSIONS = (sshagent.EXT_QUERY, sshagent.EXT_SESSION_BIND)
+_AUDIT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class ConnectionState:
+    """What one ssh-agent connection has told us: the host keys it is bound to (session-bind)."""
+
+    hosts: dict[bytes, str] = field(default_factory=dict)  # session id -> host key fingerprint
+
+
+class SshService:
+    """The ssh-agent requests, answered against the agent's state (no sockets: tested directly)."""
+
+    def __init__(self, state: AgentState) -> None:
+        self.state = state
+        self.keys: tuple[SshKey, ...] = state.config.ssh_keys
+        self._blobs: dict[tuple[str, str, str, str], bytes] = {}  # (vault, fingerprint, label, type) -> blob
+        self._audit_fd: int | None = None
+
+    # --- keys ---------------------------------------------------------------------------------
+    def _session(self, vault: str) -> Session | None:
+        session = self.state.sessions.get(vault)
+        if session is not None and self.state._expire_session(session, self.state.clock()):
+            return None
+        return session
+
+    def _allowed(self, vault: str, peer: Peer) -> bool:
+        try:
+            self.state._check_peer(vault, peer)
+        except TokenAgentError:
+            return False
+        return True
+
+    def blob(self, session: Session, key: SshKey) -> bytes:
+        cache = (session.vault, session.fingerprint, key.label, key.type)
+        blob = self._blobs.get(cache)
+        if blob is None:
+            blob = sshagent.public_blob(ssh_private_key(session.secret, key.label, key.type))
+            self._blobs[cache] = blob
+        return blob
+
+    def listed(self, peer: Peer) -> list[tuple[bytes, SshKey, Session]]:
+        out = []
+        for key in self.keys:
+            session = self._session(key.vault)
+            if session is not None and self._allowed(key.vault, peer):
+                out.append((self.blob(session, key), key, session))
+        return out
+
+    # --- requests -------------------------------------------------------------------------------
+    def handle(self, kind: int, payload: bytes, peer: Peer, conn: ConnectionState) -> bytes | Awaitable[bytes]:
+        """The answer to one request (a coroutine when a person must confirm); never raises."""
+        try:
+            if kind == sshagent.SSH_AGENTC_REQUEST_IDENTITIES:
+                if payload:
+                    return sshagent.failure()
+                return sshagent.identities_answer([(blob, key.comment or f"{key.vault}/{key.label}")
+                                                   for blob, key, _ in self.listed(peer)])
+            if kind == sshagent.SSH_AGENTC_SIGN_REQUEST:
+                return self._sign_request(payload, peer, conn)
+            if kind == sshagent.SSH_AGENTC_EXTENSION:
+                return self._extension(payload, conn)
+            return sshagent.failure()  # REFUSED_REQUESTS and unknown types alike
+        except sshagent.WireError:
+            return sshagent.failure()
+        except Exception as err:  # a bug: answer and keep serving; the message could hold data
+            log.error("internal error in an ssh-agent request %d: %s", kind, type(err).__name__)
+            return sshagent.failure()
+
+    def _extension(self, payload: bytes, conn: ConnectionState) -> bytes:
+        name, contents = sshagent.parse_extension(payload)
+        if name == sshagent.EXT_QUERY:
+            return sshagent.query_answer(EXTENSIONS)
+        if name == sshagent.EXT_SESSION_BIND:
+            hostkey, session_id, signature, _forwarding = sshagent.parse_session_bind(contents)
+            if not verify_host_signature(hostkey, session_id, signature) or len(conn.hosts) >= 16:
+                return sshagent.failure()
+            conn.hosts[session_id] = sshagent.fingerprint(hostkey)
+            return sshagent.success()
+        return sshagent.failure()  # an extension we do not know (draft-miller-ssh-agent 4.7)
+
+    def _sign_request(self, payload: bytes, peer: Peer, conn: ConnectionState) -> bytes | Awaitable[bytes]:
+        blob, data, flags = sshagent.parse_sign_request(payload)
+        match = self._find(blob, peer)
+        if match is None:
+            return sshagent.failure()
+        key, session = match
+        what = sshagent.describe_signed_data(data)
+        if what.get("kind") == "ssh-userauth" and "host" not in what:
+            for session_id, host in conn.hosts.items():
+                if hashlib.sha256(session_id).hexdigest()[:16] == what["session"]:
+                    what["host"] = host
+        if flags & sshagent.RSA_FLAGS:
+            self.audit(key, session, peer, what, "rsa-sha2 flags asked of a key that is not RSA")
+            return sshagent.failure()
+        if key.confirm:
+            return self._confirm_then_sign(key, session, peer, data, what)
+        return self._sign(key, session, peer, data, what)
+
+    def _find(self, blob: bytes, peer: Peer) -> tuple[SshKey, Session] | None:
+        for listed, key, session in self.listed(peer):
+            if listed == blob:
+                return key, session
+        for key in self.keys:  # a known key whose vault's rules refuse this peer: audit the refusal
+            other = self.state.sessions.get(key.vault)
+            if other is not None and self.blob(other, key) == blob:
+                self.audit(key, other, peer, {}, "access-denied")
+        return None
+
+    def _sign(self, key: SshKey, session: Session, peer: Peer, data: bytes, what: dict[str, str | int]) -> bytes:
+        if self.state.sessions.get(key.vault) is not session:
+            return sshagent.failure()  # locked while a person was asked
+        try:
+            self.audit(key, session, peer, what, None)
+        except AgentError:
+            return sshagent.failure()  # no audit line, no signature
+        private = ssh_private_key(session.secret, key.label, key.type)
+        signature = sshagent.sign(private, data)
+        del private
+        if session.idle_ttl > 0:
+            session.idle_deadline = self.state.clock() + session.idle_ttl
+            if self.state.mirror is not None:
+                self.state.mirror.extend(key.vault, session.idle_deadline)
+        session.releases += 1
+        return sshagent.sign_response(signature)
+
+    async def _confirm_then_sign(self, key: SshKey, session: Session, peer: Peer, data: bytes,
+                                 what: dict[str, str | int]) -> bytes:
+        config = self.state.config
+        if not config.pinentry:
+            self.audit(key, session, peer, what, "confirm needs a pinentry program (config [agent] pinentry)")
+            return sshagent.failure()
+        text = (f"Allow {peer.exe or 'a program'} (pid {peer.pid}) to sign with the SSH key "
+                f"'{key.vault}/{key.label}'? ({_what_text(what)})")
+        pinentry = Pinentry(config.pinentry, config.pinentry_tty, timeout=60.0)
+        try:
+            yes = await asyncio.to_thread(confirm, pinentry, text)
+        except TokenAgentError:
+            yes = False
+        if not yes:
+            self.audit(key, session, peer, what, "cancelled")
+            return sshagent.failure()
+        return self._sign(key, session, peer, data, what)
+
+    # --- audit ----------------------------------------------------------------------------------
+    def audit(self, key: SshKey, session: Session, peer: Peer, what: dict[str, str | int], error: str | None) -> None:
+        """One JSON line per signature asked for, made or refused; raises AgentError if it cannot be written."""
+        if not self.state.config.audit or self.state.audit_path is None:
+            return
+        line = json.dumps({"op": "ssh-sign", "time": round(time.time(), 3), "vault": key.vault, "key": key.label,
+                           "key_type": key.type, "ok": error is None, "error": error, "pid": peer.pid,
+                           "uid": peer.uid, "exe": peer.exe, "parent_exe": peer.parent_exe, "signed": what},
+                          sort_keys=True, ensure_ascii=True) + "\n"
+        for attempt in (1, 2):
+            try:
+                if self._audit_fd is None:
+                    self._audit_fd = os.open(self.state.audit_path, _AUDIT_FLAGS, 0o600)
+                os.write(self._audit_fd, line.encode())
+                return
+            except OSError as err:
+                self.close()
+                if attempt == 2:
+                    raise AgentError(f"cannot write the audit log {self.state.audit_path}: {err.strerror}") from None
+
+    def close(self) -> None:
+        if self._audit_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._audit_fd)
+            self._audit_fd = None
+
+
+def _what_text(what: dict[str, str | int]) -> str:
+    if what.get("kind") == "sshsig":
+        return f"a signature in namespace {what['namespace']}"
+    if what.get("kind") == "ssh-userauth":
+        return f"log in as {what['user']}" + (f" to host key {what['host']}" if "host" in what else "")
+    return "unrecognised data"
+
+
+def confirm(pinentry: Pinentry, description: str) -> bool:
+    """Ask a yes/no question with pinentry's CONFIRM; True only for an explicit OK."""
+    import subprocess
+
+    args = [pinentry.program] + (["--ttyname", pinentry.ttyname, "--ttytype", pinentry.ttytype]
+                                 if pinentry.ttyname else [])
+    try:
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError:
+        return False
+    deadline = time.monotonic() + pinentry.timeout
+    try:
+        pinentry._expect_ok(proc, deadline)
+        for command in ("SETTITLE tokenagent", f"SETDESC {_escape(description)}"):
+            pinentry._send(proc, command)
+            pinentry._expect_ok(proc, deadline)
+        pinentry._send(proc, "CONFIRM")
+        while True:
+            line = pinentry._line(proc, deadline)
+            if line.startswith(b"OK"):
+                return True
+            if line.startswith(b"ERR"):
+                return False
+    except TokenAgentError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            pinentry._send(proc, "BYE")
+        try:
+            proc.wait(2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --- keys --------------------------------------------------------------------------------------
+_ECDSA_HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {
+    b"ecdsa-sha2-nistp256": hashes.SHA256, b"ecdsa-sha2-nistp384": hashes.SHA384, b"ecdsa-sha2-nistp521": hashes.SHA512}
+_RSA_HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {b"rsa-sha2-256": hashes.SHA256, b"rsa-sha2-512": hashes.SHA512}
+
+
+def verify_host_signature(hostkey: bytes, data: bytes, signature: bytes) -> bool:
+    """Is ``signature`` (SSH format) the host key's signature of ``data``? (session-bind)"""
+    import base64
+
+    try:
+        key = serialization.load_ssh_public_key(sshagent.key_type_of(hostkey) + b" " + base64.b64encode(hostkey))
+        r = sshagent.Reader(signature)
+        alg, raw = r.string(), r.string()
+        r.end()
+        if isinstance(key, ed25519.Ed25519PublicKey) and alg == sshagent.ED25519:
+            key.verify(raw, data)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and alg in _ECDSA_HASHES:
+            parts = sshagent.Reader(raw)
+            rs = int.from_bytes(parts.string(), "big"), int.from_bytes(parts.string(), "big")
+            parts.end()
+            key.verify(encode_dss_signature(*rs), data, ec.ECDSA(_ECDSA_HASHES[alg]()))
+        elif isinstance(key, rsa.RSAPublicKey) and alg in _RSA_HASHES:
+            key.verify(raw, data, padding.PKCS1v15(), _RSA_HASHES[alg]())
+        else:
+            return False
+    except (sshagent.WireError, ValueError, UnsupportedAlgorithm, InvalidSignature):
+        return False
+    return True
+
+
+# --- the socket --------------------------------------------------------------------------------
+class SshSocket:
+    """The listening ssh-agent socket of the agent and its asyncio server."""
+
+    def __init__(self, sock: socket.socket, path: Path, service: SshService) -> None:
+        self.sock, self.path, self.service = sock, path, service
+        self.clients = 0
+        self._server: asyncio.AbstractServer | None = None
+
+    @classmethod
+    def bind(cls, agent_socket: Path, state: AgentState) -> SshSocket | None:
+        path = Path(_locations.ssh_socket(str(agent_socket)))
+        if len(os.fsencode(path)) > MAX_SUN_PATH:
+            log.warning("no ssh-agent socket: %s is too long for a Unix socket address", path)
+            return None
+        try:
+            clear_old_socket(path)
+            sock = bind_private(path)
+        except (OSError, UnsafePath, AgentError) as err:
+            log.warning("no ssh-agent socket at %s: %s", path, err)
+            return None
+        sock.listen(MAX_BACKLOG)
+        sock.setblocking(False)
+        return cls(sock, path, SshService(state))
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _SshProtocol(self), sock=self.sock, backlog=MAX_BACKLOG)
+        log.info("ssh-agent socket on %s (%d keys configured)", self.path, len(self.service.keys))
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.service.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class _SshProtocol(asyncio.Protocol):
+    """One ssh-agent client: requests answered in order; one waiting for a confirmation holds the rest."""
+
+    def __init__(self, server: SshSocket) -> None:
+        self.server = server
+        self.conn = sshagent.AgentConnection()
+        self.state = ConnectionState()
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.waiting: asyncio.Task[None] | None = None
+        self.stall: asyncio.TimerHandle | None = None
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        try:
+            peer = peer_of(transport.get_extra_info("socket"))
+        except OSError:
+            transport.abort()
+            return
+        if not peer_allowed(peer) or self.server.clients >= MAX_CLIENTS:
+            transport.abort()  # not a byte read from a stranger
+            return
+        self.peer = peer
+        self.server.clients += 1
+        self.counted = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None or self.transport is None or self.transport.is_closing():
+            return
+        self.conn.receive_data(data)
+        self._serve()
+
+    def eof_received(self) -> bool:
+        self.conn.receive_data(b"")
+        self._serve()
+        return self.waiting is not None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.server.clients -= 1
+            self.counted = False
+        if self.waiting is not None:
+            self.waiting.cancel()
+        if self.stall is not None:
+            self.stall.cancel()
+
+    def _serve(self) -> None:
+        transport, peer = self.transport, self.peer
+        assert transport is not None and peer is not None
+        while self.waiting is None and not transport.is_closing():
+            try:
+                message = self.conn.next_message()
+            except FrameError:
+                transport.close()  # the framing is lost
+                return
+            if message is NEED_DATA:
+                self._arm_stall_timer()
+                return
+            if message is CLOSED or not isinstance(message, tuple):
+                transport.close()
+                return
+            answer = self.server.service.handle(message[0], message[1], peer, self.state)
+            if isinstance(answer, bytes):
+                transport.write(answer)
+            else:
+                self.waiting = asyncio.ensure_future(self._answer_later(answer))
+
+    async def _answer_later(self, answer: Awaitable[bytes]) -> None:
+        try:
+            data = await answer
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
+        finally:
+            self.waiting = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._serve()
+
+    def _arm_stall_timer(self) -> None:
+        if self.conn.pending and self.stall is None:
+            self.stall = asyncio.get_running_loop().call_later(FRAME_TIMEOUT, self._stalled)
+        elif not self.conn.pending and self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
+    def _stalled(self) -> None:
+        self.stall = None
+        if self.conn.pending and self.transport is not None:
+            self.transport.close()
