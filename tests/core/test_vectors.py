@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from scripted import context  # type: ignore[import-not-found]
 
+from tokenagent import agekeys, sshagent
 from tokenagent.factors.keyfile import keepass_key
 from tokenagent.factors.recovery import from_modhex, to_modhex
-from tokenagent import agekeys, sshagent
 from tokenagent.vault import crypto, identities, unlock
 from tokenagent.vault.format import parse
 
