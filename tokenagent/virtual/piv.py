@@ -38,10 +38,11 @@ import time
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .attestation import attest, make_attestation
 from .card import (
     SW_AUTH_METHOD_BLOCKED,
     SW_CONDITIONS_NOT_SATISFIED,
@@ -59,6 +60,7 @@ from .card import (
     tlv,
     tlv_parse,
 )
+from .management import FORM_FACTOR_USB_A_KEYCHAIN
 
 AID = bytes.fromhex("A000000308000010000100")
 
@@ -70,6 +72,7 @@ INS_AUTHENTICATE = 0x87
 INS_GET_DATA = 0xCB
 INS_PUT_DATA = 0xDB
 INS_MOVE_KEY = 0xF6
+INS_ATTEST = 0xF9
 INS_GET_METADATA = 0xF7
 INS_GET_SERIAL = 0xF8
 INS_SET_PIN_RETRIES = 0xFA
@@ -80,12 +83,13 @@ INS_SET_MGMKEY = 0xFF
 
 PIN_P2, PUK_P2 = 0x80, 0x81
 SLOT_MANAGEMENT = 0x9B
+SLOT_ATTESTATION = 0xF9
 KEY_SLOTS = frozenset([0x9A, 0x9C, 0x9D, 0x9E, *range(0x82, 0x96)])
 
 # Algorithms (P1 of GENERAL AUTHENTICATE, tag 80 of GENERATE)
 RSA_BITS = {0x06: 1024, 0x07: 2048, 0x05: 3072, 0x16: 4096}
 EC_CURVES: dict[int, type[ec.EllipticCurve]] = {0x11: ec.SECP256R1, 0x14: ec.SECP384R1}
-EC_HASHES: dict[int, type[hashes.HashAlgorithm]] = {0x11: hashes.SHA256, 0x14: hashes.SHA384}
+ALG_ED25519, ALG_X25519 = 0xE0, 0xE1  # firmware 5.7
 MGM_TDES, MGM_AES128, MGM_AES192, MGM_AES256 = 0x03, 0x08, 0x0A, 0x0C
 MGM_KEY_LEN = {MGM_TDES: 24, MGM_AES128: 16, MGM_AES192: 24, MGM_AES256: 32}
 
@@ -100,6 +104,8 @@ DEFAULT_MGM_KEY = bytes(range(1, 9)) * 3
 DEFAULT_RETRIES = 3
 
 DISCOVERY = 0x7E
+BITGT = 0x7F61  # biometric information templates group template (SP 800-73-4)
+ATTESTATION_OBJECT = 0x5FFF01  # the certificate of the attestation key (slot F9)
 # Objects read only after the PIN (SP 800-73-4 part 1, 3.1): fingerprints, printed information
 # (where ykman keeps a PIN-protected management key), facial image, iris images.
 PIN_PROTECTED_OBJECTS = frozenset({0x5FC103, 0x5FC109, 0x5FC108, 0x5FC121})
@@ -131,7 +137,38 @@ def _public_tlvs(key: Any) -> bytes:
         numbers = public.public_numbers()
         return tlv(0x81, numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")) + tlv(
             0x82, numbers.e.to_bytes(3, "big"))
+    if isinstance(public, (ed25519.Ed25519PublicKey, x25519.X25519PublicKey)):
+        return tlv(0x86, public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
     return tlv(0x86, public.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint))
+
+
+def _use_key(key: Any, fields: dict[int, bytes]) -> bytes:
+    """GENERAL AUTHENTICATE with a key slot: ECDH (tag 85, P-256/P-384/X25519), else tag 81: raw
+    RSA, ECDSA over a digest, Ed25519 over the message."""
+    if 0x85 in fields:
+        try:
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return key.exchange(ec.ECDH(), ec.EllipticCurvePublicKey.from_encoded_point(key.curve, fields[0x85]))
+            if isinstance(key, x25519.X25519PrivateKey):
+                return key.exchange(x25519.X25519PublicKey.from_public_bytes(fields[0x85]))
+        except ValueError:
+            pass
+        raise ApduStatus(SW_INCORRECT_PARAMETERS)
+    message = fields[0x81]
+    if isinstance(key, rsa.RSAPrivateKey):
+        numbers = key.private_numbers()
+        n = numbers.public_numbers.n
+        size = (n.bit_length() + 7) // 8
+        value = int.from_bytes(message, "big")
+        if len(message) != size or value >= n:
+            raise ApduStatus(SW_INCORRECT_PARAMETERS)
+        return pow(value, numbers.d, n).to_bytes(size, "big")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        hash_type = {256: hashes.SHA256(), 384: hashes.SHA384()}[key.curve.key_size]
+        return key.sign(_ecdsa_input(message, hash_type.digest_size), ec.ECDSA(Prehashed(hash_type)))
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(message)
+    raise ApduStatus(SW_INCORRECT_PARAMETERS)  # X25519 only agrees
 
 
 class _Reference:
@@ -168,13 +205,16 @@ class PivApplet(Applet):
     def __init__(self, presence: Presence, serial: int, version: tuple[int, int, int]) -> None:
         super().__init__()
         self.presence, self.serial, self.version = presence, serial, version
+        self.attestation: dict[str, str] | None = None  # kept across RESET, as a YubiKey's factory key
         self._factory()
         self._clear_security_state()
 
     def _factory(self) -> None:
         self.pin = _Reference(DEFAULT_PIN)
         self.puk = _Reference(DEFAULT_PUK)
-        self.mgm_type, self.mgm_key, self.mgm_touch = MGM_TDES, DEFAULT_MGM_KEY, False
+        # firmware 5.7 ships the default key as AES-192, earlier ones as 3DES (same bytes)
+        self.mgm_type = MGM_AES192 if self.version >= (5, 7, 0) else MGM_TDES
+        self.mgm_key, self.mgm_touch = DEFAULT_MGM_KEY, False
         self.keys: dict[int, dict[str, Any]] = {}  # slot -> alg, pin_policy, touch_policy, origin, key (PKCS#8)
         self.objects: dict[int, bytes] = {}
 
@@ -192,7 +232,8 @@ class PivApplet(Applet):
                 for slot, meta in self.keys.items()}
         return {"pin": self.pin.as_dict(), "puk": self.puk.as_dict(), "mgm_type": self.mgm_type,
                 "mgm_key": self.mgm_key.hex(), "mgm_touch": self.mgm_touch, "keys": keys,
-                "objects": {f"{oid:x}": base64.b64encode(data).decode() for oid, data in self.objects.items()}}
+                "objects": {f"{oid:x}": base64.b64encode(data).decode() for oid, data in self.objects.items()},
+                "attestation": self.attestation}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.pin = _Reference.from_dict(state["pin"])
@@ -201,6 +242,7 @@ class PivApplet(Applet):
         self.mgm_touch = bool(state["mgm_touch"])
         self.keys = {int(slot, 16): {**meta, "key": base64.b64decode(meta["key"])} for slot, meta in state["keys"].items()}
         self.objects = {int(oid, 16): base64.b64decode(data) for oid, data in state["objects"].items()}
+        self.attestation = state.get("attestation")
 
     # --- card events -------------------------------------------------------------------
 
@@ -358,28 +400,7 @@ class PivApplet(Applet):
             raise ApduStatus(SW_INCORRECT_PARAMETERS)
         self._check_use(apdu.p2, meta)
         key = serialization.load_der_private_key(meta["key"], None)
-        if 0x85 in fields:
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise ApduStatus(SW_INCORRECT_PARAMETERS)
-            try:
-                peer = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, fields[0x85])
-            except ValueError:
-                raise ApduStatus(SW_INCORRECT_PARAMETERS) from None
-            result = key.exchange(ec.ECDH(), peer)
-        elif isinstance(key, rsa.RSAPrivateKey):
-            message = fields[0x81]
-            numbers = key.private_numbers()
-            n = numbers.public_numbers.n
-            size = (n.bit_length() + 7) // 8
-            value = int.from_bytes(message, "big")
-            if len(message) != size or value >= n:
-                raise ApduStatus(SW_INCORRECT_PARAMETERS)
-            result = pow(value, numbers.d, n).to_bytes(size, "big")
-        else:
-            assert isinstance(key, ec.EllipticCurvePrivateKey)  # noqa: S101 - only RSA and EC are stored
-            result = key.sign(_ecdsa_input(fields[0x81], EC_HASHES[meta["alg"]]().digest_size),
-                              ec.ECDSA(Prehashed(EC_HASHES[meta["alg"]]())))
-        return tlv(0x7C, tlv(0x82, result))
+        return tlv(0x7C, tlv(0x82, _use_key(key, fields)))
 
     def _check_use(self, slot: int, meta: dict[str, Any]) -> None:
         """The key's PIN and touch policies."""
@@ -412,6 +433,10 @@ class PivApplet(Applet):
             key = rsa.generate_private_key(65537, RSA_BITS[alg[0]])
         elif alg[0] in EC_CURVES:
             key = ec.generate_private_key(EC_CURVES[alg[0]]())
+        elif alg[0] == ALG_ED25519:
+            key = ed25519.Ed25519PrivateKey.generate()
+        elif alg[0] == ALG_X25519:
+            key = x25519.X25519PrivateKey.generate()
         else:
             raise ApduStatus(SW_INCORRECT_PARAMETERS)
         self._store_key(apdu.p2, alg[0], key, fields, ORIGIN_GENERATED)
@@ -435,6 +460,10 @@ class PivApplet(Applet):
                     raise ValueError("size")
             elif apdu.p1 in EC_CURVES:
                 key = ec.derive_private_key(int.from_bytes(fields[6], "big"), EC_CURVES[apdu.p1]())
+            elif apdu.p1 == ALG_ED25519:
+                key = ed25519.Ed25519PrivateKey.from_private_bytes(fields[7])
+            elif apdu.p1 == ALG_X25519:
+                key = x25519.X25519PrivateKey.from_private_bytes(fields[8])
             else:
                 raise ValueError("algorithm")
         except (KeyError, ValueError):
@@ -476,7 +505,7 @@ class PivApplet(Applet):
         if apdu.p2 == SLOT_MANAGEMENT:
             touch = TOUCH_ALWAYS if self.mgm_touch else TOUCH_NEVER
             return (tlv(0x01, bytes([self.mgm_type])) + tlv(0x02, bytes([0, touch]))
-                    + tlv(0x05, bytes([self.mgm_key == DEFAULT_MGM_KEY and self.mgm_type == MGM_TDES])))
+                    + tlv(0x05, bytes([self.mgm_key == DEFAULT_MGM_KEY])))
         meta = self.keys.get(apdu.p2)
         if meta is None:  # an empty slot, or no such reference (0x96: no fingerprint sensor)
             raise ApduStatus(SW_REFERENCE_DATA_NOT_FOUND)
@@ -487,12 +516,19 @@ class PivApplet(Applet):
     # --- data objects ------------------------------------------------------------------
 
     def _object_id(self, apdu: Apdu) -> int:
+        """The object of GET/PUT DATA (tag 5C). A YubiKey takes 7E (discovery), 7F61 (BIT group
+        template) and any three-byte id 5F0000-5FFFFF: the PIV ones (5FC101-5FC123), Yubico's
+        (5FFF00 ykman's admin data, 5FFF01 the attestation certificate, 5FFF10-15 Microsoft's) and
+        undefined ones an application may use; anything else is refused (6A80)."""
         if (apdu.p1, apdu.p2) != (0x3F, 0xFF):
             raise ApduStatus(SW_WRONG_P1P2)
         items = tlv_parse(apdu.data)
-        if not items or items[0][0] != 0x5C or not 1 <= len(items[0][1]) <= 3:
+        if not items or items[0][0] != 0x5C:
             raise ApduStatus(SW_INCORRECT_PARAMETERS)
-        return int.from_bytes(items[0][1], "big")
+        raw = items[0][1]
+        if raw not in (b"\x7e", b"\x7f\x61") and not (len(raw) == 3 and raw[0] == 0x5F):
+            raise ApduStatus(SW_INCORRECT_PARAMETERS)
+        return int.from_bytes(raw, "big")
 
     def _get_data(self, apdu: Apdu) -> bytes:
         oid = self._object_id(apdu)
@@ -500,6 +536,9 @@ class PivApplet(Applet):
             return tlv(DISCOVERY, DISCOVERY_VALUE)
         if oid in PIN_PROTECTED_OBJECTS and not self.pin_verified:
             raise ApduStatus(SW_SECURITY_STATUS_NOT_SATISFIED)
+        if oid == ATTESTATION_OBJECT and oid not in self.objects:
+            certificate = base64.b64decode(self._attestation()["cert"])  # stored as PIV stores certificates
+            return tlv(0x53, tlv(0x70, certificate) + tlv(0x71, b"\x00") + tlv(0xFE))  # as from the factory, until replaced
         if oid not in self.objects:
             raise ApduStatus(SW_FILE_NOT_FOUND)
         return tlv(0x53, self.objects[oid])
@@ -509,7 +548,7 @@ class PivApplet(Applet):
             raise ApduStatus(SW_SECURITY_STATUS_NOT_SATISFIED)
         oid = self._object_id(apdu)
         items = tlv_parse(apdu.data)
-        if oid == DISCOVERY or not 0x5FC101 <= oid <= 0x5FFFFF or len(items) != 2 or items[1][0] != 0x53:
+        if oid == DISCOVERY or len(items) != 2 or items[1][0] != 0x53:  # the discovery object is fixed
             raise ApduStatus(SW_INCORRECT_PARAMETERS)
         if items[1][1]:
             self.objects[oid] = items[1][1]
@@ -517,6 +556,26 @@ class PivApplet(Applet):
             self.objects.pop(oid, None)
         self.changed()
         return b""
+
+    # --- attestation -------------------------------------------------------------------
+
+    def _attestation(self) -> dict[str, str]:
+        """This token's attestation CA and F9 key (tokenagent.virtual.attestation), made on first use."""
+        if self.attestation is None:
+            self.attestation = make_attestation(self.serial)
+            self.changed()
+        return self.attestation
+
+    def _attest(self, apdu: Apdu) -> bytes:
+        """ATTEST (F9): a certificate of a key the card generated; imported keys are not attested."""
+        meta = self.keys.get(apdu.p1)
+        if apdu.p1 not in KEY_SLOTS or meta is None:
+            raise ApduStatus(SW_REFERENCE_DATA_NOT_FOUND)
+        if meta["origin"] != ORIGIN_GENERATED:
+            raise ApduStatus(SW_INCORRECT_PARAMETERS)
+        public = serialization.load_der_private_key(meta["key"], None).public_key()
+        return attest(self._attestation(), apdu.p1, public, self.version, self.serial, meta["pin_policy"],
+                      meta["touch_policy"], FORM_FACTOR_USB_A_KEYCHAIN)
 
     # --- Yubico extensions -------------------------------------------------------------
 
@@ -534,6 +593,7 @@ class PivApplet(Applet):
         INS_GENERATE: _generate,
         INS_IMPORT_KEY: _import,
         INS_MOVE_KEY: _move_key,
+        INS_ATTEST: _attest,
         INS_GET_DATA: _get_data,
         INS_PUT_DATA: _put_data,
         INS_GET_METADATA: _metadata,
