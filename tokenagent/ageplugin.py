@@ -71,7 +71,7 @@ class Plugin:
         for index, parsed in enumerate(self.identities):
             if parsed is None:
                 self.send("error", ("identity", str(index)), b"not a valid AGE-PLUGIN-TOKENAGENT-1 identity")
-                self.send("done")
+                self.done()
                 return
         for file_index in sorted(self.files):
             stanzas = self.files[file_index]
@@ -81,12 +81,15 @@ class Plugin:
                 assert parsed is not None
                 found = self.ask(index, parsed, stanzas)
                 if found is False:
-                    self.out.write(agekeys.write_stanza("done"))
-                    self.out.flush()
+                    self.done()
                     return
                 if isinstance(found, bytes):
                     self.send("file-key", (str(file_index),), found)
                     break
+        self.done()
+
+    def done(self) -> None:
+        """The end of phase 2 (age answers nothing)."""
         self.out.write(agekeys.write_stanza("done"))
         self.out.flush()
 

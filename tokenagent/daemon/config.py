@@ -19,6 +19,7 @@
     [passwords]             # policy for new password factors (init, enroll, passwd)
     min_length = 12         # characters
     min_bits = 60           # estimated quality in bits (zxcvbn, as KeePassXC shows it)
+
     [ssh]                   # the ssh-agent socket (SOCKET.ssh; docs/ssh.md)
     socket = true           # serve it (default: true)
     keys = [{vault = "work", label = "laptop", comment = "me@work", type = "ed25519", confirm = false}]
