@@ -39,6 +39,9 @@ def _load_commands() -> None:
         register = getattr(module, "register", None)
         if register is not None:
             register(cli)
+    from .completion import complete_vault_names
+
+    complete_vault_names(cli)  # once every command is there
 
 
 def _wants_json(args: list[str]) -> bool:
