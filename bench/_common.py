@@ -21,10 +21,13 @@ TOKENAGENT = str(Path(sys.executable).parent / "tokenagent")
 class Agent:
     """``tokenagent agent`` in a temporary TOKENAGENT_HOME with ``vaults`` vaults, ``v0`` unlocked."""
 
-    def __init__(self, vaults: int = 1) -> None:
+    def __init__(self, vaults: int = 1, config: str | None = None) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="tokenagent-bench-")
         self.home = Path(self.tmp.name) / "home"
         self.home.mkdir(mode=0o700)
+        if config is not None:  # config.toml, read by the agent at start
+            (self.home / "config").mkdir(mode=0o700)
+            (self.home / "config" / "config.toml").write_text(config)
         self.socket = self.home / "run" / "agent.sock"
         self.env = {**os.environ, "TOKENAGENT_HOME": str(self.home), "TOKENAGENT_SOCKET": str(self.socket),
                     "TOKENAGENT_TEST_KDF": "1"}
