@@ -182,3 +182,59 @@ def test_the_agent_removes_its_ssh_socket_on_exit(tmp_path: Path) -> None:
     assert stop_process(agent.proc) == 0
     agent.stopped = True
     assert not path.exists() and not os.path.exists(agent.socket)
+
+
+class Screen:
+    """A terminal for pinentry-curses: presses ``keys`` once the confirmation shows."""
+
+    def __init__(self, keys: bytes) -> None:
+        import select
+        import threading
+        import time
+
+        self.master, self.slave = os.openpty()
+        self.tty = os.ttyname(self.slave)
+        self.text = b""
+        self.stop = threading.Event()
+
+        def watch() -> None:
+            sent = False
+            while not self.stop.is_set():
+                if select.select([self.master], [], [], 0.1)[0]:
+                    self.text += os.read(self.master, 4096)
+                if not sent and b"sign with" in self.text:
+                    time.sleep(0.3)
+                    os.write(self.master, keys)
+                    sent = True
+
+        self.thread = threading.Thread(target=watch, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.mark.parametrize(("keys", "signed"), [(b"\r", True), (b"\t\r", False)], ids=["ok", "cancel"])
+def test_confirm_asks_pinentry_before_each_signature(tmp_path: Path, keys: bytes, signed: bool) -> None:
+    need("ssh-keygen", "pinentry-curses")
+    screen = Screen(keys)
+    config = ('[agent]\nwatch_tokens = false\nnotify = false\npinentry = "pinentry-curses"\n'
+              f'pinentry_tty = "{screen.tty}"\n\n[ssh]\nkeys = [{{vault = "v1", label = "laptop", confirm = true}}]\n')
+    agent = start(faces_home(tmp_path, config))
+    try:
+        unlock(agent)
+        key = tmp_path / "laptop.pub"
+        key.write_text(pubkey(agent, "laptop") + "\n")
+        message = tmp_path / "message.txt"
+        message.write_text("confirm me\n")
+        done = run(["ssh-keygen", "-Y", "sign", "-f", str(key), "-n", "file", str(message)], ssh_env(agent))
+        assert (done.returncode == 0) is signed, done.stderr
+        assert b"sign with" in screen.text  # the question was shown (and answered by the keys)
+        (line,) = audit(agent)
+        assert line["ok"] is signed and line["error"] == (None if signed else "cancelled")
+    finally:
+        agent.stop()
+        screen.close()
