@@ -327,3 +327,57 @@ def test_a_half_sent_message_is_dropped_after_the_frame_timeout(face: AgentProce
         other.sendall(sa.message(sa.SSH_AGENTC_REQUEST_IDENTITIES))
         assert read_answer(other)[0] == sa.SSH_AGENT_IDENTITIES_ANSWER
         assert slow.recv(10) == b""  # closed by the agent after 10 s (a hang would time out this recv)
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid (CI runs as root)")
+def test_another_uid_is_refused_before_a_byte_is_read(tmp_path: Path) -> None:
+    import json
+    import tempfile
+
+    sock_dir = Path(tempfile.mkdtemp(prefix="ta-ssh-"))
+    agent = start_agent(faces_home(tmp_path, CONFIG), sock_dir / "agent.sock")
+    try:
+        unlock(agent)
+        path = Path(f"{agent.socket}.ssh")
+        os.chmod(sock_dir, 0o777)
+        os.chmod(path, 0o777)  # as a bad umask or a careless chmod would leave it
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the stranger: 100 tries to list the keys
+            counts = {"answered": 0, "refused": 0}
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                for _ in range(100):
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                        s.settimeout(5)
+                        try:
+                            s.connect(str(path))
+                            s.sendall(sa.message(sa.SSH_AGENTC_REQUEST_IDENTITIES))
+                            counts["answered" if s.recv(4096) else "refused"] += 1
+                        except (ConnectionResetError, BrokenPipeError):
+                            counts["refused"] += 1
+                os.write(w, json.dumps(counts).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as out:
+            counts = json.loads(out.read())
+        os.waitpid(pid, 0)
+        assert counts == {"answered": 0, "refused": 100}
+        with connect(agent) as s:
+            served = 0
+            for _ in range(100):
+                s.sendall(sa.message(sa.SSH_AGENTC_REQUEST_IDENTITIES))
+                served += read_answer(s)[0] == sa.SSH_AGENT_IDENTITIES_ANSWER
+        assert served == 100
+        print(f"\nssh socket 0777: other uid refused {counts['refused']}/100, same uid served {served}/100")
+    finally:
+        agent.stop()
+        for leftover in sock_dir.iterdir():
+            leftover.unlink()
+        os.rmdir(sock_dir)
