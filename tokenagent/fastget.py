@@ -1,13 +1,16 @@
 """``tokenagent get``: a key from the agent, for password commands (restic, borg, gocryptfs...).
 
-    tokenagent get VAULT [--context LABEL] [--format raw|hex|base64] [--wait SECONDS] [--json]
+    tokenagent get VAULT [--context LABEL] [--format raw|text|hex|base64] [--wait SECONDS] [--json]
 
 Runs before click, cryptography, fido2 or yubikit are imported (see _cli/entry.py): its cold
-start is what every backup run pays. Output: the key in the chosen format (default base64)
-and a newline (none for raw). On failure one line on stderr and the exit code of
-docs/exit-codes.md; with ``--wait`` a locked vault is waited for (plug in the token) up to
-SECONDS before failing.
-"""
+start is what every backup run pays. Output: the key in the chosen format and a newline (none
+for raw). Without --format, an imported secret (``init --import-secret``) is printed as it
+came: its bytes and a newline when it is one line of text (what restic, borg and gocryptfs
+read from a password command), its exact bytes otherwise; the agent socket's answer says
+whether a secret was imported, so that case skips the get socket. Any other key is base64.
+Binary output (raw) is never written to a terminal. On failure one line on stderr and the exit
+code of docs/exit-codes.md; with ``--wait`` a locked vault is waited for (plug in the token)
+up to SECONDS before failing."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import json
 import os
 import sys
 
-USAGE = "usage: tokenagent get VAULT [--context LABEL] [--format raw|hex|base64] [--wait SECONDS] [--json]"
+USAGE = "usage: tokenagent get VAULT [--context LABEL] [--format raw|text|hex|base64] [--wait SECONDS] [--json]"
 HELP = f"""{USAGE}
 
   Print a key of VAULT from the running agent: the subkey for LABEL (--context), or the
@@ -24,13 +27,15 @@ HELP = f"""{USAGE}
 
 Options:
   --context LABEL     the subkey for LABEL (HKDF of the vault's key; one per tool and repository)
-  --format FORMAT     raw (the bytes, never to a terminal), hex or base64 (default)
+  --format FORMAT     raw (the bytes, never to a terminal), text (the bytes and a newline), hex,
+                      or base64; default: an imported secret as it came (text when it is one
+                      line of text, else raw), any other key in base64
   --wait SECONDS      wait this long for a locked vault to be unlocked (plug in its token)
   --json              one JSON object on standard output, errors too
   -h, --help          show this help
 
 Exit codes: docs/exit-codes.md (7: the vault is locked; 3: no such vault)."""
-FORMATS = ("raw", "hex", "base64")
+FORMATS = ("raw", "text", "hex", "base64")
 
 
 class _Help(Exception):
@@ -38,7 +43,7 @@ class _Help(Exception):
 
 
 def _parse(args: list[str]) -> dict[str, object]:
-    opts: dict[str, object] = {"format": "base64", "context": None, "wait": None, "json": False, "vault": None}
+    opts: dict[str, object] = {"format": None, "context": None, "wait": None, "json": False, "vault": None}
     i = 0
     while i < len(args):
         arg = args[i]
@@ -65,8 +70,8 @@ def _parse(args: list[str]) -> dict[str, object]:
         i += 1
     if opts["vault"] is None:
         raise ValueError("name the vault")
-    if opts["format"] not in FORMATS:
-        raise ValueError("--format is raw, hex or base64")
+    if opts["format"] is not None and opts["format"] not in FORMATS:
+        raise ValueError("--format is raw, text, hex or base64")
     if opts["wait"] is not None:
         try:
             wait = float(str(opts["wait"]))
@@ -76,6 +81,52 @@ def _parse(args: list[str]) -> dict[str, object]:
             raise ValueError("--wait takes a number of seconds, 0 or more")
         opts["wait"] = wait
     return opts
+
+
+def _fetch(vault: str, context: str | None, wait: float | None, as_stored: bool) -> tuple[bytearray, bool]:
+    """The key, and whether it is an imported secret. ``as_stored`` (no --format, no --context)
+    asks the agent socket, whose answer says so; otherwise the get socket answers (when there is one)."""
+    from .client import AgentClient
+
+    agent = AgentClient()  # connects on first use: a get-socket get needs no hello
+    try:
+        if not as_stored:
+            return agent.get(vault, context, wait), False
+        args: dict[str, object] = {"vault": vault}
+        if wait:
+            args["wait"] = wait
+        data = agent.request("get", timeout=(wait or 0) + 30.0, **args)
+        return bytearray(base64.b64decode(data["key"])), data.get("imported") is True
+    finally:
+        agent.close()
+
+
+def as_imported(key: bytes | bytearray) -> str:
+    """How an imported secret is printed: "text" (its bytes and a newline, what password commands
+    read) when it is one line of text, else "raw" (its bytes exactly)."""
+    body = bytes(key[:-1]) if key.endswith(b"\n") else bytes(key)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "raw"
+    return "text" if text and text.isprintable() else "raw"
+
+
+def _write(key: bytearray, fmt: str) -> None:
+    if fmt == "raw":
+        data = bytes(key)
+    elif fmt == "text":
+        data = bytes(key) if key.endswith(b"\n") else bytes(key) + b"\n"
+    else:
+        data = ((key.hex() if fmt == "hex" else base64.b64encode(bytes(key)).decode()) + "\n").encode()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(sys.stdout.fileno(), view):]
+
+
+def _refuse_terminal(what: str) -> str:
+    return (f"tokenagent: standard output is a terminal; {what} would be shown on screen: pipe it"
+            " (e.g. | cryptsetup ... --key-file=-), or use --format base64")
 
 
 def main(args: list[str]) -> int:
@@ -90,19 +141,13 @@ def main(args: list[str]) -> int:
         print(f"tokenagent: {err}\n{USAGE}", file=sys.stderr)
         return int(ExitCode.USAGE)
     as_json = bool(opts["json"])
-    if opts["format"] == "raw" and not as_json and os.isatty(sys.stdout.fileno()):
-        print("tokenagent: standard output is a terminal; the raw key would be shown on screen: pipe it"
-              " (e.g. | cryptsetup ... --key-file=-), or use --format base64", file=sys.stderr)
+    fmt = opts["format"]
+    context = str(opts["context"]) if opts["context"] else None
+    if fmt == "raw" and not as_json and os.isatty(sys.stdout.fileno()):
+        print(_refuse_terminal("the raw key"), file=sys.stderr)
         return int(ExitCode.USAGE)
     try:
-        from .client import AgentClient
-
-        agent = AgentClient()  # connects on first use: a get-socket get needs no hello
-        try:
-            key = agent.get(str(opts["vault"]), opts["context"] and str(opts["context"]),  # type: ignore[arg-type]
-                            opts["wait"])  # type: ignore[arg-type]
-        finally:
-            agent.close()
+        key, imported = _fetch(str(opts["vault"]), context, opts["wait"], fmt is None and context is None)  # type: ignore[arg-type]
     except TokenAgentError as err:
         if as_json:
             print(json.dumps({"ok": False, "error": err.code, "message": err.message}))
@@ -113,16 +158,20 @@ def main(args: list[str]) -> int:
         print(f"tokenagent: cannot reach the agent: {err.strerror or err}", file=sys.stderr)
         return int(ExitCode.AGENT)
     try:
-        fmt = opts["format"]
+        if fmt is None:
+            fmt = as_imported(key) if imported else "base64"
         if as_json:
             text = key.hex() if fmt == "hex" else base64.b64encode(bytes(key)).decode()
-            print(json.dumps({"ok": True, "vault": opts["vault"], "format": "hex" if fmt == "hex" else "base64",
-                              "key": text}))
-        elif fmt == "raw":
-            os.write(sys.stdout.fileno(), bytes(key))
+            answer: dict[str, object] = {"ok": True, "vault": opts["vault"], "key": text,
+                                         "format": "hex" if fmt == "hex" else "base64"}
+            if imported:
+                answer["imported"] = True
+            print(json.dumps(answer))
+        elif fmt == "raw" and os.isatty(sys.stdout.fileno()):
+            print(_refuse_terminal(f"the secret of vault {opts['vault']!r} is binary and"), file=sys.stderr)
+            return int(ExitCode.USAGE)
         else:
-            sys.stdout.write((key.hex() if fmt == "hex" else base64.b64encode(bytes(key)).decode()) + "\n")
-            sys.stdout.flush()
+            _write(key, fmt)  # type: ignore[arg-type]
     finally:
         for i in range(len(key)):
             key[i] = 0

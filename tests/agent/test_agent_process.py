@@ -27,8 +27,10 @@ def test_unlock_get_exec_lock_through_the_cli(agent: AgentProcess) -> None:
     locked = agent.cli("get", "v1")
     assert locked.returncode == 7 and "locked" in locked.stderr and locked.stdout == ""
     unlock(agent)
-    raw = agent.cli("get", "v1")
-    assert raw.returncode == 0 and base64.b64decode(raw.stdout) == CANARY_SECRET
+    raw = agent.cli("get", "v1")  # an imported secret: as it came, and a newline
+    assert raw.returncode == 0 and raw.stdout == CANARY_SECRET.decode() + "\n"
+    b64 = agent.cli("get", "v1", "--format", "base64")
+    assert b64.returncode == 0 and base64.b64decode(b64.stdout) == CANARY_SECRET
     sub = agent.cli("get", "v1", "--context", "restic:/srv/repo", "--format", "hex")
     assert sub.stdout.strip() == bytes(derive_subkey(CANARY_SECRET, "restic:/srv/repo")).hex()
     other = agent.cli("get", "v1", "--context", "borg:/srv/repo", "--format", "hex")
@@ -38,7 +40,7 @@ def test_unlock_get_exec_lock_through_the_cli(agent: AgentProcess) -> None:
     assert ran.returncode == 0 and ran.stdout.strip() == sub.stdout.strip()
     status = json.loads(agent.cli("status", "--json").stdout)
     (entry,) = status["vaults"]
-    assert entry["unlocked"] and entry["slot"] == "1" and entry["releases"] == 4
+    assert entry["unlocked"] and entry["slot"] == "1" and entry["releases"] == 5
     assert agent.cli("lock", "v1").returncode == 0
     assert agent.cli("get", "v1").returncode == 7
 
@@ -67,7 +69,7 @@ def test_get_wait_is_answered_when_another_process_unlocks(agent: AgentProcess) 
     unlock(agent)
     out, err = waiting.communicate(timeout=20)
     assert waiting.returncode == 0, err
-    assert base64.b64decode(out) == CANARY_SECRET
+    assert out == CANARY_SECRET.decode() + "\n"
 
 
 def test_get_wait_times_out_with_the_locked_error(agent: AgentProcess) -> None:
@@ -233,4 +235,10 @@ def test_cli_get_imports_no_heavy_module(agent: AgentProcess) -> None:
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "tokenagent" in imported and "json" in imported  # the listing works
+    assert not imported & {"click", "cryptography", "fido2", "yubikit", "ykman", "smartcard", "pkcs11"}, imported
+    as_imported = subprocess.run([sys.executable, "-X", "importtime", "-m", "tokenagent._cli.entry", "get", "v1"],
+                                 env=env, capture_output=True, text=True, timeout=60)  # the agent-socket way
+    assert as_imported.returncode == 0 and as_imported.stdout == CANARY_SECRET.decode() + "\n"
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in as_imported.stderr.splitlines()
+                if line.startswith("import time:")}
     assert not imported & {"click", "cryptography", "fido2", "yubikit", "ykman", "smartcard", "pkcs11"}, imported

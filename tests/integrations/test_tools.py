@@ -213,6 +213,52 @@ def test_gocryptfs_mount_through_fuse(tools: Tools) -> None:
     assert locked.returncode != 0 and LOCKED in locked.stderr and not list(plain2.iterdir())
 
 
+# --- imported secrets: the tools' existing passwords, kept behind the token -----------------------
+
+def test_imported_passwords_for_restic_borg_and_gocryptfs(tools: Tools) -> None:
+    """docs/integrations.md "Moving an existing password": each tool made with a password, the
+    password imported (from a file, with its newline, and from standard input, without), and the
+    tool run with plain 'tokenagent get VAULT' as its password command."""
+    for tool in ("restic", "borg", "gocryptfs"):
+        need(tool)
+    pw_file = tools.tmp / "restic-password.txt"
+    pw_file.write_text("correct horse battery staple\n")
+    repo, data = tools.tmp / "restic-repo", tools.tmp / "data"
+    data.mkdir()
+    (data / "report.txt").write_text("quarterly report\n")
+    cache = {"RESTIC_CACHE_DIR": str(tools.tmp / "restic-cache"), "RESTIC_REPOSITORY": str(repo)}
+    tools.run("restic", "init", env={**cache, "RESTIC_PASSWORD_FILE": str(pw_file)})
+    tools.run("restic", "backup", "--quiet", str(data), env={**cache, "RESTIC_PASSWORD_FILE": str(pw_file)})
+    borg_env = {"BORG_REPO": str(tools.tmp / "borg-repo"), "BORG_BASE_DIR": str(tools.tmp / "borg-base"),
+                "BORG_DISPLAY_PASSPHRASE": "no"}
+    tools.run("borg", "init", "--encryption=repokey-blake2", env={**borg_env, "BORG_PASSPHRASE": "borg pass phrase"})
+    cipher = tools.tmp / "cipher"
+    cipher.mkdir()
+    go_pw = tools.tmp / "go-pw"
+    go_pw.write_text("gocryptfs password\n")
+    tools.run("gocryptfs", "-init", "-q", "-scryptn", "10", "-passfile", str(go_pw), str(cipher))
+
+    tools.run("tokenagent", "init", "restic", "--fido2", "--import-secret", str(pw_file))  # the file, as it is
+    tools.run("tokenagent", "init", "borg", "--fido2", "--import-secret", "-", stdin="borg pass phrase\n")
+    tools.run("tokenagent", "init", "go", "--fido2", "--import-secret", str(go_pw))
+    tools.unlock("restic")  # plugging the token in opens them all, in name order: restic is the last
+    assert tools.run("tokenagent", "get", "restic").stdout == "correct horse battery staple\n"
+    assert tools.run("tokenagent", "get", "borg").stdout == "borg pass phrase\n"  # stdin's newline was dropped
+
+    restic = {**cache, "RESTIC_PASSWORD_COMMAND": "tokenagent get restic"}
+    assert "1 snapshots" in tools.run("restic", "snapshots", env=restic).stdout
+    tools.run("restic", "check", "--quiet", env=restic)
+    tools.run("borg", "create", "::first", "data", env={**borg_env, "BORG_PASSCOMMAND": "tokenagent get borg"})
+    assert "first" in tools.run("borg", "list", env={**borg_env, "BORG_PASSCOMMAND": "tokenagent get borg"}).stdout
+    tools.run("gocryptfs", "-fsck", "-q", "-extpass", "tokenagent get go", str(cipher))
+    wrong = tools.run("gocryptfs", "-fsck", "-q", "-extpass", "tokenagent get borg", str(cipher), check=False)
+    assert wrong.returncode == 12  # another vault's password is refused: the check above meant it
+
+    tools.lock("restic")
+    locked = tools.run("restic", "snapshots", env=restic, check=False)
+    assert locked.returncode != 0 and LOCKED in locked.stderr and "plug in its token" in locked.stderr
+
+
 # --- cryptsetup (LUKS2 on a file) ------------------------------------------------------------
 
 LUKS_FAST = "--pbkdf pbkdf2 --pbkdf-force-iterations 1000"  # the tokenagent key is already 256 random bits

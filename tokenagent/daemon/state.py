@@ -71,6 +71,7 @@ class Session:
     releases: int = 0
     mirror_releases: int = 0  # those served by the get socket (daemon/getsocket.py)
     mlocked: bool = False  # the secret's pages are locked in memory (never swapped)
+    imported: bool = False  # an imported secret: clients print it as it came (docs/spec/vault.md)
 
     def wipe(self) -> None:
         wipe(self.secret)
@@ -119,7 +120,8 @@ class AgentState:
         now = self.clock()
         self.lock(vault, "replaced", quiet=True)
         session = Session(vault, secret, loaded.allow_raw, loaded.fingerprint, slot, source, now,
-                          now + idle if idle > 0 else None, now + hard if hard > 0 else None, idle, token)
+                          now + idle if idle > 0 else None, now + hard if hard > 0 else None, idle, token,
+                          imported=loaded.imported)
         session.mlocked = lock_in_memory(secret)
         self.sessions[vault] = session
         if self.mirror is not None:
@@ -260,7 +262,11 @@ class AgentState:
                     self.mirror.extend(vault, session.idle_deadline)
             session.releases += 1
             self._audit(vault, context, peer, None)
-            return {"vault": vault, "key": base64.b64encode(key).decode(), "fingerprint": session.fingerprint}
+            answer: dict[str, Any] = {"vault": vault, "key": base64.b64encode(key).decode(),
+                                      "fingerprint": session.fingerprint}
+            if context is None and session.imported:
+                answer["imported"] = True  # the client prints it as it came (tokenagent get)
+            return answer
         finally:
             wipe(key)
 

@@ -4,7 +4,7 @@ Theory of operation. A vault file is one UTF-8 JSON object (docs/spec/vault.md):
 
     {"format": "tokenagent-vault/1", "vault_id": B64(16), "seq": N, "created": T,
      "secret_len": L, "allow_raw": bool, "fingerprint": "xxxx:...", "slots": [SLOT...],
-     "mac": B64(32)}
+     "mac": B64(32)}            (+ "imported": true for an imported secret)
 
     SLOT = {"id": "1", "label": "...", "created": T, "last_drill": T|null,
             "policy": {"kind": "all"} | {"kind": "threshold", "k": K},
@@ -41,6 +41,7 @@ VAULT_ID_LEN = 16
 MAC_LEN = 32
 
 _TOP_KEYS = {"format", "vault_id", "seq", "created", "secret_len", "allow_raw", "fingerprint", "slots", "mac"}
+_OPTIONAL_TOP_KEYS = {"imported"}  # written only when true, so other files stay as older versions wrote them
 _SLOT_KEYS = {"id", "label", "created", "last_drill", "policy", "factors", "salt", "nonce", "wrapped", "shares"}
 _SLOT_ID = re.compile(r"^[1-9][0-9]{0,5}$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{4}(:[0-9a-f]{4}){7}$")
@@ -159,6 +160,7 @@ class Vault:
     slots: tuple[Slot, ...]
     mac: bytes = b""
     from_backup: bool = field(default=False, compare=False)
+    imported: bool = False  # the secret was imported (init --import-secret): served as it came
 
     def slot(self, slot_id: str) -> Slot:
         for s in self.slots:
@@ -183,6 +185,7 @@ class Vault:
             "allow_raw": self.allow_raw,
             "fingerprint": self.fingerprint,
             "slots": [s.to_json() for s in self.slots],
+            **({"imported": True} if self.imported else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -225,13 +228,15 @@ def parse(data: bytes, name: str) -> Vault:
         if isinstance(fmt, str) and fmt.startswith("tokenagent-vault/"):
             raise VaultFormatError(f"vault format {fmt!r} is newer than this tokenagent understands; upgrade")
         raise VaultFormatError("not a tokenagent vault (missing or wrong 'format')")
-    if set(doc) != _TOP_KEYS:
-        extra, missing = set(doc) - _TOP_KEYS, _TOP_KEYS - set(doc)
+    if set(doc) - _OPTIONAL_TOP_KEYS != _TOP_KEYS:
+        extra, missing = set(doc) - _TOP_KEYS - _OPTIONAL_TOP_KEYS, _TOP_KEYS - set(doc)
         raise VaultFormatError(f"vault fields wrong (unknown: {sorted(extra)}, missing: {sorted(missing)})")
     vault_id = unb64(doc["vault_id"], "vault_id", VAULT_ID_LEN)
     secret_len = _int(doc["secret_len"], "secret_len", 1, MAX_SECRET_LEN)
     if not isinstance(doc["allow_raw"], bool):
         raise VaultFormatError("allow_raw must be true or false")
+    if doc.get("imported", True) is not True:
+        raise VaultFormatError("imported must be true when present (it is left out otherwise)")
     fp = doc["fingerprint"]
     if not isinstance(fp, str) or not _FINGERPRINT.match(fp):
         raise VaultFormatError("fingerprint must be 8 groups of 4 hex digits")
@@ -252,6 +257,7 @@ def parse(data: bytes, name: str) -> Vault:
         fingerprint=fp,
         slots=slots,
         mac=unb64(doc["mac"], "mac", MAC_LEN),
+        imported="imported" in doc,
     )
 
 

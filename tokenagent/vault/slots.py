@@ -243,6 +243,7 @@ def new_vault(
         allow_raw=(secret is not None) if allow_raw is None else allow_raw,
         fingerprint=crypto.fingerprint(masterkey),
         slots=(slot,),
+        imported=secret is not None,
     )
     return sign(vault, masterkey), masterkey
 
