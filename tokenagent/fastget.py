@@ -83,7 +83,7 @@ def _parse(args: list[str]) -> dict[str, object]:
     return opts
 
 
-def _fetch(vault: str, context: str | None, wait: float | None, as_stored: bool) -> tuple[bytearray, bool]:
+def fetch(vault: str, context: str | None, wait: float | None, as_stored: bool) -> tuple[bytearray, bool]:
     """The key, and whether it is an imported secret. ``as_stored`` (no --format, no --context)
     asks the agent socket, whose answer says so; otherwise the get socket answers (when there is one)."""
     from .client import AgentClient
@@ -147,7 +147,7 @@ def main(args: list[str]) -> int:
         print(_refuse_terminal("the raw key"), file=sys.stderr)
         return int(ExitCode.USAGE)
     try:
-        key, imported = _fetch(str(opts["vault"]), context, opts["wait"], fmt is None and context is None)  # type: ignore[arg-type]
+        key, imported = fetch(str(opts["vault"]), context, opts["wait"], fmt is None and context is None)  # type: ignore[arg-type]
     except TokenAgentError as err:
         if as_json:
             print(json.dumps({"ok": False, "error": err.code, "message": err.message}))

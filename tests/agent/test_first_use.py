@@ -63,3 +63,35 @@ def test_init_of_an_existing_vault_is_vault_exists(agent: AgentProcess) -> None:
     pw.write_text("x\n")
     again = agent.cli("init", "v1", "--password", "--password-file", str(pw), "--json")
     assert again.returncode == 3 and json.loads(again.stdout)["error"] == "vault-exists"
+
+
+CHILD = """
+import fcntl, os, sys
+fd = int(sys.argv[1]) if sys.argv[1].isdigit() else os.open(sys.argv[1], os.O_RDONLY)
+data = os.read(fd, 4096)
+environ = open("/proc/self/environ", "rb").read()
+seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+print(data.decode().strip(), "TOKENAGENT_KEY" in os.environ, data.strip() in environ, seals & fcntl.F_SEAL_WRITE != 0)
+"""
+
+
+def test_exec_hands_the_key_on_a_descriptor_not_in_the_environment(agent: AgentProcess) -> None:
+    import base64
+    import sys
+
+    from agentkit import CANARY_SECRET, password_file
+
+    from tokenagent.vault import derive_subkey
+
+    assert agent.cli("unlock", "v1", "--password-file", password_file(agent.home)).returncode == 0
+    subkey = base64.b64encode(bytes(derive_subkey(CANARY_SECRET, "app"))).decode()
+    by_fd = agent.cli("exec", "v1", "--context", "app", "--fd", "3", "--", sys.executable, "-c", CHILD, "3")
+    assert by_fd.returncode == 0, by_fd.stderr
+    assert by_fd.stdout.split() == [subkey, "False", "False", "True"]  # not in /proc/PID/environ; sealed
+    by_path = agent.cli("exec", "v1", "--", sys.executable, "-c", CHILD, "{keyfile}")  # an imported secret
+    assert by_path.returncode == 0, by_path.stderr
+    assert by_path.stdout.split() == [CANARY_SECRET.decode(), "False", "False", "True"]
+    by_env = agent.cli("exec", "v1", "--", sys.executable, "-c", "import os; print(os.environ['TOKENAGENT_KEY'])")
+    assert by_env.stdout == CANARY_SECRET.decode() + "\n"  # the default, documented as visible to your processes
+    raw_env = agent.cli("exec", "v1", "--format", "raw", "--", "true")
+    assert raw_env.returncode == 2 and "--fd N or {keyfile}" in raw_env.stderr

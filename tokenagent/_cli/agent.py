@@ -110,23 +110,68 @@ def events(as_json: bool) -> None:
 @click.command(name="exec", context_settings={"ignore_unknown_options": True})
 @click.argument("vault")
 @click.option("--context", "context_label", metavar="LABEL", help="Use the subkey for LABEL.")
-@click.option("--env", "env_name", default="TOKENAGENT_KEY", show_default=True, help="Environment variable.")
-@click.option("--format", "fmt", type=click.Choice(["hex", "base64"]), default="base64", show_default=True)
+@click.option("--env", "env_name", metavar="NAME",
+              help="Put the key in this environment variable (default TOKENAGENT_KEY, unless --fd or {keyfile}).")
+@click.option("--fd", "key_fd", type=click.IntRange(3, 1023), metavar="N",
+              help="Give COMMAND the key on descriptor N (a sealed in-memory file), not in its environment.")
+@click.option("--format", "fmt", type=click.Choice(["text", "hex", "base64", "raw"]),
+              help="text, hex, base64 or raw (raw: --fd or {keyfile} only); default: an imported secret as it"
+                   " came, any other key in base64.")
 @click.option("--wait", type=wait_seconds, help="Wait this many seconds for the vault to be unlocked.")
 @json_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_(vault: str, context_label: str | None, env_name: str, fmt: str, wait: float | None, as_json: bool,
-          command: tuple[str, ...]) -> None:
-    """Run COMMAND with the key of VAULT in an environment variable (use: exec VAULT -- CMD ARGS)."""
-    with AgentClient() as client:
-        key = client.get(vault, context_label, wait)
-    value = key.hex() if fmt == "hex" else base64.b64encode(bytes(key)).decode()
-    wipe(key)
-    env = {**os.environ, env_name: value}
+def exec_(vault: str, context_label: str | None, env_name: str | None, key_fd: int | None, fmt: str | None,
+          wait: float | None, as_json: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND with the key of VAULT (use: exec VAULT [OPTIONS] -- CMD ARGS).
+
+    By default the key is in $TOKENAGENT_KEY, which the command's children inherit and any
+    process of yours can read in /proc/PID/environ. --fd N hands it over on descriptor N
+    instead, and {keyfile} in COMMAND becomes the path of a sealed in-memory file holding it
+    (/dev/fd/M, as 'keepass exec' does): e.g. exec backup -- restic --password-file {keyfile} snapshots.
+    """
+    from ..fastget import as_imported, fetch
+
+    as_file = key_fd is not None or any("{keyfile}" in arg for arg in command)
+    if fmt == "raw" and not as_file:
+        raise UsageError("--format raw needs --fd N or {keyfile}: an environment variable cannot hold any byte")
+    key, imported = fetch(vault, context_label, wait, fmt is None and context_label is None)
     try:
-        os.execvpe(command[0], list(command), env)
+        fmt = fmt or (as_imported(key) if imported else "base64")
+        if fmt == "raw" and not as_file:
+            raise UsageError(f"the secret of vault {vault!r} is binary: use --fd N or {{keyfile}}, or --format base64")
+        data = _key_bytes(key, fmt)
+    finally:
+        wipe(key)
+    args = list(command)
+    env = dict(os.environ)
+    if env_name or not as_file:
+        value = data.rstrip(b"\n")
+        if b"\0" in value:
+            raise UsageError(f"the secret of vault {vault!r} holds a NUL byte, which no environment variable can:"
+                             " use --fd N or {keyfile}")
+        env[env_name or "TOKENAGENT_KEY"] = value.decode("utf-8", "surrogateescape")
+    if as_file:
+        from ..integrations.keepass import sealed_memfd
+
+        fd = sealed_memfd(data, "tokenagent-key")
+        if key_fd is not None and fd != key_fd:
+            os.dup2(fd, key_fd, inheritable=True)
+            os.close(fd)
+            fd = key_fd
+        args = [arg.replace("{keyfile}", f"/dev/fd/{fd}") for arg in args]
+    try:
+        os.execvpe(args[0], args, env)
     except FileNotFoundError:
-        raise UsageError(f"command not found: {command[0]}") from None
+        raise UsageError(f"command not found: {args[0]}") from None
+
+
+def _key_bytes(key: bytearray, fmt: str) -> bytes:
+    """The key as COMMAND gets it: the bytes (raw), the bytes and a newline (text), hex or base64 and a newline."""
+    if fmt == "raw":
+        return bytes(key)
+    if fmt == "text":
+        return bytes(key) if key.endswith(b"\n") else bytes(key) + b"\n"
+    return ((key.hex() if fmt == "hex" else base64.b64encode(bytes(key)).decode()) + "\n").encode()
 
 
 @click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []})
