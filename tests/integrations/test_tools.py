@@ -9,6 +9,7 @@ with tokenagent's message on its error output.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -325,6 +326,8 @@ def test_pykeepass_database_opens_in_keepassxc(tools: Tools) -> None:
                       "-k", "{keyfile}", str(db), "mail", stdin="db password\n")
     assert "alice" in shown.stdout
     other = tools.run("tokenagent", "keepass", "keyfile", "backup", "--name", "other").stdout.encode()
+    as_json = json.loads(tools.run("tokenagent", "keepass", "keyfile", "backup", "--json").stdout)
+    assert as_json["ok"] and as_json["encoding"] == "text" and as_json["data"].encode() == keyfile
     from pykeepass.exceptions import CredentialsError
 
     with pytest.raises(CredentialsError):  # another key file name, another key
@@ -335,6 +338,9 @@ def test_keyfile_is_not_written_to_a_terminal_or_over_a_file(tools: Tools) -> No
     out = tools.tmp / "k.keyx"
     tools.run("tokenagent", "keepass", "keyfile", "backup", "--output", str(out))
     assert (out.stat().st_mode & 0o777) == 0o400
+    written = json.loads(tools.run("tokenagent", "keepass", "keyfile", "backup", "--output",
+                                   str(tools.tmp / "j.keyx"), "--json").stdout)
+    assert written == {"ok": True, "vault": "backup", "context": "keepass:keyfile", "written": str(tools.tmp / "j.keyx")}
     again = tools.run("tokenagent", "keepass", "keyfile", "backup", "--output", str(out), check=False)
     assert again.returncode != 0 and "never overwrites" in again.stderr
     no_placeholder = tools.run("tokenagent", "keepass", "exec", "backup", "--", "true", check=False)
@@ -370,6 +376,8 @@ def test_cryptomator_adopt_serve_export(tools: Tools) -> None:
     tools.unlock("cloud")
     enc, mac = tools.run("tokenagent", "cryptomator", "keys", "cloud", "--format", "pycryptomator").stdout.split()
     listing = pycryptomator(tools, "--master-keys", enc, mac, str(vault), "ls", "/")
+    raw = json.loads(tools.run("tokenagent", "cryptomator", "keys", "cloud", "--format", "raw", "--json").stdout)
+    assert raw["encoding"] == "base64" and len(base64.b64decode(raw["data"])) == 64
     assert "plan.txt" in listing.stdout
     content = pycryptomator(tools, "--master-keys", enc, mac, str(vault), "decrypt", "/plan.txt", "-")
     assert "the plan" in content.stdout

@@ -20,11 +20,29 @@ from .util import emit, json_option, wait_seconds
 
 @click.command()
 @click.option("--socket", "socket_file", type=click.Path(path_type=Path), help="Listen here (default: runtime dir).")
-def agent(socket_file: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line (for log collectors).")
+def agent(socket_file: Path | None, as_json: bool) -> None:
     """Run the agent in the foreground (systemd runs it with socket activation)."""
     from ..daemon.server import run_agent
 
+    if as_json:
+        _log_json()
     sys.exit(run_agent(socket_file=socket_file))
+
+
+def _log_json() -> None:
+    """The agent's log as JSON lines on stderr: time, level, logger and message (the same messages)."""
+    import json
+    import logging
+
+    class JsonLines(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return json.dumps({"time": record.created, "level": record.levelname.lower(), "logger": record.name,
+                               "message": record.getMessage()})
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
 @click.command()

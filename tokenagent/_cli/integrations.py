@@ -7,6 +7,7 @@ in tokenagent.integrations; the recipes in docs/integrations.md.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -36,10 +37,28 @@ def agent_key(vault: str, context: str | None, wait: float | None) -> bytearray:
         return client.get(vault, context, wait)
 
 
-def _write_secret_output(data: bytes, output: str | None, fd: int | None, what: str) -> str:
-    """Send ``data`` to --output FILE (0400, new), --fd N, or a non-terminal stdout; say where."""
+def _write_secret_output(data: bytes, output: str | None, fd: int | None, what: str,
+                         as_json: bool = False, about: dict[str, Any] | None = None) -> str:
+    """Send ``data`` to --output FILE (0400, new), --fd N, or a non-terminal stdout; say where.
+
+    With ``--json`` the answer is one JSON object: where the secret went, or, on standard output,
+    the secret itself (``data``, text, or base64 with ``encoding`` for binary formats)."""
     if output and fd is not None:
         raise UsageError("give --output or --fd, not both")
+    if as_json:
+        if sys.stdout.isatty():
+            raise UsageError(f"standard output is a terminal; the {what} would be shown on screen: pipe it,"
+                             " or use --fd N or --output FILE")
+        if output or fd is not None:
+            where = _write_secret_output(data, output, fd, what)
+            emit(True, {**(about or {}), "written": where}, "")
+            return where
+        try:
+            body: dict[str, Any] = {"data": data.decode("utf-8"), "encoding": "text"}
+        except UnicodeDecodeError:
+            body = {"data": base64.b64encode(data).decode(), "encoding": "base64"}
+        emit(True, {**(about or {}), **body}, "")
+        return "standard output"
     if output:
         keepass.write_file(output, data)
         return output
@@ -79,7 +98,9 @@ def keepass_group() -> None:
 @click.option("--output", metavar="FILE", help="Write a new file (mode 0400) instead of standard output.")
 @click.option("--fd", type=int, metavar="N", help="Write to this inherited file descriptor.")
 @wait_option
-def keepass_keyfile(vault: str, name: str, output: str | None, fd: int | None, wait: float | None) -> None:
+@json_option
+def keepass_keyfile(vault: str, name: str, output: str | None, fd: int | None, wait: float | None,
+                    as_json: bool) -> None:
     """Emit the KeePass XML 2.0 key file derived from VAULT (to a pipe, --fd N or --output FILE)."""
     label = keepass.context_label(name)
     key = agent_key(check_name(vault), label, wait)
@@ -87,8 +108,8 @@ def keepass_keyfile(vault: str, name: str, output: str | None, fd: int | None, w
         data = keepass.keyfile_from_subkey(key)
     finally:
         wipe(key)
-    where = _write_secret_output(data, output, fd, "key file")
-    if output:
+    where = _write_secret_output(data, output, fd, "key file", as_json, {"vault": vault, "context": label})
+    if output and not as_json:
         click.echo(f"KeePass key file for {label} written to {where} (mode 0400)", err=True)
 
 
@@ -96,9 +117,12 @@ def keepass_keyfile(vault: str, name: str, output: str | None, fd: int | None, w
 @click.argument("vault")
 @click.option("--name", default=keepass.DEFAULT_NAME, show_default=True, help="Name of this key file.")
 @wait_option
+@json_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def keepass_exec(vault: str, name: str, wait: float | None, command: tuple[str, ...]) -> None:
+def keepass_exec(vault: str, name: str, wait: float | None, as_json: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND with the key file of VAULT as {keyfile} (a sealed in-memory file, never on disk).
+
+    COMMAND replaces tokenagent: --json (before --) makes only tokenagent's own errors JSON.
 
     Example: tokenagent keepass exec docs -- keepassxc-cli ls -k {keyfile} docs.kdbx
     """
@@ -201,8 +225,9 @@ def adopt(vault_dir: Path, name: str, cryptomator_password_file: str | None, kee
 @click.option("--output", metavar="FILE", help="Write a new file (mode 0400) instead of standard output.")
 @click.option("--fd", type=int, metavar="N", help="Write to this inherited file descriptor.")
 @wait_option
+@json_option
 def keys(name: str, fmt: str, check_dir: Path | None, output: str | None, fd: int | None,
-         wait: float | None) -> None:
+         wait: float | None, as_json: bool) -> None:
     """Serve the raw keys of the adopted vault NAME (from the agent), in a format Cryptomator tools take."""
     record = _record(check_name(name))
     raw = agent_key(name, None, wait)
@@ -213,7 +238,7 @@ def keys(name: str, fmt: str, check_dir: Path | None, output: str | None, fd: in
         data = cm.encode_keys(raw, fmt)
     finally:
         wipe(raw)
-    _write_secret_output(data, output, fd, "vault key")
+    _write_secret_output(data, output, fd, "vault key", as_json, {"vault": name, "format": fmt})
 
 
 @cryptomator_group.command(name="export-masterkey")
@@ -247,7 +272,8 @@ def export_masterkey(name: str, output: Path, new_password_file: str | None, scr
 @cryptomator_group.command(name="forget-masterkey")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask.")
-def forget_masterkey(name: str, yes: bool) -> None:
+@json_option
+def forget_masterkey(name: str, yes: bool, as_json: bool) -> None:
     """Delete the original masterkey.cryptomator kept at adoption (the vault's keys stay in tokenagent)."""
     _record(check_name(name))
     kept = _kept_masterkey(name)
@@ -257,7 +283,7 @@ def forget_masterkey(name: str, yes: bool) -> None:
             f"Delete {kept}? Afterwards only tokenagent (or an exported masterkey) opens this vault", err=True)):
         raise UsageError("not deleted (confirm at the prompt, or pass --yes)")
     os.unlink(kept)
-    click.echo(f"deleted {kept}")
+    emit(as_json, {"vault": name, "deleted": str(kept)}, f"deleted {kept}")
 
 
 def register(cli: click.Group) -> None:
