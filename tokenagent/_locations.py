@@ -1,32 +1,67 @@
-"""Where the agent's socket is, computed with ``os`` alone (paths.py wraps these in Path).
+"""Where the agent's socket is, and how to reach it safely, with ``os`` alone (paths.py wraps these in Path).
 
 The client's fast path (``tokenagent get``) imports this instead of pathlib, which costs it
 several milliseconds per run; the rules are those documented in paths.py.
+
+Reaching the socket. A path is a promise about a name, not about who answers: someone who
+can change a directory on the way can swap the socket between a check and a connect. So
+(docs/agent.md, "What the agent promises"):
+
+- ``open_dir`` walks the directory chain from ``/`` one component at a time with
+  ``openat(O_PATH | O_NOFOLLOW)`` and checks each descriptor it got (``fstat``), not the name:
+  every directory is owned by us or root, and none that others may write is trusted unless it
+  is sticky (``/tmp``); a symlink on the way is followed only if us or root made it, never as
+  the last component. The socket's own directory is not writable by group or others (the
+  agent, which creates it, demands 0700).
+- ``connect`` connects through that descriptor (``/proc/self/fd/N/NAME``), so a directory
+  renamed after the walk cannot redirect it, and then asks the *connected* socket who listens
+  (``SO_PEERCRED``): anyone but us or root is hung up on before a byte is sent.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import stat
+import struct
+
+from .errors import AgentNotRunning, UnsafePath
 
 ENV_HOME = "TOKENAGENT_HOME"
 ENV_SOCKET = "TOKENAGENT_SOCKET"
+GET_SUFFIX = ".get"  # the get socket (docs/spec/protocol.md) is the agent socket's path plus this
+MAX_SYMLINKS = 40  # as the kernel's own path walk
+_UCRED = struct.Struct("=iII")
+_OPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def runtime_dir() -> str:
+    """$TOKENAGENT_HOME/run, else $XDG_RUNTIME_DIR/tokenagent, else /run/user/UID/tokenagent where that
+    directory is ours, else a directory in the user's home: never a name in a shared directory that
+    another user could take first (as gpg-agent does; ssh-agent's mkdtemp needs its variable passed)."""
     home = os.environ.get(ENV_HOME)
     if home:
         return os.path.join(home, "run")
     value = os.environ.get("XDG_RUNTIME_DIR")
     if value and os.path.isabs(value):
         return os.path.join(value, "tokenagent")
-    return f"/tmp/tokenagent-{os.getuid()}"
+    uid = os.getuid()
+    systemd = f"/run/user/{uid}"
+    try:
+        st = os.lstat(systemd)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o077:
+            return os.path.join(systemd, "tokenagent")
+    except OSError:
+        pass
+    state = os.environ.get("XDG_STATE_HOME")
+    if not (state and os.path.isabs(state)):
+        state = os.path.join(os.path.expanduser("~"), ".local", "state")
+    # per host: a home shared between machines must not have one machine's agent take another's socket
+    return os.path.join(state, "tokenagent", f"run-{os.uname().nodename}")
 
 
 def agent_socket() -> str:
     return os.environ.get(ENV_SOCKET) or os.path.join(runtime_dir(), "agent.sock")
-
-
-GET_SUFFIX = ".get"  # the get socket (docs/spec/protocol.md) is the agent socket's path plus this
 
 
 def get_socket(agent_socket_path: str) -> str:
@@ -38,3 +73,119 @@ SSH_SUFFIX = ".ssh"  # the ssh-agent socket (docs/ssh.md) is the agent socket's 
 
 def ssh_socket(agent_socket_path: str) -> str:
     return agent_socket_path + SSH_SUFFIX
+
+
+def open_dir(path: str, private: bool = False, create: bool = False) -> int:
+    """An ``O_PATH`` descriptor of directory ``path``, reached and checked as the module says.
+
+    ``private``: the directory itself must be ours and 0700 (the agent's demand); otherwise ours or
+    root's and not writable by group/other (the client's). ``create``: make missing components
+    0700. Raises UnsafePath, or FileNotFoundError for a missing component when not creating.
+    """
+    uid = os.getuid()
+    pending = [c for c in os.path.abspath(path).split("/") if c]
+    fd = os.open("/", _OPEN_FLAGS | os.O_DIRECTORY)
+    walked = ""
+    links = 0
+    try:
+        while pending:
+            name = pending.pop(0)
+            last = not pending
+            try:
+                child = os.open(name, _OPEN_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create or name == "..":
+                    raise
+                os.mkdir(name, 0o700, dir_fd=fd)
+                child = os.open(name, _OPEN_FLAGS, dir_fd=fd)
+            st = os.fstat(child)
+            where = f"{walked}/{name}"
+            if stat.S_ISLNK(st.st_mode):
+                os.close(child)
+                if last:
+                    raise UnsafePath(f"{where} is a symbolic link; tokenagent refuses it: give the real directory")
+                if st.st_uid not in (uid, 0):
+                    raise UnsafePath(f"{where} is a symbolic link made by uid {st.st_uid}; tokenagent refuses it")
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise UnsafePath(f"{path}: too many symbolic links")
+                target = os.readlink(name, dir_fd=fd)
+                pending[:0] = [c for c in target.split("/") if c]
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _OPEN_FLAGS | os.O_DIRECTORY)
+                    walked = ""
+                continue
+            os.close(fd)
+            fd = child
+            walked = where
+            _check_dir(where, st, uid, last, private)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_dir(where: str, st: os.stat_result, uid: int, last: bool, private: bool) -> None:
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePath(f"{where} is not a directory; move it away")
+    if st.st_uid not in ((uid,) if last and private else (uid, 0)):
+        raise UnsafePath(f"{where} is owned by uid {st.st_uid}, not by you; tokenagent refuses to use it")
+    mode = stat.S_IMODE(st.st_mode)
+    if last and mode & (0o077 if private else 0o022):
+        raise UnsafePath(f"{where} is open to other users (mode {mode:o}); run: chmod 700 {where}")
+    if not last and mode & 0o022 and not mode & stat.S_ISVTX:
+        raise UnsafePath(f"{where} can be changed by other users (mode {mode:o}); tokenagent refuses paths through it")
+
+
+def fd_path(dir_fd: int, name: str) -> str:
+    """A name for ``name`` inside the directory of ``dir_fd`` that no rename on the way can redirect."""
+    return f"/proc/self/fd/{dir_fd}/{name}" if os.path.isdir("/proc/self/fd") else ""
+
+
+def connect(path: str, timeout: float | None) -> socket.socket:
+    """A socket connected to ``path`` whose listener is us or root (module docstring); nothing sent.
+
+    Raises AgentNotRunning (nothing there, nobody listening, or the backlog full: BlockingIOError
+    is passed up for the caller to retry), UnsafePath (someone else's socket or directory).
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        dir_fd = open_dir(directory)
+    except FileNotFoundError:
+        raise AgentNotRunning(_not_running(path)) from None
+    try:
+        try:
+            st = os.stat(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise AgentNotRunning(_not_running(path)) from None
+        if st.st_uid not in (os.getuid(), 0):  # the plain case, refused without even a connection
+            raise UnsafePath(f"{path} is owned by uid {st.st_uid}, not by you; not talking to it")
+        if not stat.S_ISSOCK(st.st_mode):
+            raise UnsafePath(f"{path} is not a socket; not talking to it")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(fd_path(dir_fd, name) or os.path.join(directory, name))
+            check_peer(sock, path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            sock.close()
+            raise AgentNotRunning(f"no agent is listening on {path}; start one: tokenagent agent") from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    finally:
+        os.close(dir_fd)
+
+
+def check_peer(sock: socket.socket, path: str) -> None:
+    """Refuse a connected socket whose listener is not us or root (``SO_PEERCRED``)."""
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    if uid not in (os.getuid(), 0):
+        raise UnsafePath(f"{path} is served by uid {uid}, not by you; not talking to it")
+
+
+def _not_running(path: str) -> str:
+    return (f"no agent is running ({path} does not exist); start one: tokenagent agent"
+            " (or systemctl --user start tokenagent.socket)")

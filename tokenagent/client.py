@@ -4,9 +4,10 @@
     with AgentClient() as agent:
         key = agent.get("backup", context="restic:/srv/repo", wait=30)
 
-Before sending anything the client checks that the socket belongs to the user (or root):
-a socket planted by someone else (``TOKENAGENT_SOCKET`` pointed at it) gets no request.
-Errors from the agent are raised as the matching ``tokenagent.errors`` class.
+Before sending anything the client checks the directories on the way and then the *connected*
+socket's peer (``SO_PEERCRED``: the user or root; tokenagent._locations): a socket planted by
+someone else, or swapped in after the check, gets no byte. Errors from the agent are raised as
+the matching ``tokenagent.errors`` class; a connection lost or refused becomes an AgentError.
 
 ``get`` goes to the agent's get socket (``SOCKET.get``, docs/spec/protocol.md) when there is
 one: one binary request, no ``hello``, answered by the agent's native thread. Without it (an
@@ -22,7 +23,7 @@ import socket
 import time
 
 from . import _locations
-from .errors import AgentNotRunning, ProtocolError, UnsafePath, error_for_code
+from .errors import AgentError, AgentNotRunning, ProtocolError, UnsafePath, error_for_code
 from .protocol import (
     CLOSED,
     HEADER,
@@ -45,16 +46,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def check_socket_owner(path: str) -> None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise AgentNotRunning(
-            f"no agent is running ({path} does not exist); start one: tokenagent agent"
-            " (or systemctl --user start tokenagent.socket)"
-        ) from None
-    if st.st_uid not in (os.getuid(), 0):
-        raise UnsafePath(f"{path} is owned by uid {st.st_uid}, not by you; not talking to it")
+class _ConnectionLost(ProtocolError):
+    """The connection ended (closed or reset) before the answer."""
 
 
 class AgentClient:
@@ -66,6 +59,7 @@ class AgentClient:
         self._next_id = 0
         self.version: int | None = None
         self._get_sock: socket.socket | None = None
+        self._fresh = False  # the connection has not carried a request yet
 
     def __enter__(self) -> AgentClient:
         self.connect()
@@ -75,24 +69,26 @@ class AgentClient:
         self.close()
 
     def connect(self, hello: bool = True) -> None:
-        check_socket_owner(self.path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
         for attempt in range(50):
             try:
-                sock.connect(self.path)
+                sock = _locations.connect(self.path, self.timeout)
                 break
-            except (ConnectionRefusedError, FileNotFoundError):
-                sock.close()
-                raise AgentNotRunning(f"no agent is listening on {self.path}; start one: tokenagent agent") from None
             except BlockingIOError:  # the agent's backlog is full for a moment: it is busy accepting
                 if attempt == 49:
-                    sock.close()
                     raise AgentNotRunning(f"the agent on {self.path} accepts no connection; is it stuck?") from None
                 time.sleep(0.02)
+            except OSError as err:
+                raise AgentNotRunning(f"cannot connect to the agent on {self.path}: {err.strerror or err}") from None
         self._sock = sock
+        self._conn = Connection("client")
+        self._fresh = True
         if hello:
             self.version = self.request("hello", versions=[VERSION])["version"]
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -112,33 +108,53 @@ class AgentClient:
             if message is NEED_DATA:
                 sock = self._sock
                 if sock is None:
-                    raise ProtocolError("the connection to the agent is closed")
+                    raise _ConnectionLost("the connection to the agent is closed")
                 try:
                     data = sock.recv(65536)
                 except TimeoutError:
                     raise AgentNotRunning("the agent did not answer in time") from None
+                except OSError:
+                    data = b""  # reset: as closed
                 self._conn.receive_data(data)
                 continue
             if message is CLOSED:
-                raise ProtocolError("the agent closed the connection")
+                raise _ConnectionLost("the agent closed the connection")
             if isinstance(message, Response | Event):
                 return message
 
     def request(self, op: str, timeout: float | None = None, **args: Any) -> dict[str, Any]:
-        """Send one request, return the response's data; raise the agent's error as ours."""
-        if self._sock is None:
-            self.connect(hello=op != "hello")
-        assert self._sock is not None
-        self._next_id += 1
-        self._sock.settimeout(timeout if timeout is not None else self.timeout)
-        self._sock.sendall(self._conn.send(Request(op, self._next_id, args)))
-        while True:
-            message = self._read_message()
-            if isinstance(message, Response):
+        """Send one request, return the response's data; raise the agent's error as ours.
+
+        A kept connection the agent closed while it was idle (docs/agent.md: idle connections are
+        closed) is made again once; the agent closes only connections with no request in flight,
+        so nothing was done twice.
+        """
+        for attempt in (1, 2):
+            kept = self._sock is not None and not self._fresh
+            if self._sock is None:
+                self.connect(hello=op != "hello")
+            assert self._sock is not None
+            self._fresh = False
+            self._next_id += 1
+            try:
+                message = self._exchange(self._sock, Request(op, self._next_id, args), timeout)
                 break
+            except (OSError, _ConnectionLost) as err:
+                self._drop()
+                if not kept or attempt == 2:
+                    raise AgentError(f"the agent closed the connection ({_why(err)}); see its log"
+                                     " (journalctl --user -u tokenagent) and try again") from None
         if not message.ok:
             raise error_for_code(message.error or "error")(message.message or message.error)
         return message.data
+
+    def _exchange(self, sock: socket.socket, request: Request, timeout: float | None) -> Response:
+        sock.settimeout(timeout if timeout is not None else self.timeout)
+        sock.sendall(self._conn.send(request))
+        while True:
+            message = self._read_message()
+            if isinstance(message, Response):
+                return message
 
     # --- conveniences ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -194,18 +210,11 @@ class AgentClient:
     def _connect_get(self) -> socket.socket | None:
         path = _locations.get_socket(self.path)
         try:
-            st = os.stat(path)
-        except OSError:
-            return None  # no get socket: this agent serves get on its own socket
-        if st.st_uid not in (os.getuid(), 0):
-            raise UnsafePath(f"{path} is owned by uid {st.st_uid}, not by you; not talking to it")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(path)
-        except OSError:
-            sock.close()
-            return None  # stale (the agent is gone) or busy: the agent socket says which
+            sock = _locations.connect(path, self.timeout)
+        except UnsafePath:
+            raise
+        except (AgentNotRunning, OSError):
+            return None  # no get socket (this agent serves get on its own socket), stale, or busy
         self._get_sock = sock
         return sock
 
@@ -232,6 +241,12 @@ class AgentClient:
                 raise
             if isinstance(message, Event):
                 yield {"event": message.name, **message.data}
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or type(err).__name__
+    return str(err)
 
 
 def _read_frame(sock: socket.socket) -> bytearray | None:

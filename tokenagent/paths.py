@@ -3,7 +3,8 @@
 ``TOKENAGENT_HOME=DIR`` puts everything under DIR (``DIR/data``, ``DIR/config``,
 ``DIR/run``): tests and independent setups use it. Otherwise the XDG base
 directories apply: ``$XDG_DATA_HOME/tokenagent`` (vaults), ``$XDG_CONFIG_HOME/tokenagent``
-(config.toml) and ``$XDG_RUNTIME_DIR/tokenagent`` (the agent's socket).
+(config.toml) and ``$XDG_RUNTIME_DIR/tokenagent`` (the agent's socket; _locations.runtime_dir
+says where it goes without XDG_RUNTIME_DIR, and how the way to it is checked).
 
 Every directory we create is 0700 and owned by the user; an existing one that is a
 symlink, owned by someone else, or open to group/other is refused with ``UnsafePath``
@@ -46,7 +47,8 @@ def config_dir() -> Path:
 
 
 def runtime_dir() -> Path:
-    """The agent's socket directory: $XDG_RUNTIME_DIR/tokenagent, else a per-uid dir under /tmp."""
+    """The agent's socket directory: $XDG_RUNTIME_DIR/tokenagent, else /run/user/UID/tokenagent when
+    that is ours, else $XDG_STATE_HOME/tokenagent/run-HOST (never a guessable name in /tmp)."""
     return Path(_locations.runtime_dir())
 
 

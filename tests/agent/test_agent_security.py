@@ -7,6 +7,7 @@ root to play another uid (setuid to nobody, chown) skip without it; CI runs as r
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import json
 import os
@@ -57,16 +58,31 @@ def status_ok(agent: AgentProcess) -> bool:
 
 @pytest.fixture
 def open_socket_agent(agent_home: Path) -> Iterator[AgentProcess]:
-    """An agent whose socket dir and socket are then forced to 0777 (as an attacker with a bad umask might)."""
+    """An agent in a directory of its own outside the test's private tmp_path (``forced_open`` opens it)."""
     sock_dir = Path(tempfile.mkdtemp(prefix="ta-sock-"))
     proc = start_agent(agent_home, sock_dir / "agent.sock")
-    os.chmod(sock_dir, 0o777)
-    os.chmod(proc.socket, 0o777)
     try:
         yield proc
     finally:
         proc.stop()
         os.rmdir(sock_dir)
+
+
+@contextlib.contextmanager
+def forced_open(agent: AgentProcess, *sockets: Path) -> Iterator[None]:
+    """The socket dir and sockets forced to 0777 (as an attacker with a bad umask might), then 0700/0600 again.
+    While open, the user's own clients refuse the directory (someone else could swap the socket)."""
+    os.chmod(agent.socket.parent, 0o777)
+    for path in sockets:
+        os.chmod(path, 0o777)
+    try:
+        done = agent.cli("status")
+        assert done.returncode == 3 and "open to other users" in done.stderr, done.stderr
+        yield
+    finally:
+        os.chmod(agent.socket.parent, 0o700)
+        for path in sockets:
+            os.chmod(path, 0o600)
 
 
 # --- #1 peer uid ---------------------------------------------------------------------------------
@@ -120,7 +136,8 @@ def _as_nobody(request: bytes, path: Path) -> dict[str, Any]:
 def test_other_uid_is_refused_even_with_a_0777_socket(open_socket_agent: AgentProcess) -> None:
     agent = open_socket_agent
     unlock(agent)
-    counts = _as_nobody(frame({"op": "lock-all", "id": 1}), agent.socket)
+    with forced_open(agent, agent.socket):
+        counts = _as_nobody(frame({"op": "lock-all", "id": 1}), agent.socket)
     assert counts == {"connected": 100, "answered": 0, "closed_unanswered": 100}
     # Nothing the stranger sent was acted on: the vault is still unlocked and no request was audited.
     with AgentClient(agent.socket) as client:
@@ -138,9 +155,9 @@ def test_other_uid_is_refused_on_the_get_socket(open_socket_agent: AgentProcess)
     get_socket = agent.get_socket
     if not get_socket.exists():
         pytest.skip("the get socket's C extension is not built (pip install needs gcc)")
-    os.chmod(get_socket, 0o777)
     unlock(agent)
-    counts = _as_nobody(encode_get("v1", "restic:/x") or b"", get_socket)
+    with forced_open(agent, agent.socket, get_socket):
+        counts = _as_nobody(encode_get("v1", "restic:/x") or b"", get_socket)
     assert counts == {"connected": 100, "answered": 0, "closed_unanswered": 100}
     audit = agent.home / "data" / "audit.log"
     assert not audit.exists() or f'"uid": {NOBODY}' not in audit.read_text()

@@ -395,7 +395,7 @@ def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None
     path = None
     if sock is None:
         sock, path = bind_socket(socket_file)
-    name = sock.getsockname()
+    name = str(path) if path is not None else sock.getsockname()  # ours is bound by a /proc/self/fd name
     get_socket = GetSocket.bind(Path(name)) if config.get_socket and isinstance(name, str) and name else None
     load_factor_types()
     data = paths.ensure_private_dir(paths.data_dir())

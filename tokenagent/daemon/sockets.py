@@ -1,7 +1,10 @@
 """Where the agent's socket lives and who may talk to it (DESIGN §5).
 
 The socket is ``RUNTIME/agent.sock`` (``paths.agent_socket()``), in a directory that must be
-ours, 0700 and not a symlink. Before binding: a live agent's socket is left alone (we refuse
+ours, 0700 and not a symlink, reached from ``/`` by ``openat``/``O_NOFOLLOW`` steps
+(``_locations.open_dir``: missing components are made 0700). Everything after works on that
+directory's descriptor, not on its name: the socket is bound as ``/proc/self/fd/N/agent.sock``,
+so a directory swapped after the check cannot move it, and no planted symlink is followed. Before binding: a live agent's socket is left alone (we refuse
 to start), a stale socket is removed, anything else at that path (a file, a symlink, a
 directory) is refused. The socket is created under umask 0177 so it is never, even for an
 instant, reachable by others, and it is chmod 0600 after. Each accepted peer's credentials
@@ -10,14 +13,16 @@ come from ``SO_PEERCRED``; only our own uid (and root) get past the first read.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
 import stat
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
-from .. import paths
+from .. import _locations, paths
 from ..errors import AgentError, UnsafePath
 from .state import Peer
 
@@ -25,50 +30,70 @@ _UCRED = struct.Struct("=iII")
 MAX_BACKLOG = 512  # the server's MAX_CLIENTS
 
 
-def clear_old_socket(path: Path) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+@contextlib.contextmanager
+def _private_dir(path: Path, dir_fd: int | None) -> Iterator[int]:
+    """``dir_fd``, or a descriptor of ``path``'s directory, opened and checked (closed after)."""
+    if dir_fd is not None:
+        yield dir_fd
         return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise UnsafePath(f"{path} exists and is not a socket; remove it yourself if it is not needed")
-    if st.st_uid != os.getuid():
-        raise UnsafePath(f"{path} belongs to uid {st.st_uid}; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fd = _locations.open_dir(str(path.parent), private=True, create=True)
     try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        os.unlink(path)  # stale: its agent is gone
-        return
-    except OSError as err:
-        if err.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            os.unlink(path)
-            return
-        raise
+        yield fd
     finally:
-        probe.close()
+        os.close(fd)
+
+
+def _address(dir_fd: int, path: Path) -> str:
+    return _locations.fd_path(dir_fd, path.name) or str(path)
+
+
+def clear_old_socket(path: Path, dir_fd: int | None = None) -> None:
+    with _private_dir(path, dir_fd) as fd:
+        try:
+            st = os.stat(path.name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise UnsafePath(f"{path} exists and is not a socket; remove it yourself if it is not needed")
+        if st.st_uid != os.getuid():
+            raise UnsafePath(f"{path} belongs to uid {st.st_uid}; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(_address(fd, path))
+        except OSError as err:
+            if err.errno in (errno.ECONNREFUSED, errno.ENOENT):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path.name, dir_fd=fd)  # stale: its agent is gone
+                return
+            raise
+        finally:
+            probe.close()
     raise AgentError(f"an agent is already running on {path}")
 
 
-def bind_private(path: Path) -> socket.socket:
+def bind_private(path: Path, dir_fd: int | None = None) -> socket.socket:
     """A Unix stream socket bound at ``path`` with mode 0600 from the start (umask before bind:
-    there is no moment when another user could connect)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    return sock
+    there is no moment when another user could connect), in the checked directory ``dir_fd``."""
+    with _private_dir(path, dir_fd) as fd:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(_address(fd, path))  # bind never follows a symlink: a planted name fails here
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.umask(old)
+        os.chmod(path.name, 0o600, dir_fd=fd)
+        return sock
 
 
 def bind_socket(path: Path | None = None) -> tuple[socket.socket, Path]:
-    path = path or paths.agent_socket()
-    paths.ensure_private_dir(path.parent)
-    clear_old_socket(path)
-    sock = bind_private(path)
+    path = Path(os.path.abspath(path or paths.agent_socket()))
+    with _private_dir(path, None) as fd:
+        clear_old_socket(path, fd)
+        sock = bind_private(path, fd)
     sock.listen(MAX_BACKLOG)
     sock.setblocking(False)
     return sock, path
