@@ -280,3 +280,51 @@ def test_ykman_lists_and_deletes_resident_credentials(pcscd: PrivatePcscd, token
     assert [r["user_name"] for r in csv.DictReader(io.StringIO(listed.stdout.strip()))] == ["erin"]
     info = ykman(pcscd, reader, "fido", "info")
     assert info.returncode == 0 and "PIN:" in info.stdout, info.stderr
+
+
+# --- large blobs ---------------------------------------------------------------------------------
+
+def test_large_blobs_with_fido2_client_and_large_blobs(tmp_path: Path, transport: str) -> None:
+    from fido2.ctap2.blob import LargeBlobs
+    from fido2.utils import websafe_encode
+
+    tok = VirtualToken(tmp_path / "t.json", serial=9)
+    dev = device(tok, transport)
+    ctap = Ctap2(dev)
+    assert ctap.info.options["largeBlobs"] and "largeBlobKey" in ctap.info.extensions
+    assert ctap.info.max_large_blob == 4096
+    key = os.urandom(32)
+    LargeBlobs(ctap).put_blob(key, b"before any PIN")  # no PIN: writes need no token (CTAP 2.1 §6.10.2)
+    ClientPin(ctap).set_pin(PIN)
+    with pytest.raises(CtapError) as raised:
+        LargeBlobs(ctap).put_blob(key, b"x")
+    assert raised.value.code == CtapError.ERR.PUAT_REQUIRED
+    server = Fido2Server(RP)
+    options, state = server.register_begin({"id": b"gina", "name": "gina"}, resident_key_requirement="required",
+                                           user_verification="required")
+    made = client_for(dev).make_credential({**options["publicKey"], "extensions": {"largeBlob": {"support":
+                                                                                                 "required"}}})
+    assert made.client_extension_results["largeBlob"]["supported"] is True
+    cred = server.register_complete(state, made).credential_data
+    options, state = server.authenticate_begin([cred], user_verification="required")
+    written = client_for(dev).get_assertion({**options["publicKey"], "extensions": {"largeBlob": {
+        "write": websafe_encode(b"a secret note")}}}).get_response(0)
+    assert written.client_extension_results["largeBlob"]["written"] is True
+    # the blob is kept in the state file: a restarted token gives it back
+    dev = device(VirtualToken(tok.state_path), transport)
+    read = client_for(dev).get_assertion({**options["publicKey"], "extensions": {"largeBlob": {"read": True}}})
+    assert read.get_response(0).client_extension_results.large_blob.blob == b"a secret note"
+    ctap = Ctap2(dev)
+    client_pin = ClientPin(ctap)
+    token = client_pin.get_pin_token(PIN, ClientPin.PERMISSION.LARGE_BLOB_WRITE)
+    blobs = LargeBlobs(ctap, client_pin.protocol, token)
+    assert blobs.get_blob(key) == b"before any PIN" and len(blobs.read_blob_array()) == 2
+    (listed,) = credman(ctap).enumerate_creds(server.rp.id_hash)
+    assert listed[11] and len(listed[11]) == 32  # the largeBlobKey, as enumerateCredentials gives it
+    with pytest.raises(CtapError) as raised:
+        blobs.write_blob_array([{1: os.urandom(4096)}])
+    assert raised.value.code == CtapError.ERR.LARGE_BLOB_STORAGE_FULL
+    token = client_pin.get_pin_token(PIN, ClientPin.PERMISSION.GET_ASSERTION, RP["id"])
+    with pytest.raises(CtapError) as raised:
+        LargeBlobs(ctap, client_pin.protocol, token).put_blob(key, b"y")  # a token without lbw
+    assert raised.value.code == CtapError.ERR.PIN_AUTH_INVALID

@@ -131,8 +131,11 @@ class CredentialManagement:
         cred_id = base64.b64decode(record["id"])
         key = open_credential(self.applet.device_key, hashlib.sha256(record["rp"].encode()).digest(), cred_id)
         assert key is not None, "a resident credential of this device opens"
-        return {6: user_entity(record), 7: {"id": cred_id, "type": "public-key"}, 8: key.cose_public_key(),
-                10: key.protect}
+        answer = {6: user_entity(record), 7: {"id": cred_id, "type": "public-key"}, 8: key.cose_public_key(),
+                  10: key.protect}
+        if record.get("lbk"):
+            answer[11] = key.large_blob_key
+        return answer
 
     def _next(self, sub: int) -> dict[int, Any]:
         if self._walk is None or self._walk[0] != sub or not self._walk[1]:

@@ -49,6 +49,7 @@ from .card import SW_INS_NOT_SUPPORTED, Apdu, ApduStatus, Applet, Presence
 from .credman import CMD_CREDENTIAL_MGMT, CMD_CREDENTIAL_MGMT_PREVIEW, RESIDENT_CAPACITY, CredentialManagement
 from .ctap_status import CtapFailure, Err
 from .fido2_keys import ALGORITHMS, CredentialKey, new_credential, open_credential
+from .large_blobs import CMD_LARGE_BLOBS, MAX_SERIALIZED, LargeBlobs, initial_state
 
 AID = bytes.fromhex("A0000006472F0001")
 AAGUID = bytes.fromhex("746f6b656e6167656e742d7669727475")  # "tokenagent-virtu"
@@ -75,7 +76,7 @@ class Permission:
     LARGE_BLOB_WRITE = 0x10
     AUTHENTICATOR_CFG = 0x20
     PERSISTENT_CREDENTIAL_MGMT = 0x40
-    GRANTED = MAKE_CREDENTIAL | GET_ASSERTION | CREDENTIAL_MGMT  # what this authenticator's getInfo backs
+    GRANTED = MAKE_CREDENTIAL | GET_ASSERTION | CREDENTIAL_MGMT | LARGE_BLOB_WRITE  # what this authenticator's getInfo backs
     DEFINED = 0x7F  # CTAP 2.1 §6.5.5.7: defined but unbacked permissions are refused, undefined ones ignored
 
 
@@ -154,7 +155,7 @@ class PendingAssertions:
     rp_hash: bytes
     client_data_hash: bytes
     flags: int
-    hmac_request: Any
+    extensions: dict[str, Any]
     rest: list[tuple[bytes, CredentialKey, dict[str, Any] | None]]
 
 
@@ -174,6 +175,8 @@ class Fido2Applet(Applet):
         self.sign_count = 0
         self.resident: list[dict[str, Any]] = []
         self.credman = CredentialManagement(self)
+        self.large_blob_array = initial_state()  # base64 of the serialized large-blob array
+        self.large_blobs = LargeBlobs(self, MAX_MSG_SIZE - 64)
         self._next_assertions: PendingAssertions | None = None
         self._boot()
         self._worker: threading.Thread | None = None
@@ -184,7 +187,8 @@ class Fido2Applet(Applet):
     def state_dict(self) -> dict[str, object]:
         return {"device_key": base64.b64encode(self.device_key).decode(),
                 "pin_hash": base64.b64encode(self.pin_hash).decode() if self.pin_hash else None,
-                "pin_retries": self.pin_retries, "sign_count": self.sign_count, "resident": self.resident}
+                "pin_retries": self.pin_retries, "sign_count": self.sign_count, "resident": self.resident,
+                "large_blobs": self.large_blob_array}
 
     def load_state(self, state: dict[str, object]) -> None:
         self.device_key = base64.b64decode(str(state["device_key"]))
@@ -193,6 +197,7 @@ class Fido2Applet(Applet):
         self.pin_retries = int(state.get("pin_retries", PIN_RETRIES))  # type: ignore[call-overload]
         self.sign_count = int(state.get("sign_count", 0))  # type: ignore[call-overload]
         self.resident = list(state.get("resident", []))  # type: ignore[call-overload]
+        self.large_blob_array = str(state.get("large_blobs") or initial_state())
 
     # --- power and selection -----------------------------------------------------------------
     def _boot(self) -> None:
@@ -204,6 +209,7 @@ class Fido2Applet(Applet):
         self.mistakes_this_boot = 0
         self._next_assertions = None
         self.credman.forget_walk()
+        self.large_blobs.forget_write()
         self.powered_at = time.monotonic()
 
     def power_cycle(self) -> None:
@@ -273,6 +279,7 @@ class Fido2Applet(Applet):
             0x06: self.client_pin, 0x07: self.reset, 0x08: self.get_next_assertion, 0x0B: self.selection,
             CMD_CREDENTIAL_MGMT: lambda p: self.credman.handle(p, preview=False),
             CMD_CREDENTIAL_MGMT_PREVIEW: lambda p: self.credman.handle(p, preview=True),
+            CMD_LARGE_BLOBS: self.large_blobs.handle,
         }.get(command)
         if handler is None:
             return bytes([Err.INVALID_COMMAND])
@@ -291,16 +298,18 @@ class Fido2Applet(Applet):
     def get_info(self, params: dict[Any, Any]) -> dict[int, Any]:
         return {
             0x01: ["FIDO_2_0", "FIDO_2_1_PRE", "FIDO_2_1"],
-            0x02: ["credProtect", "hmac-secret"],
+            0x02: ["credProtect", "hmac-secret", "largeBlobKey"],
             0x03: AAGUID,
             0x04: {"rk": True, "up": True, "plat": False, "credMgmt": True, "clientPin": self.pin_hash is not None,
-                   "pinUvAuthToken": True, "makeCredUvNotRqd": True, "credentialMgmtPreview": True},
+                   "largeBlobs": True, "pinUvAuthToken": True, "makeCredUvNotRqd": True,
+                   "credentialMgmtPreview": True},
             0x05: MAX_MSG_SIZE,
             0x06: [2, 1],
             0x07: MAX_CREDS_IN_LIST,
             0x08: MAX_CRED_ID_LENGTH,
             0x09: ["nfc", "usb"],
             0x0A: [{"type": "public-key", "alg": alg} for alg in ALGORITHMS],
+            0x0B: MAX_SERIALIZED,
             0x0D: 4,
             0x14: RESIDENT_CAPACITY - len(self.resident),
         }
@@ -356,6 +365,9 @@ class Fido2Applet(Applet):
         cred_protect = int(extensions.get("credProtect", 1))
         if cred_protect not in (1, 2, 3):
             raise CtapFailure(Err.INVALID_PARAMETER)
+        large_blob_key = extensions.get("largeBlobKey")
+        if large_blob_key is not None and (large_blob_key is not True or not options.get("rk")):
+            raise CtapFailure(Err.INVALID_OPTION)  # only true, and only for resident credentials (§12.3)
         rp_hash = hashlib.sha256(rp_id.encode()).digest()
         for excluded in self._credential_list(params, 5):
             found = open_credential(self.device_key, rp_hash, excluded.get("id", b""))
@@ -373,7 +385,8 @@ class Fido2Applet(Applet):
             self.resident = [r for r in self.resident if not (r["rp"] == rp_id and r["user_id"] == user_id)]
             self.resident.append({"rp": rp_id, "rp_name": rp.get("name"), "user_id": user_id,
                                   "user": {k: v for k, v in user.items() if k in ("name", "displayName") and v},
-                                  "id": base64.b64encode(cred_id).decode()})
+                                  "id": base64.b64encode(cred_id).decode(),
+                                  **({"lbk": True} if large_blob_key else {})})
         ext_out: dict[str, Any] = {}
         if extensions.get("hmac-secret") is True:
             ext_out["hmac-secret"] = True
@@ -386,7 +399,10 @@ class Fido2Applet(Applet):
         auth_data = rp_hash + bytes([flags]) + self.sign_count.to_bytes(4, "big") + attested
         if ext_out:
             auth_data += cbor.encode(ext_out)
-        return {1: "packed", 2: auth_data, 3: {"alg": alg, "sig": key.sign(auth_data + client_data_hash)}}
+        answer = {1: "packed", 2: auth_data, 3: {"alg": alg, "sig": key.sign(auth_data + client_data_hash)}}
+        if large_blob_key:
+            answer[5] = key.large_blob_key
+        return answer
 
     def get_assertion(self, params: dict[Any, Any]) -> dict[int, Any]:
         rp_id, client_data_hash = params[1], params[2]
@@ -414,13 +430,13 @@ class Fido2Applet(Applet):
             raise CtapFailure(Err.NO_CREDENTIALS)
         if up:
             self._touch()
-        hmac_request = params.get(4, {}).get("hmac-secret")
+        extensions = params.get(4, {})
         flags = (0x01 if up else 0) | (0x04 if uv else 0)
-        first = self._assertion(rp_hash, flags, client_data_hash, hmac_request, *candidates[0])
+        first = self._assertion(rp_hash, flags, client_data_hash, extensions, *candidates[0])
         if len(candidates) > 1 and not allow:
             first[5] = len(candidates)
             self._next_assertions = PendingAssertions(time.monotonic(), rp_hash, client_data_hash, flags,
-                                                      hmac_request, candidates[1:])
+                                                      extensions, candidates[1:])
         return first
 
     def get_next_assertion(self, params: dict[Any, Any]) -> dict[int, Any]:
@@ -429,12 +445,13 @@ class Fido2Applet(Applet):
             self._next_assertions = None
             raise CtapFailure(Err.NOT_ALLOWED)
         pending.since = time.monotonic()
-        return self._assertion(pending.rp_hash, pending.flags, pending.client_data_hash, pending.hmac_request,
+        return self._assertion(pending.rp_hash, pending.flags, pending.client_data_hash, pending.extensions,
                                *pending.rest.pop(0))
 
-    def _assertion(self, rp_hash: bytes, flags: int, client_data_hash: bytes, hmac_request: Any,
-                   cred_id: bytes, key: Any, record: dict[str, Any] | None) -> dict[int, Any]:
+    def _assertion(self, rp_hash: bytes, flags: int, client_data_hash: bytes, extensions: dict[str, Any],
+                   cred_id: bytes, key: CredentialKey, record: dict[str, Any] | None) -> dict[int, Any]:
         ext_out: dict[str, Any] = {}
+        hmac_request = extensions.get("hmac-secret")
         if hmac_request is not None:
             uv = bool(flags & 0x04)
             ext_out["hmac-secret"] = self._hmac_secret(hmac_request, key.cred_random_uv if uv else key.cred_random)
@@ -448,6 +465,10 @@ class Fido2Applet(Applet):
                                   3: key.sign(auth_data + client_data_hash)}
         if record is not None:  # names only after user verification (CTAP 2.1 §6.2.2 step 12)
             result[4] = {"id": base64.b64decode(record["user_id"]), **(record["user"] if flags & 0x04 else {})}
+        if extensions.get("largeBlobKey") is True:
+            encoded = base64.b64encode(cred_id).decode()
+            if any(r["id"] == encoded and r.get("lbk") for r in self.resident):
+                result[7] = key.large_blob_key
         return result
 
     def _hmac_secret(self, request: dict[int, Any], cred_random: bytes) -> bytes:
@@ -554,6 +575,7 @@ class Fido2Applet(Applet):
         self.pin_hash = None
         self.pin_retries = PIN_RETRIES
         self.resident = []
+        self.large_blob_array = initial_state()
         self._boot()
         self.changed()
         return None

@@ -46,6 +46,11 @@ class CredentialKey:
     cred_random: bytes  # hmac-secret CredRandom without UV
     cred_random_uv: bytes  # with UV (CTAP 2.1 §12.5: two values)
 
+    @property
+    def large_blob_key(self) -> bytes:
+        """The largeBlobKey (CTAP 2.1 §12.3) of a credential made with that extension."""
+        return _derive(self.cred_random, "large-blob-key")
+
     def sign(self, message: bytes) -> bytes:
         if isinstance(self.private, ed25519.Ed25519PrivateKey):
             return self.private.sign(message)
