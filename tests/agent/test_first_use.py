@@ -95,3 +95,38 @@ def test_exec_hands_the_key_on_a_descriptor_not_in_the_environment(agent: AgentP
     assert by_env.stdout == CANARY_SECRET.decode() + "\n"  # the default, documented as visible to your processes
     raw_env = agent.cli("exec", "v1", "--format", "raw", "--", "true")
     assert raw_env.returncode == 2 and "--fd N or {keyfile}" in raw_env.stderr
+
+
+def test_sighup_reloads_the_configuration(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from agentkit import password_file
+
+    home = private_home(tmp_path, '[vaults.v1]\nallow_exe = ["/nowhere/restic"]\n[vaults.v9]\nidle_ttl = 5\n')
+    make_vault(home, "v1")
+    agent = start_agent(home)
+    try:
+        assert agent.cli("unlock", "v1", "--password-file", password_file(home)).returncode == 0
+        for args in (("get", "v1"), ("get", "v1", "--context", "c")):  # the agent socket and the get socket
+            denied = agent.cli(*args)
+            assert denied.returncode == 8 and "allow_exe" in denied.stderr
+        conf = home / "config" / "config.toml"
+        conf.write_text("[vaults.v1]\nidle_ttl = 600\n")
+        os.kill(agent.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "configuration reloaded" not in agent.log_text():
+            assert time.monotonic() < deadline and agent.proc.poll() is None, agent.log_text()
+            time.sleep(0.1)
+        for args in (("get", "v1"), ("get", "v1", "--context", "c")):
+            assert agent.cli(*args).returncode == 0  # the same agent, the vault still unlocked, the rule gone
+        conf.write_text("[agent]\nidle_ttl = 'soon'\n")
+        os.kill(agent.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "configuration not reloaded" not in agent.log_text():
+            assert time.monotonic() < deadline and agent.proc.poll() is None, agent.log_text()
+            time.sleep(0.1)
+        assert agent.cli("get", "v1").returncode == 0 and agent.proc.poll() is None
+        assert "config: [vaults.v9] names no vault" in agent.log_text()  # said at start
+    finally:
+        agent.stop()

@@ -98,3 +98,67 @@ def test_fido2_keys_have_human_names(tmp_path: Path) -> None:
     hid = token.hid_device()
     print(device_name(hid))
     assert "CtapHidDevice(" not in device_name(hid) and "serial 6001" in device_name(hid)
+
+
+def lines(tmp_path: Path, name: str, *secrets: str) -> str:
+    path = tmp_path / name
+    path.write_text("".join(s + "\n" for s in secrets))
+    return str(path)
+
+
+def test_delete_rename_relabel_passwd_set(home: Path, tmp_path: Path) -> None:
+    pw = lines(tmp_path, "pw", PW)
+    assert run(home, "init", "docs", "--password", "--password-file", pw).returncode == 0
+    key = run(home, "open", "docs", "--password-file", pw, "--reveal").stdout
+
+    renamed = run(home, "rename", "docs", "papers", "--json")
+    assert renamed.returncode == 0 and json.loads(renamed.stdout)["vault"] == "papers", renamed.stderr
+    assert run(home, "open", "papers", "--password-file", pw, "--reveal").stdout == key  # the same key
+    assert run(home, "open", "docs", "--password-file", pw).returncode == 3
+    assert run(home, "init", "other", "--password", "--password-file", pw).returncode == 0
+    taken = run(home, "rename", "papers", "other")
+    assert taken.returncode == 3 and "exists already" in taken.stderr
+
+    assert run(home, "relabel", "papers", "1", "desk password", "--password-file", pw).returncode == 0
+    assert "[desk password]" in run(home, "slots", "papers").stdout
+
+    changed = run(home, "passwd", "papers", "--password-file", lines(tmp_path, "change", PW, "a new one, much longer"))
+    assert changed.returncode == 0, changed.stderr
+    assert run(home, "open", "papers", "--password-file", pw).returncode == 4  # the old password no longer opens it
+    new_pw = lines(tmp_path, "new", "a new one, much longer")
+    assert run(home, "open", "papers", "--password-file", new_pw, "--reveal").stdout == key
+    assert "[desk password]" in run(home, "slots", "papers").stdout  # same slot, same label
+
+    assert json.loads(run(home, "info", "papers", "--json").stdout)["allow_raw"] is False
+    assert run(home, "set", "papers", "--allow-raw", "--password-file", new_pw).returncode == 0
+    assert json.loads(run(home, "info", "papers", "--json").stdout)["allow_raw"] is True
+
+    no_tty = run(home, "delete", "papers")
+    assert no_tty.returncode == 2 and "--yes" in no_tty.stderr and run(home, "info", "papers").returncode == 0
+    deleted = run(home, "delete", "papers", "--yes", "--json")
+    assert deleted.returncode == 0, deleted.stderr
+    kept = Path(json.loads(deleted.stdout)["kept"][0])
+    assert kept.parent.name == "deleted" and (kept.stat().st_mode & 0o777) == 0o600
+    assert json.loads(run(home, "list", "--json").stdout)["vaults"] == ["other"]
+    kept.rename(home / "data" / "vaults" / "papers.vault")  # undo, as the message says
+    assert run(home, "open", "papers", "--password-file", new_pw, "--reveal").stdout == key
+    assert run(home, "delete", "papers", "--yes", "--purge").returncode == 0
+    assert not list((home / "data" / "vaults").glob("papers*"))
+
+
+def test_config_check_names_what_does_not_exist(home: Path, tmp_path: Path) -> None:
+    pw = lines(tmp_path, "pw", PW)
+    assert run(home, "init", "backup", "--password", "--password-file", pw).returncode == 0
+    ok = run(home, "config", "check")
+    assert ok.returncode == 0 and "not there (defaults)" in ok.stdout
+    (home / "config").mkdir(mode=0o700, exist_ok=True)
+    conf = home / "config" / "config.toml"
+    conf.write_text('[vaults.backups]\nidle_ttl = 60\n[vaults.backup]\nallow_exe = ["/no/such/restic"]\n')
+    bad = run(home, "config", "check", "--json")
+    problems = json.loads(bad.stdout)["problems"]
+    assert bad.returncode == 2
+    assert problems == ["[vaults.backups] names no vault (see: tokenagent list); did you mean [vaults.backup]?",
+                        "[vaults.backup] allow_exe: /no/such/restic does not exist"]
+    conf.write_text("[agent]\nidle_tll = 5\n")
+    broken = run(home, "config", "check")
+    assert broken.returncode == 2 and "unknown setting 'idle_tll'" in broken.stderr and broken.stderr.count("\n") == 1

@@ -158,3 +158,16 @@ def _ssh_config(table: Any, path: Path) -> dict[str, Any]:
             raise UsageError(f"config {path}: [ssh] key type is ed25519 or ecdsa-p256")
         keys.append(SshKey(**entry))
     return {"ssh_socket": table.get("socket", True), "ssh_keys": tuple(keys)}
+
+
+def unknown_vault_sections(config: AgentConfig, vaults: list[str]) -> list[str]:
+    """One line per ``[vaults.NAME]`` section naming no vault there is (a typo, or a vault since
+    deleted or renamed): its rules would silently apply to nothing."""
+    import difflib
+
+    lines = []
+    for name in sorted(set(config.vaults) - set(vaults)):
+        close = difflib.get_close_matches(name, vaults, n=1, cutoff=0.5)
+        hint = f"; did you mean [vaults.{close[0]}]?" if close else ""
+        lines.append(f"[vaults.{name}] names no vault (see: tokenagent list){hint}")
+    return lines

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..errors import AgentError
+from ..errors import AgentError, TokenAgentError
 from ..plugins import load_factor_types
 from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request, Response
 from ..vault import VaultStore, wipe
-from .config import AgentConfig, load_config
+from .config import AgentConfig, load_config, unknown_vault_sections
 from .getsocket import GetSocket
 from .hardening import harden_process
 from .notify import Notifier
@@ -114,8 +114,10 @@ class AgentServer:
             self.watchers = [PcscWatcher(loop, self._token_changed), HidWatcher(loop, self._token_changed)]
             for watcher in self.watchers:
                 watcher.start()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self._warn_config()
         _sd_notify("READY=1")
         log.info("agent ready on %s", self.path or "an inherited socket")
         try:
@@ -139,6 +141,26 @@ class AgentServer:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def reload(self) -> None:
+        """SIGHUP: read config.toml again. A file that does not load leaves the running one in place."""
+        try:
+            config = load_config()
+        except TokenAgentError as err:
+            log.warning("configuration not reloaded (the previous one stays): %s", err.message)
+            return
+        self.state.reload(config)
+        self.notifier = Notifier(config.notify)
+        log.info("configuration reloaded (watch_tokens, get_socket, audit and the sockets take a restart)")
+        self._warn_config()
+
+    def _warn_config(self) -> None:
+        try:
+            vaults = self.state.store.list()
+        except (OSError, TokenAgentError):
+            return
+        for line in unknown_vault_sections(self.state.config, vaults):
+            log.warning("config: %s", line)
 
     async def _expiry_timer(self) -> None:
         while True:

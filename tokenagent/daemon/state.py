@@ -100,7 +100,7 @@ class AgentState:
     started: float = field(default_factory=time.monotonic)
     mirror: KeyMirror | None = None  # the get socket's copy of the sessions (must use time.monotonic)
     _audit_fd: int | None = field(default=None, repr=False)
-    _policies: dict[str, VaultPolicy] = field(default_factory=dict, repr=False)  # the config does not change
+    _policies: dict[str, VaultPolicy] = field(default_factory=dict, repr=False)  # cleared by reload()
 
     # --- events -----------------------------------------------------------------------------
     def emit(self, name: str, **data: Any) -> None:
@@ -149,6 +149,24 @@ class AgentState:
         for name in names:
             self.lock(name, reason)
         return names
+
+    def reload(self, config: AgentConfig) -> None:
+        """Take a new configuration (SIGHUP): client rules, unlock-on-plug and the lifetimes of
+        later unlocks follow it at once; vaults unlocked now keep their deadlines."""
+        self.config = config
+        self._policies.clear()
+        if self.mirror is None:
+            return
+        for session in list(self.sessions.values()):  # the get socket applies the new client rules too
+            self.sync_mirror(session)
+            session.releases += session.mirror_releases
+            session.mirror_releases = 0
+            self.mirror.drop(session.vault)
+            try:
+                self.mirror.put(session, self._policy(session.vault))
+            except BaseException:
+                self.lock(session.vault, "replaced", quiet=True)
+                raise
 
     def sync_mirror(self, session: Session) -> None:
         """Take in what the get socket did: its releases and the idle deadlines they pushed."""
