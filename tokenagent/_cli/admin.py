@@ -17,15 +17,13 @@ from typing import Any
 import click
 
 from ..errors import LastSlot, TokenAgentError, UsageError, VaultExists
-from ..factors.base import Factor, FactorContext
+from ..factors.base import REGISTRY, Factor, FactorContext
 from ..plugins import load_factor_types
 from ..vault import VaultStore, check_name, new_vault, operations, unlock, wipe
 from ..vault.format import Vault
 from ..vault.slots import open_slot
 from .interaction import TerminalInteraction, make_context
 from .util import emit, json_option, refuse_terminal
-
-TOKEN_TYPES = ("fido2", "piv", "otp", "pkcs11")
 
 
 def secret_file_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,7 +113,7 @@ def _planned_factors(kw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         plan.append(("pkcs11", {**token_common, "uri": uri, "cert": certs.pop(0) if certs else None}))
     serials = list(kw["serials"])
     for type_name, options in plan:
-        if type_name in TOKEN_TYPES:
+        if getattr(REGISTRY.get(type_name), "is_token", False):
             options["serial"] = serials.pop(0) if serials else None
     if not plan:
         raise UsageError("name at least one factor: --password, --keyfile PATH, --recovery, --fido2, --piv, --otp"

@@ -201,22 +201,9 @@ class AgentInteraction(Interaction):
 
 
 def plug_slots(slots: tuple[Slot, ...], with_pin: bool = False) -> list[str]:
-    """Slots that open with the plugged token alone: FIDO2 without PIN and OTP challenge-response
-    (a touch at most); FIDO2 with PIN and PIV too when pinentry can ask for the PIN."""
-    usable = []
-    for slot in slots:
-        kinds = [(f.descriptor()["type"], f.params().get("uv")) for f in slot.factors]
-        if kinds and all(_needs_only_the_token(kind, uv, with_pin) for kind, uv in kinds):
-            usable.append(slot.id)
-    return usable
-
-
-def _needs_only_the_token(kind: object, uv: object, with_pin: bool) -> bool:
-    if kind == "fido2":
-        return uv is False or with_pin
-    if kind == "otp":
-        return True
-    return kind == "piv" and with_pin
+    """Slots that open with the plugged token alone (a touch at most; a PIN too when pinentry can
+    ask for it): each factor type says whether it can (``Factor.opens_unattended``)."""
+    return [slot.id for slot in slots if slot.factors and all(f.opens_unattended(with_pin) for f in slot.factors)]
 
 
 # Failures a second try cannot undo: it would ask a person again (PIN, touch) or override a no.

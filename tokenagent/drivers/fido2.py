@@ -203,6 +203,8 @@ def _select_one(devices: list[CtapDevice], ctx: FactorContext) -> CtapDevice:
 @register
 class Fido2Factor(Factor):
     type = "fido2"
+    is_token = True
+    opens_on_plug = True
 
     def __init__(self, rp: str, credential: bytes, salt: bytes, uv: bool, aaguid: str, prf: bool = False) -> None:
         self.rp, self.credential, self.salt, self.uv, self.aaguid, self.prf = rp, credential, salt, uv, aaguid, prf
@@ -338,6 +340,9 @@ class Fido2Factor(Factor):
                 raise _removed(name, err) from None
         finally:
             _close(devices)
+
+    def needs_pin(self) -> bool:
+        return bool(self.uv)
 
     def describe(self) -> str:
         return f"FIDO2 key (hmac-secret, rp {self.rp}{', PIN' if self.uv else ''}{', WebAuthn PRF' if self.prf else ''})"

@@ -52,6 +52,8 @@ def _session(device: SmartCardDevice) -> Any:
 @register
 class OtpFactor(Factor):
     type = "otp"
+    is_token = True
+    opens_on_plug = True
 
     def __init__(self, slot: int, challenge: bytes, serial: int | None, touch: bool, rolling: bool = False) -> None:
         self.slot, self.challenge, self.serial, self.touch, self.rolling = slot, challenge, serial, touch, rolling

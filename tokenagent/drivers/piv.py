@@ -222,6 +222,8 @@ def _removed_or_refused(name: str, err: Exception) -> TokenError:
 @register
 class PivFactor(Factor):
     type = "piv"
+    is_token = True
+    opens_on_plug = True
 
     def __init__(self, slot: str, algorithm: str, serial: int | None, key_hash: str, challenge: bytes) -> None:
         self.slot, self.algorithm, self.serial, self.key_hash, self.challenge = (
@@ -249,6 +251,9 @@ class PivFactor(Factor):
     def params(self) -> dict[str, JSONValue]:
         return {"slot": self.slot, "algorithm": self.algorithm, "serial": self.serial, "key": self.key_hash,
                 "challenge": base64.b64encode(self.challenge).decode()}
+
+    def needs_pin(self) -> bool:
+        return True  # the card's PIN is verified before every use by tokenagent
 
     def describe(self) -> str:
         who = f"card {self.serial}" if self.serial else "a PIV card"

@@ -145,6 +145,7 @@ def _find(session: Any, uri: Pkcs11Uri, object_class: Any) -> Any:
 @register
 class Pkcs11Factor(Factor):
     type = "pkcs11"
+    is_token = True
 
     def __init__(self, uri: str, algorithm: str, challenge: bytes, key_hash: str) -> None:
         self.uri, self.algorithm, self.challenge, self.key_hash = uri, algorithm, challenge, key_hash
@@ -170,6 +171,9 @@ class Pkcs11Factor(Factor):
     def params(self) -> dict[str, JSONValue]:
         return {"uri": self.uri, "algorithm": self.algorithm, "challenge": base64.b64encode(self.challenge).decode(),
                 "key": self.key_hash}
+
+    def needs_pin(self) -> bool:
+        return True  # C_Login
 
     def describe(self) -> str:
         how = f"ECDH {self.algorithm}" if self.algorithm in CURVES else f"{self.algorithm.upper()} OAEP"

@@ -82,9 +82,26 @@ class FactorContext:
 
 
 class Factor(ABC):
-    """One factor of a slot: a type name plus public parameters."""
+    """One factor of a slot: a type name plus public parameters.
+
+    What the rest of tokenagent needs to know about a factor type is said here, by the type
+    itself, so adding a type touches its own module and the registry only:
+    ``is_token`` (opening it needs a device the user plugs in), ``opens_on_plug`` (the agent
+    may open it when that device appears, with a touch at most, or a PIN where ``needs_pin``
+    says so and pinentry can ask) and ``needs_pin()``.
+    """
 
     type: ClassVar[str]
+    is_token: ClassVar[bool] = False
+    opens_on_plug: ClassVar[bool] = False
+
+    def needs_pin(self) -> bool:
+        """Does opening this factor ask for a PIN (of the token), as stored in its parameters?"""
+        return False
+
+    def opens_unattended(self, pin_can_be_asked: bool) -> bool:
+        """Can the agent open this factor when its token is plugged in, with nobody at a terminal?"""
+        return self.opens_on_plug and (pin_can_be_asked or not self.needs_pin())
 
     @classmethod
     @abstractmethod
@@ -134,6 +151,7 @@ class UnknownFactor(Factor):
     """A factor of a type this installation does not know: kept as is so the vault still loads."""
 
     type = "unknown"
+    is_token = True  # it may need a device; nothing is promised about it
 
     def __init__(self, type_name: str, params: Mapping[str, JSONValue]) -> None:
         self.type_name = type_name

@@ -18,15 +18,10 @@ from .format import Slot, Vault
 from .slots import UnlockResult, make_slot, sign, verify
 from .store import VaultStore
 
-SOFTWARE_TYPES = frozenset({"password", "keyfile", "recovery"})
-
 
 def is_token_slot(slot: Slot) -> bool:
     """Does opening this slot need a token (a key to plug in), not only things a person types or keeps?"""
-    return any(f.descriptor()["type"] not in SOFTWARE_TYPES for f in slot.factors)
-
-
-_is_token_slot = is_token_slot
+    return any(f.is_token for f in slot.factors)
 
 
 def add_slot(
@@ -61,7 +56,7 @@ def remove_slot(
                 f"slot {slot_id} is the last slot of vault {name!r}; removing it would lose the key."
                 " Enrol another slot first"
             )
-        if _is_token_slot(slot) and not any(_is_token_slot(s) for s in rest) and not last_token_ok:
+        if is_token_slot(slot) and not any(is_token_slot(s) for s in rest) and not last_token_ok:
             raise LastSlot(
                 f"slot {slot_id} is the last token-backed slot of vault {name!r}; afterwards only"
                 " passwords, key files or recovery keys open it. Run again with --last-token to confirm"
