@@ -423,3 +423,14 @@ def test_another_program_selecting_another_application_mid_way(tmp_path: Path) -
     ctx = ctx_for(tok)
     ctx.devices = VirtualDevices([tok], connect=lambda _: shared)
     assert factor.unlock(ctx) == secret and shared.meddled
+
+
+@pytest.mark.parametrize("credential", ["not base64!", "QUJD\n", 42, None, "é"])
+def test_a_crafted_credential_is_a_vault_format_error(credential: object) -> None:
+    """A bad credential id in a vault file is refused as a format error, never as a leaked decoder error."""
+    from tokenagent.errors import VaultFormatError
+
+    params = {"rp": "tokenagent", "credential": credential, "salt": "A" * 43 + "=", "uv": False,
+              "aaguid": "00" * 16}
+    with pytest.raises(VaultFormatError, match="credential"):
+        Fido2Factor.from_params(params)

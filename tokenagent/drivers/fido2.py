@@ -219,7 +219,7 @@ class Fido2Factor(Factor):
             raise VaultFormatError("fido2: rp must be a non-empty string")
         if not isinstance(uv, bool) or not isinstance(aaguid, str) or len(aaguid) != 32:
             raise VaultFormatError("fido2: uv must be a boolean and aaguid 32 hex digits")
-        credential = base64.b64decode(str(params["credential"]), validate=True)
+        credential = expect_b64(params, "credential", None, "fido2")
         if not 16 <= len(credential) <= 1024:
             raise VaultFormatError("fido2: the credential id must be 16 to 1024 bytes")
         return cls(rp, credential, expect_b64(params, "salt", SALT_LEN, "fido2"), uv, aaguid, "prf" in params)
