@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -296,8 +297,19 @@ def test_unplug_during_a_piv_command_then_replug(pcscd: PrivatePcscd, tokens: li
     assert time.monotonic() - started < 20
     assert waiting.returncode == 3, (out, err)  # the probe's "card went away" exit
     token.plug()
-    token.touch()
-    again = tool(pcscd, sys.executable, "-c", _USE_TOUCH_KEY, reader)
+    stop = threading.Event()
+
+    def person() -> None:  # touches the key whenever it waits (a touch just before the wait counts for 1 s)
+        while not stop.wait(0.3):
+            token.touch()
+
+    toucher = threading.Thread(target=person, daemon=True)
+    toucher.start()
+    try:
+        again = tool(pcscd, sys.executable, "-c", _USE_TOUCH_KEY, reader)
+    finally:
+        stop.set()
+        toucher.join()
     assert again.returncode == 0 and again.stdout.strip() == setup.stdout.strip(), again.stderr
 
 
