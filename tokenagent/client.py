@@ -23,7 +23,7 @@ import socket
 import time
 
 from . import _locations
-from .errors import AgentError, AgentNotRunning, ProtocolError, UnsafePath, error_for_code
+from .errors import AgentError, AgentNotRunning, ProtocolError, UnsafePath, UsageError, error_for_code
 from .protocol import (
     CLOSED,
     HEADER,
@@ -161,6 +161,8 @@ class AgentClient:
         return self.request("status")
 
     def get(self, vault: str, context: str | None = None, wait: float | None = None) -> bytearray:
+        if context is not None and not context:  # "" is no label: never read as "the key itself"
+            raise UsageError("a context label must not be empty (leave --context out for the key itself, where allowed)")
         key = self._get_fast(vault, context, wait)
         if key is not None:
             return key

@@ -119,6 +119,35 @@ class UnsafePath(VaultError):
     code = "unsafe-path"
 
 
+class VaultFull(VaultError):
+    """The vault is at a limit of its format (64 slots); nothing was changed."""
+
+    code = "vault-full"
+
+
+class StorageError(VaultError):
+    """A file could not be written (disk full, read-only file system, permissions); nothing was changed."""
+
+    code = "storage"
+
+    _HINTS = {
+        "ENOSPC": "the disk is full: free some space and run the command again",
+        "EDQUOT": "your disk quota is used up: free some space and run the command again",
+        "EROFS": "the file system is read-only: remount it read-write or use another TOKENAGENT_HOME",
+        "EACCES": "permission denied: check the directory's owner and mode",
+        "EPERM": "operation not permitted: check the directory's owner, mode and attributes",
+        "EIO": "an I/O error: check the disk",
+    }
+
+    @classmethod
+    def from_os(cls, err: OSError, doing: str) -> StorageError:
+        import errno as _errno
+
+        name = _errno.errorcode.get(err.errno or 0, "")
+        hint = cls._HINTS.get(name, "check the disk and the directory, then run the command again")
+        return cls(f"{doing}: {err.strerror or name or type(err).__name__}; {hint} (nothing was changed)")
+
+
 class SlotNotFound(VaultError):
     """No such slot in this vault."""
 

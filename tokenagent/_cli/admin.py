@@ -16,14 +16,14 @@ from typing import Any
 
 import click
 
-from ..errors import LastSlot, TokenAgentError, UsageError, VaultExists
+from ..errors import LastSlot, TokenAgentError, UsageError, VaultExists, VaultFormatError
 from ..factors.base import REGISTRY, Factor, FactorContext
 from ..plugins import load_factor_types
-from ..vault import VaultStore, check_name, new_vault, operations, unlock, wipe
-from ..vault.format import Vault
+from ..vault import VaultStore, check_name, new_vault, operations, unlock, verify, wipe
+from ..vault.format import Vault, check_label
 from ..vault.slots import open_slot
 from .interaction import TerminalInteraction, make_context
-from .util import emit, json_option, refuse_terminal
+from .util import SECONDS, emit, json_option, printable, refuse_terminal
 
 
 def secret_file_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,7 +33,7 @@ def secret_file_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--recovery-file", metavar="FILE", help="Read recovery keys/shares from FILE ('-' = stdin)."),
         click.option("--force", is_flag=True, help="Allow spending a token's last PIN try."),
         click.option("--serial", "serials", multiple=True, type=int, help="Use the token with this serial."),
-        click.option("--touch-timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for touch."),
+        click.option("--touch-timeout", type=SECONDS, default=30.0, show_default=True, help="Seconds to wait for touch."),
         json_option,
     ]):
         f = decorator(f)
@@ -52,7 +52,7 @@ def factor_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--pkcs11", "pkcs11_uris", multiple=True, metavar="URI", help="A PKCS#11 key (RFC 7512 URI)."),
         click.option("--threshold", type=int, metavar="K", help="Any K of the factors open the slot."),
         click.option("--label", default="", help="A note shown by 'tokenagent slots'."),
-        click.option("--kdf-time", type=float, default=1.0, show_default=True, help="Password KDF target seconds."),
+        click.option("--kdf-time", type=SECONDS, default=1.0, show_default=True, help="Password KDF target seconds."),
         click.option("--fido2-uv", is_flag=True, help="FIDO2: require the key's PIN (user verification)."),
         click.option("--fido2-rp", default="tokenagent", show_default=True, help="FIDO2: relying-party id."),
         click.option("--fido2-prf", is_flag=True,
@@ -154,9 +154,13 @@ def factor_context(kw: dict[str, Any], unlock_keyfiles: tuple[str, ...] = ()) ->
     )
 
 
-def _warn_backup(vault: Vault, ui: TerminalInteraction) -> None:
+def refuse_damaged(vault: Vault) -> None:
+    """Before a change is prepared (a token touched, a password typed): a vault read from its backup is not changed."""
     if vault.from_backup:
-        ui.notify("warning", f"vault {vault.name!r}: the main file is damaged; using the backup copy (previous version)")
+        raise VaultFormatError(
+            f"vault {vault.name!r}: the main file is damaged ({vault.damage}); nothing was changed."
+            f" Run 'tokenagent repair {vault.name}' to restore the backup copy (the damaged file is kept aside)"
+        )
 
 
 def _slot_rows(vault: Vault) -> list[dict[str, Any]]:
@@ -169,7 +173,6 @@ def _slot_rows(vault: Vault) -> list[dict[str, Any]]:
 
 def open_vault(store: VaultStore, name: str, ctx: FactorContext, ui: TerminalInteraction, slot_ids: list[str] | None = None):
     vault = store.load(name)
-    _warn_backup(vault, ui)
     result = unlock(vault, ctx, slot_ids)
     try:
         if operations.roll_forward(store, name, vault, result) is not None:
@@ -203,19 +206,24 @@ def create_vault(vault: str, kw: dict[str, Any], secret: bytes | bytearray | Non
                  allow_raw: bool | None) -> tuple[Vault, TerminalInteraction]:
     """Create VAULT from the factor flags in ``kw`` (the options of ``init``); the caller wipes ``secret``."""
     check_name(vault)
+    check_label(kw["label"])
     store = VaultStore()
     if store.exists(vault):
         raise VaultExists(f"a vault named {vault!r} exists already; use 'tokenagent enroll {vault}' to add a slot")
     plan = _planned_factors(kw)
     ctx, ui = factor_context(kw)
+    ui.defer_secrets = True  # a recovery key is shown once the vault holding it is written
     enrolled = _enroll_all(ctx, plan)
     try:
         new, masterkey = new_vault(vault, enrolled, kw["threshold"], secret, allow_raw, kw["label"])
-        store.create(new)
+        try:
+            store.create(new, check=lambda written: verify(written, masterkey))
+        finally:
+            wipe(masterkey)
     finally:
         for _, s in enrolled:
             wipe(s)
-    wipe(masterkey)
+    ui.reveal_deferred()
     return new, ui
 
 
@@ -241,6 +249,10 @@ def enroll(vault: str, unlock_slots: tuple[str, ...], unlock_keyfiles: tuple[str
     """Add a slot to VAULT: unlock with an existing slot, then enrol the FACTORS given."""
     store = VaultStore()
     plan = _planned_factors(kw)
+    check_label(kw["label"])
+    current = store.load(vault)
+    refuse_damaged(current)
+    operations.check_room(current)  # before any token is touched or anything promised
     ctx, ui = factor_context(kw, unlock_keyfiles)
     ui.notify("info", f"unlocking vault {vault!r} with an existing slot")
     loaded, opened = open_vault(store, vault, ctx, ui, list(unlock_slots) or None)
@@ -248,6 +260,7 @@ def enroll(vault: str, unlock_slots: tuple[str, ...], unlock_keyfiles: tuple[str
     ctx.options["enrolled_factors"] = [f.descriptor() for s in loaded.slots for f in s.factors]
     try:
         ui.notify("info", f"opened with slot {opened.slot_id}; now enrolling the new factors")
+        ui.defer_secrets = True  # a recovery key is shown once the slot holding it is written
         enrolled = _enroll_all(ctx, plan)
         try:
             _, slot = operations.add_slot(store, vault, opened.masterkey, enrolled, kw["threshold"], kw["label"])
@@ -256,6 +269,7 @@ def enroll(vault: str, unlock_slots: tuple[str, ...], unlock_keyfiles: tuple[str
                 wipe(s)
     finally:
         wipe(opened.masterkey)
+    ui.reveal_deferred()
     emit(kw["as_json"], {"vault": vault, "slot": slot.id, "unlocked_with": opened.slot_id, "shown": ui.shown},
          f"slot {slot.id} added to vault {vault!r}: {slot.describe()}")
 
@@ -273,7 +287,7 @@ def slots(vault: str, as_json: bool) -> None:
         for r in rows:
             drill = _when(r["last_drill"]) if r["last_drill"] else "never"
             label = f"  [{r['label']}]" if r["label"] else ""
-            click.echo(f"slot {r['id']}: {r['describe']}{label}  (last drill: {drill})")
+            click.echo(printable(f"slot {r['id']}: {r['describe']}{label}  (last drill: {drill})", False))
 
     emit(as_json, {"vault": vault, "slots": rows}, text)
 
@@ -298,13 +312,11 @@ def info(vault: str, as_json: bool) -> None:
             "path": str(store.path(vault)), "from_backup": v.from_backup, "slots": slots}
 
     def text() -> None:
-        if v.from_backup:
-            click.echo("warning: the main file is damaged; showing the backup copy", err=True)
         click.echo(f"vault:       {vault}\nfingerprint: {v.fingerprint}\nfile:        {data['path']}")
         click.echo(f"created:     {_when(v.created)}\nsecret:      {v.secret_len} bytes"
                    f" ({'released raw' if v.allow_raw else 'subkeys only'})")
         for r in slots:
-            click.echo(f"slot {r['id']}:      {r['describe']}")
+            click.echo(printable(f"slot {r['id']}:      {r['describe']}", False))
 
     emit(as_json, data, text)
 
@@ -329,6 +341,7 @@ def remove_slot(vault: str, slot: str, unlock_keyfiles: tuple[str, ...], unlock_
     """Remove SLOT from VAULT (unlocks with any slot first; refuses the last slot)."""
     store = VaultStore()
     v = store.load(vault)
+    refuse_damaged(v)
     v.slot(slot)
     if len(v.slots) == 1:
         raise LastSlot(f"slot {slot} is the last slot of vault {vault!r}; enrol another slot first")
@@ -349,6 +362,7 @@ def rotate(vault: str, slot: str, **kw: Any) -> None:
     """Renew SLOT's token secrets: one use per key (FIDO2: a new salt; OTP: a new challenge); the slot keeps its id and label."""
     store = VaultStore()
     loaded = store.load(vault)
+    refuse_damaged(loaded)
     target = loaded.slot(slot)
     ctx, ui = factor_context(kw)
     results: list[tuple[Factor, bytearray, bytearray]] = []
@@ -378,7 +392,6 @@ def drill(vault: str, slot_ids: tuple[str, ...], unlock_keyfiles: tuple[str, ...
     store = VaultStore()
     ctx, ui = factor_context(kw, unlock_keyfiles)
     v = store.load(vault)
-    _warn_backup(v, ui)
     results = []
     for slot_id in slot_ids or [s.id for s in v.slots]:
         v.slot(slot_id)
@@ -390,6 +403,10 @@ def drill(vault: str, slot_ids: tuple[str, ...], unlock_keyfiles: tuple[str, ...
         except Exception as err:  # noqa: BLE001 - reported per slot, secrets never in messages
             message = getattr(err, "message", None) or type(err).__name__
             results.append({"slot": slot_id, "ok": False, "error": message})
+            continue
+        if v.from_backup:  # a drill of the backup copy is reported, never written over the damaged file
+            wipe(opened.masterkey)
+            results.append({"slot": slot_id, "ok": True, "recorded": False})
             continue
         try:
             if operations.roll_forward(store, vault, v, opened) is None:  # a rolled slot counts as drilled
@@ -403,9 +420,13 @@ def drill(vault: str, slot_ids: tuple[str, ...], unlock_keyfiles: tuple[str, ...
 
     def text() -> None:
         for r in results:
-            click.echo(f"slot {r['slot']}: " + ("ok" if r["ok"] else f"FAILED ({r['error']})"))
+            ok = "ok" if r.get("recorded", True) else "ok (backup copy; not recorded)"
+            click.echo(printable(f"slot {r['slot']}: " + (ok if r["ok"] else f"FAILED ({r['error']})"), False))
 
-    emit(kw["as_json"], {"vault": vault, "results": results}, text)
+    emit(kw["as_json"], {"vault": vault, "results": results, "from_backup": v.from_backup}, text)
+    if v.from_backup:
+        raise VaultFormatError(f"vault {vault!r}: drilled the backup copy (its slots: {len(v.slots)}); nothing was"
+                               f" recorded because the main file is damaged. Run 'tokenagent repair {vault}'")
     if failed:
         sys.exit(4)
 
@@ -432,7 +453,10 @@ def open_(vault: str, unlock_keyfiles: tuple[str, ...], unlock_slots: tuple[str,
                  f"vault {vault!r} opens with slot {opened.slot_id}; fingerprint {v.fingerprint}"
                  " (add --reveal to print the key)")
             return
-        key = derive_subkey(opened.masterkey, context_label) if context_label else bytearray(opened.masterkey)
+        if context_label is not None:
+            key = derive_subkey(opened.masterkey, context_label)  # "" is refused, never the raw key
+        else:
+            key = bytearray(opened.masterkey)
         try:
             if fmt == "raw" and not kw["as_json"]:
                 refuse_terminal("the raw key", "--format hex")

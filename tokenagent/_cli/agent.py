@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ from ..client import AgentClient
 from ..errors import UsageError
 from ..vault import VaultStore, wipe
 from .admin import factor_context, open_vault, secret_file_options
-from .util import emit, json_option, wait_seconds
+from .util import SECONDS, emit, json_option, wait_seconds
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @click.command()
@@ -72,8 +75,8 @@ def status(as_json: bool) -> None:
 @secret_file_options
 @click.option("--keyfile", "unlock_keyfiles", multiple=True, metavar="PATH", help="Key file to offer.")
 @click.option("--slot", "unlock_slots", multiple=True, metavar="SLOT", help="Try only this slot.")
-@click.option("--idle-ttl", type=float, help="Lock after this many idle seconds (0: never).")
-@click.option("--max-ttl", type=float, help="Lock this many seconds after unlock regardless (0: never).")
+@click.option("--idle-ttl", type=SECONDS, help="Lock after this many idle seconds (0: never).")
+@click.option("--max-ttl", type=SECONDS, help="Lock this many seconds after unlock regardless (0: never).")
 def unlock(vault: str, unlock_keyfiles: tuple[str, ...], unlock_slots: tuple[str, ...],
            idle_ttl: float | None, max_ttl: float | None, **kw: Any) -> None:
     """Open VAULT here (prompts, key files, tokens) and hand it to the agent."""
@@ -149,6 +152,11 @@ def exec_(vault: str, context_label: str | None, env_name: str | None, key_fd: i
     """
     from ..fastget import as_imported, fetch
 
+    if env_name is not None and not _ENV_NAME.fullmatch(env_name):
+        raise UsageError(f"--env {env_name[:40]!r} is not an environment variable name (letters, digits, '_';"
+                         " not starting with a digit)")
+    if context_label == "":
+        raise UsageError("--context needs a label (an empty one is refused: leave --context out for the key itself)")
     as_file = key_fd is not None or any("{keyfile}" in arg for arg in command)
     if fmt == "raw" and not as_file:
         raise UsageError("--format raw needs --fd N or {keyfile}: an environment variable cannot hold any byte")

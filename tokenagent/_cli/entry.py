@@ -1,19 +1,25 @@
-"""Console-script entry point.
+"""Console-script entry point, and the last boundary: no command ever ends in a traceback.
 
 ``tokenagent get`` is on the hot path of password commands (restic, borg...), so it is
 dispatched before click, cryptography, fido2 or yubikit are imported: its cold start
 is a benchmark figure (docs/performance.md).
+
+Our errors become one line and an exit code in ``main.run`` (``fastget.main`` for get). What
+reaches this boundary is a bug: it prints one line naming the exception's type only (its
+message could hold data from a vault or a secret) with what to do, and exits 1;
+``TOKENAGENT_DEBUG=1`` prints the traceback as well, for the report.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 FAST_COMMANDS = ("get",)
+ENV_DEBUG = "TOKENAGENT_DEBUG"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+def _dispatch(args: list[str]) -> int:
     if args and args[0] in FAST_COMMANDS:
         from ..fastget import main as fast_main
 
@@ -21,6 +27,33 @@ def main(argv: list[str] | None = None) -> int:
     from .main import run
 
     return run(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return _dispatch(args)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        _line("tokenagent: interrupted")
+        return 9
+    except BaseException as err:  # noqa: BLE001 - the boundary: a bug, said in one line
+        if os.environ.get(ENV_DEBUG) == "1":
+            import traceback
+
+            traceback.print_exc()
+        _line(f"tokenagent: internal error ({type(err).__name__}); nothing more is shown because it could hold"
+              f" secrets. This is a bug: please report it, with the traceback {ENV_DEBUG}=1 prints")
+        return 1
+
+
+def _line(text: str) -> None:
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import click
 from ..errors import Cancelled, NotMine, UsageError
 from ..factors.base import DeviceProvider, FactorContext, Interaction, SecretRequest
 from ..factors.password import test_costs_allowed
+from .util import printable
 
 FILE_KINDS = {"password": "password", "new-password": "password", "pin": "pin", "puk": "pin", "recovery": "recovery",
               "otp-secret": "otp-secret"}
@@ -62,6 +63,7 @@ class TerminalInteraction(Interaction):
         self.files = dict(files or {})
         self.quiet = quiet
         self.shown: list[dict[str, str]] = []  # secrets shown once, for --json output
+        self.defer_secrets = False  # hold shown secrets back until reveal_deferred()
         self._cache: dict[tuple[str, str], bytes] = {}
 
     def _tty(self) -> bool:
@@ -99,7 +101,7 @@ class TerminalInteraction(Interaction):
     def notify(self, event: str, message: str) -> None:
         if not self.quiet or event in ("touch", "warning"):
             prefix = {"touch": ">>> ", "warning": "warning: "}.get(event, "")
-            click.echo(f"{prefix}{message}", err=True)
+            click.echo(printable(f"{prefix}{message}", keep_newlines=False), err=True)
 
     def confirm(self, question: str) -> bool:
         if not self._tty():
@@ -108,8 +110,16 @@ class TerminalInteraction(Interaction):
 
     def show_secret_once(self, title: str, text: str) -> None:
         self.shown.append({"title": title, "secret": text})
-        if not self.quiet:
+        if not self.quiet and not self.defer_secrets:
             click.echo(f"\n{title}\n\n    {text}\n")
+
+    def reveal_deferred(self) -> None:
+        """Show the secrets held back (``defer_secrets``): called once the vault that needs them is written,
+        so a recovery key is never shown for a slot that a failed write (a full disk) did not keep."""
+        if self.defer_secrets and not self.quiet:
+            for item in self.shown:
+                click.echo(f"\n{item['title']}\n\n    {item['secret']}\n")
+        self.defer_secrets = False
 
 
 def _device_provider() -> DeviceProvider | None:

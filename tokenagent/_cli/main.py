@@ -14,8 +14,11 @@ import sys
 import click
 
 from .. import __version__
-from ..errors import ExitCode, TokenAgentError
+from ..errors import ExitCode, StorageError, TokenAgentError
 from ..plugins import load_factor_types
+from ..vault.format import Vault
+from ..vault.store import VaultStore
+from .util import WARNINGS, printable, warn
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,9 +51,26 @@ def _wants_json(args: list[str]) -> bool:
     return "--json" in args[: args.index("--")] if "--" in args else "--json" in args
 
 
+def _announce_fallback(vault: Vault) -> None:
+    warn(f"vault {vault.name!r}: the main file is damaged ({vault.damage}); using the backup copy"
+         f" (seq {vault.seq}: changes made after it are missing). Nothing is written to this vault until"
+         f" you run 'tokenagent repair {vault.name}'")
+
+
+_STORAGE_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO"}
+
+
 def run(args: list[str]) -> int:
-    """Run the CLI; return the exit code. Errors become one line on stderr (or a JSON object)."""
+    """Run the CLI; return the exit code. Errors become one line on stderr (or a JSON object).
+
+    Bugs (any other exception) are left to the boundary in ``entry.main``.
+    """
+    import errno
+
     _load_commands()
+    WARNINGS.clear()
+    if _announce_fallback not in VaultStore.fallback_listeners:
+        VaultStore.fallback_listeners.append(_announce_fallback)
     try:
         result = cli.main(args=args, prog_name="tokenagent", standalone_mode=False)
     except TokenAgentError as err:
@@ -68,15 +88,26 @@ def run(args: list[str]) -> int:
     except KeyboardInterrupt:
         _report(args, "cancelled", "interrupted")
         return int(ExitCode.CANCELLED)
+    except OSError as err:  # one that no layer translated: say which file and what failed
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        if errno.errorcode.get(err.errno or 0) in _STORAGE_ERRNOS:
+            storage = StorageError.from_os(err, f"cannot complete the command{where}")
+            _report(args, storage.code, storage.message)
+            return int(storage.exit_code)
+        _report(args, "error", f"{err.strerror or type(err).__name__}{where}")
+        return int(ExitCode.FAILURE)
     return int(result) if isinstance(result, int) else 0
 
 
 def _report(args: list[str], code: str, message: str) -> None:
     if _wants_json(args):
-        click.echo(json.dumps({"ok": False, "error": code, "message": message}))
+        extra = {"warnings": list(WARNINGS)} if WARNINGS else {}
+        click.echo(json.dumps({"ok": False, "error": code, "message": message, **extra}))
     else:
-        click.echo(f"tokenagent: {message}", err=True)
+        click.echo(f"tokenagent: {printable(message, keep_newlines=False)}", err=True)
 
 
 def main() -> None:
-    sys.exit(run(sys.argv[1:]))
+    from .entry import main as entry_main
+
+    sys.exit(entry_main(sys.argv[1:]))

@@ -1,8 +1,9 @@
-"""Helpers shared by the command modules: ``--json`` output and secret input."""
+"""Helpers shared by the command modules: ``--json`` output, warnings, safe text and checked options."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,6 +15,27 @@ from ..errors import UsageError
 F = TypeVar("F", bound=Callable[..., Any])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object).")
+
+# What a vault file (a label, a key file's hint) or an error may hold but a terminal must never
+# receive as is: C0/C1 controls (ANSI escapes start with ESC), DEL, line separators, bidi overrides.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+WARNINGS: list[str] = []  # said on stderr during this command; repeated in --json output
+
+
+def printable(text: str, keep_newlines: bool = True) -> str:
+    """``text`` with every control character escaped (``\\x1b``), and lone surrogates as ``\\udcxx``."""
+    if not keep_newlines:
+        text = text.replace("\n", "\\n").replace("\t", "\\t")
+    text = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr (also under --json), kept for the JSON answer."""
+    if message not in WARNINGS:
+        WARNINGS.append(message)
+        click.echo(f"tokenagent: warning: {printable(message, keep_newlines=False)}", err=True)
 
 
 class _Seconds(click.ParamType):
@@ -44,8 +66,12 @@ def refuse_terminal(what: str, instead: str) -> None:
 def emit(as_json: bool, data: dict[str, Any], text: str | Callable[[], None]) -> None:
     """Print ``data`` as JSON, or the human form: a string, or a function that prints it."""
     if as_json:
-        click.echo(json.dumps({"ok": True, **data}, sort_keys=True))
+        extra = {"warnings": list(WARNINGS)} if WARNINGS else {}
+        click.echo(json.dumps({"ok": True, **data, **extra}, sort_keys=True))
     elif callable(text):
         text()
     elif text:
-        click.echo(text)
+        click.echo(printable(text))
+
+
+SECONDS = wait_seconds  # a finite number of seconds, 0 or more (nan, inf, negative refused)

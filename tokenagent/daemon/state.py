@@ -37,7 +37,7 @@ from ..errors import (
     vault_not_found,
 )
 from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Response
-from ..vault import VaultStore, check_name, derive_subkey, verify, wipe
+from ..vault import Vault, VaultStore, check_name, derive_subkey, verify, wipe
 from ..vault.operations import is_token_slot
 from .config import AgentConfig, VaultPolicy
 from .hardening import lock_in_memory, unlock_memory
@@ -101,6 +101,10 @@ class AgentState:
     mirror: KeyMirror | None = None  # the get socket's copy of the sessions (must use time.monotonic)
     _audit_fd: int | None = field(default=None, repr=False)
     _policies: dict[str, VaultPolicy] = field(default_factory=dict, repr=False)  # cleared by reload()
+    # The highest seq seen per vault file, and what looked wrong with it: a file that goes backwards
+    # (an older copy put back: a rollback) or was read from its backup is logged and shown in status.
+    seen_seq: dict[str, int] = field(default_factory=dict)
+    file_warnings: dict[str, str] = field(default_factory=dict)
 
     # --- events -----------------------------------------------------------------------------
     def emit(self, name: str, **data: Any) -> None:
@@ -114,6 +118,7 @@ class AgentState:
         """Keep ``secret`` (taken over, wiped on lock) after checking it against the vault file."""
         loaded = self.store.load(vault)
         verify(loaded, secret)
+        self.note_file(loaded)
         policy = self._policy(vault)
         idle = policy.idle_ttl if idle_ttl is None else idle_ttl
         hard = policy.max_ttl if max_ttl is None else max_ttl
@@ -132,6 +137,24 @@ class AgentState:
                 raise
         self.emit("unlocked", vault=vault, slot=slot, source=source)
         return session
+
+    def note_file(self, loaded: Vault) -> None:
+        """Remember ``loaded.seq``; warn (log, event, status) when the file went backwards or is the backup."""
+        name, seen = loaded.name, self.seen_seq.get(loaded.name)
+        warning = None
+        if loaded.from_backup:
+            warning = (f"the main file is damaged ({loaded.damage}); the backup copy (seq {loaded.seq}) is in use:"
+                       f" run 'tokenagent repair {name}'")
+        elif seen is not None and loaded.seq < seen:
+            warning = (f"the vault file went backwards: seq {loaded.seq}, this agent saw seq {seen} before"
+                       " (an older copy was put back: check who changed it)")
+        self.seen_seq[name] = max(loaded.seq, seen or 0)
+        if warning is None:
+            self.file_warnings.pop(name, None)
+            return
+        self.file_warnings[name] = warning
+        log.warning("vault %s: %s", name, warning)
+        self.emit("vault-warning", vault=name, warning=warning, seq=loaded.seq, seen=seen)
 
     def lock(self, vault: str, reason: str, quiet: bool = False) -> bool:
         session = self.sessions.pop(vault, None)
@@ -227,6 +250,8 @@ class AgentState:
         for name in _vault_names(self):
             s = self.sessions.get(name)
             entry: dict[str, Any] = {"vault": name, "unlocked": s is not None}
+            if name in self.file_warnings:
+                entry["warning"] = self.file_warnings[name]
             if s is not None:
                 entry.update(slot=s.slot, source=s.source, fingerprint=s.fingerprint, mlocked=s.mlocked,
                              unlocked_for=round(now - s.unlocked_at, 3), releases=s.releases + s.mirror_releases,

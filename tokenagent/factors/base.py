@@ -125,6 +125,11 @@ class Factor(ABC):
         """A one-line description for ``tokenagent slots`` (no secrets)."""
         return self.type
 
+    def kdf_work(self) -> int:
+        """The memory-hard work (KiB x passes) unlocking this factor costs here; bounded per file
+        by ``factors.limits`` before anything is computed."""
+        return 0
+
     def rotate(self, ctx: FactorContext) -> tuple[Factor, bytearray, bytearray]:
         """Optional: a renewed factor with (old secret, new secret), from one use of the source.
 
@@ -193,6 +198,9 @@ def register(cls: type[Factor]) -> type[Factor]:
 
 def factor_from_descriptor(descriptor: Mapping[str, JSONValue]) -> Factor:
     """Parse one stored descriptor; unknown types load as ``UnknownFactor``."""
+    if set(descriptor) != {"type", "params"}:
+        unknown = sorted(set(descriptor) - {"type", "params"})
+        raise VaultFormatError(f"a factor descriptor has exactly 'type' and 'params' (unknown: {unknown})")
     type_name = descriptor.get("type")
     params = descriptor.get("params")
     if not isinstance(type_name, str) or not isinstance(params, dict):

@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from ..errors import NotMine, UsageError, VaultExists
+from ..errors import NotMine, UnsafePath, UsageError, VaultExists, VaultFormatError
 from .base import Factor, FactorContext, JSONValue, register
 from .params import expect_hex, expect_keys, expect_str
 
 CHECK_LABEL = b"tokenagent/v1/keyfile-check"
 MAX_XML_BYTES = 1 << 20
+MAX_KEYFILE_BYTES = 64 << 20  # "any file" key files are hashed whole; larger ones are refused
 _HEX64 = re.compile(rb"^[0-9A-Fa-f]{64}$")
 
 
@@ -97,28 +98,48 @@ def xml2_keyfile(key: bytes) -> bytes:
 
 
 def generate_keyfile(path: Path) -> None:
-    """Write a new XML 2.0 key file with 256 random bits, mode 0400; never overwrite."""
+    """Write a new XML 2.0 key file with 256 random bits, mode 0400; never overwrite.
+
+    A failed write (a full disk) removes the partial file: nothing half-written is left to be
+    mistaken for a key file later."""
+    from ..errors import StorageError
+
     key = secrets.token_bytes(32)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400)
     except FileExistsError:
         raise VaultExists(f"{path} exists already; tokenagent never overwrites a key file") from None
-    with os.fdopen(fd, "wb") as out:
-        out.write(xml2_keyfile(key))
-        out.flush()
-        os.fsync(out.fileno())
+    except FileNotFoundError:
+        raise UsageError(f"cannot write {path}: the directory {Path(path).parent} does not exist") from None
+    except OSError as err:
+        raise StorageError.from_os(err, f"cannot write the key file {path}") from None
+    try:
+        data = memoryview(xml2_keyfile(key))
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+    except OSError as err:
+        os.close(fd)
+        os.unlink(path)
+        raise StorageError.from_os(err, f"cannot write the key file {path}") from None
+    os.close(fd)
 
 
 def read_keyfile(path: str | Path) -> bytearray:
+    """The KeePass key of the key file at ``path``: a regular file (never a FIFO or a device) of at
+    most MAX_KEYFILE_BYTES, so a path planted in a vault file cannot make the reader hang."""
+    from .._files import read_regular
+
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_regular(path, MAX_KEYFILE_BYTES, what="key file")
     except FileNotFoundError:
         raise UsageError(f"key file {path} not found") from None
-    except IsADirectoryError:
-        raise UsageError(f"key file {path} is a directory") from None
     except PermissionError:
         raise UsageError(f"key file {path} cannot be read (permission denied)") from None
+    except OSError as err:
+        raise UsageError(f"key file {path} cannot be read ({err.strerror or type(err).__name__})") from None
+    except UnsafePath as err:
+        raise UsageError(err.message) from None
     return bytearray(keepass_key(data))
 
 
@@ -139,7 +160,10 @@ class KeyFileFactor(Factor):
     def from_params(cls, params: Mapping[str, JSONValue]) -> Factor:
         expect_keys(params, {"hint", "check"}, "keyfile")
         expect_hex(params, "check", 4, "keyfile")
-        return cls(expect_str(params, "hint", "keyfile"), str(params["check"]))
+        hint = expect_str(params, "hint", "keyfile")
+        if "\x00" in hint:
+            raise VaultFormatError("keyfile: hint must not contain a NUL character")
+        return cls(hint, str(params["check"]))
 
     def params(self) -> dict[str, JSONValue]:
         return {"hint": self.hint, "check": self.check}

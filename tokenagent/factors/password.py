@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from ..errors import UsageError, VaultFormatError
 from .base import Factor, FactorContext, JSONValue, SecretRequest, register
+from .limits import ENV_ITERATIONS, ENV_LANES, ENV_MEMORY, kdf_limits
 from .params import expect_b64, expect_int, expect_keys
 from .quality import PasswordPolicy, hint
 
@@ -72,9 +73,16 @@ class PasswordFactor(Factor):
         expect_keys(params, {"kdf", "salt", "t", "m", "p"}, "password")
         if params["kdf"] != "argon2id":
             raise VaultFormatError("password: only the argon2id KDF is supported")
+        limits = kdf_limits()
         t = expect_int(params, "t", 1, 1 << 16, "password")
         m = expect_int(params, "m", 8, 1 << 22, "password")
         p = expect_int(params, "p", 1, 64, "password")
+        for value, limit, what, env in ((m, limits.memory_kib, f"memory {m} KiB", ENV_MEMORY),
+                                        (t, limits.iterations, f"{t} passes", ENV_ITERATIONS),
+                                        (p, limits.lanes, f"{p} lanes", ENV_LANES)):
+            if value > limit:
+                raise VaultFormatError(f"password: Argon2id {what} is over this machine's limit ({limit});"
+                                       f" raise {env} if the vault is yours and meant to be this costly")
         if m < 8 * p:
             raise VaultFormatError("password: Argon2id needs at least 8 KiB per lane")
         if (m < FLOOR_MEMORY_KIB or t < FLOOR_ITERATIONS) and not test_costs_allowed():
@@ -83,6 +91,9 @@ class PasswordFactor(Factor):
                 f" m>={FLOOR_MEMORY_KIB} KiB); the vault was weakened or made for tests"
             )
         return cls(expect_b64(params, "salt", SALT_LEN, "password"), t, m, p)
+
+    def kdf_work(self) -> int:
+        return self.t * self.m
 
     def params(self) -> dict[str, JSONValue]:
         return {"kdf": "argon2id", "salt": base64.b64encode(self.salt).decode(), "t": self.t, "m": self.m, "p": self.p}

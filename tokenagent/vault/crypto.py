@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import VaultFormatError, WrongSecret
+from ..errors import UsageError, WrongSecret
 
 LABEL_KEK = b"tokenagent/v1/kek"
 LABEL_SHARE = b"tokenagent/v1/share"
@@ -109,7 +109,7 @@ def fingerprint(masterkey: bytes | bytearray) -> str:
 def derive_subkey(masterkey: bytes | bytearray, context: str, length: int = KEY_LEN) -> bytearray:
     """The key a client gets for ``get --context LABEL``: independent per label."""
     if not context:
-        raise VaultFormatError("a context label must not be empty")
+        raise UsageError("a context label must not be empty (leave --context out for the key itself, where allowed)")
     return hkdf(masterkey, None, LABEL_CONTEXT + b"\x00" + context.encode("utf-8"), length)
 
 

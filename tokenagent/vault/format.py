@@ -27,8 +27,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import VaultFormatError
+from ..errors import UsageError, VaultFormatError
 from ..factors.base import Factor, factor_from_descriptor
+from ..factors.limits import ENV_TOTAL, kdf_limits
 from .crypto import NONCE_LEN, SALT_LEN, TAG_LEN, canonical
 
 FORMAT = "tokenagent-vault/1"
@@ -43,9 +44,13 @@ MAC_LEN = 32
 _TOP_KEYS = {"format", "vault_id", "seq", "created", "secret_len", "allow_raw", "fingerprint", "slots", "mac"}
 _OPTIONAL_TOP_KEYS = {"imported"}  # written only when true, so other files stay as older versions wrote them
 _SLOT_KEYS = {"id", "label", "created", "last_drill", "policy", "factors", "salt", "nonce", "wrapped", "shares"}
-_SLOT_ID = re.compile(r"^[1-9][0-9]{0,5}$")
-_FINGERPRINT = re.compile(r"^[0-9a-f]{4}(:[0-9a-f]{4}){7}$")
+_SLOT_ID = re.compile(r"[1-9][0-9]{0,5}")
+_MAX_SLOT_ID = 999999
+_FINGERPRINT = re.compile(r"[0-9a-f]{4}(:[0-9a-f]{4}){7}")
+_FORMAT = re.compile(r"tokenagent-vault/(?P<n>[1-9][0-9]{0,8})")
 _MAX_INT = 2**53
+_MAX_INT_DIGITS = 20  # longer integer literals are refused before Python converts them
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def b64(data: bytes) -> str:
@@ -161,6 +166,7 @@ class Vault:
     mac: bytes = b""
     from_backup: bool = field(default=False, compare=False)
     imported: bool = False  # the secret was imported (init --import-secret): served as it came
+    damage: str = field(default="", compare=False)  # why the main file was refused (from_backup only)
 
     def slot(self, slot_id: str) -> Slot:
         for s in self.slots:
@@ -172,7 +178,12 @@ class Vault:
         raise SlotNotFound(f"vault {self.name!r} has no slot {slot_id!r} (slots: {known})")
 
     def next_slot_id(self) -> str:
-        return str(max((int(s.id) for s in self.slots), default=0) + 1)
+        """One more than the highest id; past the last id, the lowest free one (ids are never in use twice)."""
+        used = {int(s.id) for s in self.slots}
+        highest = max(used, default=0)
+        if highest < _MAX_SLOT_ID:
+            return str(highest + 1)
+        return str(min(set(range(1, len(used) + 2)) - used))
 
     def body(self) -> dict[str, Any]:
         """Everything but the MAC: the MAC's input is ``canonical(body())``."""
@@ -209,12 +220,64 @@ def _reject_constant(name: str) -> Any:
     raise VaultFormatError(f"{name} is not a valid number")
 
 
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise VaultFormatError(f"an integer of {len(text)} digits is out of range")
+    return int(text)
+
+
+def _reject_float(text: str) -> Any:
+    raise VaultFormatError(f"{text[:20]!r}: numbers in a vault file are integers")
+
+
+def _check_text(value: Any, where: str = "vault file") -> None:
+    """Every string in the file must be Unicode text (a lone surrogate cannot be printed or re-encoded)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise VaultFormatError(f"{where}: a string holds an invalid character (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_text(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, where)
+
+
+def check_label(label: str) -> str:
+    """A slot label as enrolment accepts it: at most MAX_LABEL_LEN characters of printable text."""
+    if len(label) > MAX_LABEL_LEN:
+        raise UsageError(f"--label is {len(label)} characters; at most {MAX_LABEL_LEN} are kept")
+    try:
+        label.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("--label is not valid text in this locale (undecodable bytes)") from None
+    if _CONTROL.search(label):
+        raise UsageError("--label must not contain control characters")
+    return label
+
+
+def check_format(fmt: Any) -> None:
+    """Refuse any format but ours: a well-formed newer version asks for an upgrade, anything else is malformed."""
+    if fmt == FORMAT:
+        return
+    match = _FORMAT.fullmatch(fmt) if isinstance(fmt, str) else None
+    if match and int(match["n"]) > 1:
+        raise VaultFormatError(f"vault format {fmt!r} is newer than this tokenagent understands; upgrade")
+    if isinstance(fmt, str) and fmt.startswith("tokenagent-vault"):
+        raise VaultFormatError(f"vault format {fmt[:40]!r} is malformed (expected {FORMAT!r}); the file is damaged")
+    raise VaultFormatError("not a tokenagent vault (missing or wrong 'format')")
+
+
 def parse(data: bytes, name: str) -> Vault:
     """Parse and validate a vault file's bytes; raise ``VaultFormatError`` naming the problem."""
     if len(data) > MAX_FILE_BYTES:
         raise VaultFormatError(f"vault file is larger than {MAX_FILE_BYTES} bytes")
     try:
-        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
+                         parse_int=_parse_int, parse_float=_reject_float)
     except UnicodeDecodeError:
         raise VaultFormatError("vault file is not UTF-8 text") from None
     except json.JSONDecodeError as err:
@@ -223,11 +286,11 @@ def parse(data: bytes, name: str) -> Vault:
         raise VaultFormatError("vault file nests too deeply") from None
     if not isinstance(doc, dict):
         raise VaultFormatError("vault file must hold a JSON object")
-    fmt = doc.get("format")
-    if fmt != FORMAT:
-        if isinstance(fmt, str) and fmt.startswith("tokenagent-vault/"):
-            raise VaultFormatError(f"vault format {fmt!r} is newer than this tokenagent understands; upgrade")
-        raise VaultFormatError("not a tokenagent vault (missing or wrong 'format')")
+    check_format(doc.get("format"))
+    try:
+        _check_text(doc)
+    except RecursionError:
+        raise VaultFormatError("vault file nests too deeply") from None
     if set(doc) - _OPTIONAL_TOP_KEYS != _TOP_KEYS:
         extra, missing = set(doc) - _TOP_KEYS - _OPTIONAL_TOP_KEYS, _TOP_KEYS - set(doc)
         raise VaultFormatError(f"vault fields wrong (unknown: {sorted(extra)}, missing: {sorted(missing)})")
@@ -238,7 +301,7 @@ def parse(data: bytes, name: str) -> Vault:
     if doc.get("imported", True) is not True:
         raise VaultFormatError("imported must be true when present (it is left out otherwise)")
     fp = doc["fingerprint"]
-    if not isinstance(fp, str) or not _FINGERPRINT.match(fp):
+    if not isinstance(fp, str) or not _FINGERPRINT.fullmatch(fp):
         raise VaultFormatError("fingerprint must be 8 groups of 4 hex digits")
     raw_slots = doc["slots"]
     if not isinstance(raw_slots, list) or not 1 <= len(raw_slots) <= MAX_SLOTS:
@@ -247,6 +310,7 @@ def parse(data: bytes, name: str) -> Vault:
     ids = [s.id for s in slots]
     if len(set(ids)) != len(ids):
         raise VaultFormatError("two slots have the same id")
+    _check_work(slots)
     return Vault(
         name=name,
         vault_id=vault_id,
@@ -269,7 +333,7 @@ def _parse_slot(raw: Any, secret_len: int) -> Slot:
         unknown, missing = sorted(set(raw) - _SLOT_KEYS), sorted(required - set(raw))
         raise VaultFormatError(f"slot fields wrong (unknown: {unknown}, missing: {missing})")
     slot_id = raw["id"]
-    if not isinstance(slot_id, str) or not _SLOT_ID.match(slot_id):
+    if not isinstance(slot_id, str) or not _SLOT_ID.fullmatch(slot_id):
         raise VaultFormatError("slot id must be a decimal number as a string")
     what = f"slot {slot_id}"
     label = raw["label"]
@@ -303,6 +367,16 @@ def _parse_slot(raw: Any, secret_len: int) -> Slot:
         wrapped=unb64(raw["wrapped"], f"{what}: wrapped", secret_len + TAG_LEN),
         shares=shares,
     )
+
+
+def _check_work(slots: tuple[Slot, ...]) -> None:
+    """The memory-hard work the whole file can demand at one unlock, bounded before any is done."""
+    total = sum(f.kdf_work() for s in slots for f in s.factors)
+    limit = kdf_limits().total_kib_passes
+    if total > limit:
+        raise VaultFormatError(f"the password KDFs of this file would need {total // 1048576} GiB-passes in all,"
+                               f" over this machine's limit of {limit // 1048576} (raise {ENV_TOTAL} if the vault"
+                               " is yours and meant to be this costly)")
 
 
 def _bad_factor(what: str) -> Factor:

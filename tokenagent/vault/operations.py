@@ -9,14 +9,26 @@ the change is applied, the sequence number is bumped and the file is signed agai
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from ..errors import LastSlot
+from ..errors import LastSlot, VaultFull
 from ..factors.base import Factor
 from .crypto import wipe
-from .format import Slot, Vault
+from .format import MAX_SLOTS, Slot, Vault, check_label
 from .slots import UnlockResult, make_slot, sign, verify
 from .store import VaultStore
+
+
+def check_room(vault: Vault) -> None:
+    """Refuse a new slot before anything is enrolled or promised: the format holds at most MAX_SLOTS."""
+    if len(vault.slots) >= MAX_SLOTS:
+        raise VaultFull(f"vault {vault.name!r} has {len(vault.slots)} slots, the most a vault holds;"
+                        " remove one first (tokenagent remove-slot); nothing was changed")
+
+
+def _signed_by(masterkey: bytes | bytearray) -> Callable[[Vault], None]:
+    """The writer's last check: the version read back from its temporary file verifies with the secret."""
+    return lambda written: verify(written, masterkey)
 
 
 def is_token_slot(slot: Slot) -> bool:
@@ -33,14 +45,16 @@ def add_slot(
     label: str = "",
 ) -> tuple[Vault, Slot]:
     added: list[Slot] = []
+    check_label(label)
 
     def change(current: Vault) -> Vault:
         verify(current, masterkey)
+        check_room(current)
         slot = make_slot(current.vault_id, current.next_slot_id(), masterkey, enrolled, threshold, label)
         added.append(slot)
         return sign(current.with_changes(seq=current.seq + 1, slots=(*current.slots, slot)), masterkey)
 
-    vault = store.update(name, change)
+    vault = store.update(name, change, _signed_by(masterkey))
     return vault, added[0]
 
 
@@ -63,7 +77,7 @@ def remove_slot(
             )
         return sign(current.with_changes(seq=current.seq + 1, slots=rest), masterkey)
 
-    return store.update(name, change)
+    return store.update(name, change, _signed_by(masterkey))
 
 
 def record_drill(store: VaultStore, name: str, masterkey: bytes | bytearray, slot_id: str) -> Vault:
@@ -78,17 +92,19 @@ def record_drill(store: VaultStore, name: str, masterkey: bytes | bytearray, slo
         current.slot(slot_id)
         return sign(current.with_changes(seq=current.seq + 1, slots=slots), masterkey)
 
-    return store.update(name, change)
+    return store.update(name, change, _signed_by(masterkey))
 
 
 def set_label(store: VaultStore, name: str, masterkey: bytes | bytearray, slot_id: str, label: str) -> Vault:
+    check_label(label)
+
     def change(current: Vault) -> Vault:
         verify(current, masterkey)
         current.slot(slot_id)
         slots = tuple(Slot(**{**s.__dict__, "label": label}) if s.id == slot_id else s for s in current.slots)
         return sign(current.with_changes(seq=current.seq + 1, slots=slots), masterkey)
 
-    return store.update(name, change)
+    return store.update(name, change, _signed_by(masterkey))
 
 
 def replace_slot(
@@ -110,7 +126,7 @@ def replace_slot(
         slots = tuple(slot if s.id == slot_id else s for s in current.slots)
         return sign(current.with_changes(seq=current.seq + 1, slots=slots), masterkey)
 
-    vault = store.update(name, change)
+    vault = store.update(name, change, _signed_by(masterkey))
     return vault, replaced[0]
 
 

@@ -32,7 +32,7 @@ from ..errors import (
 )
 from ..factors.base import Factor, FactorContext, Interaction, SecretRequest
 from . import crypto
-from .format import MAX_SECRET_LEN, VAULT_ID_LEN, Policy, SealedShare, Slot, Vault
+from .format import MAX_SECRET_LEN, VAULT_ID_LEN, Policy, SealedShare, Slot, Vault, check_label
 
 _SHARE_AD = crypto.LABEL_SHARE
 
@@ -228,6 +228,7 @@ def new_vault(
     """A new vault with one slot; returns it signed, with its secret (generated unless given)."""
     if secret is not None and not 1 <= len(secret) <= MAX_SECRET_LEN:
         raise UsageError(f"an imported secret must be 1 to {MAX_SECRET_LEN} bytes, not {len(secret)}")
+    check_label(label)
     masterkey = bytearray(secret) if secret is not None else bytearray(secrets.token_bytes(crypto.KEY_LEN))
     vault_id = secrets.token_bytes(VAULT_ID_LEN)
     now = int(time.time())

@@ -7,12 +7,18 @@ it (the caller checks its MAC with the secret it already holds, so a concurrent 
 merged rather than overwritten), then
 
     1. write the current bytes to NAME.vault.bak (temp file, fsync, rename, fsync dir);
-    2. write the new bytes to NAME.vault (temp file, fsync, rename, fsync dir).
+    2. write the new bytes to NAME.vault (temp file, fsync, re-read and parse the temp file
+       with the same reader and limits, check it is the version meant, rename, fsync dir).
 
 A crash at any point leaves NAME.vault as either the old or the new version, whole,
-because rename(2) is atomic; the backup is the old or the one before. The backup is read
-only when the primary cannot be parsed, and the caller is told (``Vault.from_backup``).
-Symlinks are refused everywhere (O_NOFOLLOW), files are 0600 in a 0700 directory.
+because rename(2) is atomic; the backup is the old or the one before. A version the reader
+would refuse is never renamed into place. Temporary files are named ``.NAME.vault.tmp-*``;
+one left by a killed writer is removed by the next write (under the lock, so it cannot be
+a live writer's). The backup is read only when the primary cannot be parsed; every such
+load is announced to ``fallback_listeners`` (the CLI prints it, the agent logs it), and no
+change is written on top of a backup: ``repair`` restores it explicitly, keeping the damaged
+file aside as ``NAME.vault.damaged-TIMESTAMP``. Files are opened with O_NOFOLLOW|O_NONBLOCK
+and must be regular files of ours (a FIFO or a device is refused, never waited on).
 """
 
 from __future__ import annotations
@@ -21,81 +27,113 @@ import errno
 import fcntl
 import os
 import re
-import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from .. import paths
-from ..errors import UnsafePath, UsageError, VaultBusy, VaultExists, VaultFormatError, vault_not_found
-from .format import Vault, parse
+from .._files import FileTooLarge, read_regular
+from ..errors import (
+    StorageError,
+    UnsafePath,
+    UsageError,
+    VaultBusy,
+    VaultExists,
+    VaultFormatError,
+    VaultNotFound,
+    vault_not_found,
+)
+from .format import MAX_FILE_BYTES, Vault, parse
 
 SUFFIX = ".vault"
 BACKUP_SUFFIX = ".vault.bak"
+DAMAGED_INFIX = ".vault.damaged-"
 LOCK_TIMEOUT = 30.0
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TEMP = re.compile(r"\.(?P<target>.+)\.tmp-[0-9]+-[0-9]+")
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name) or name.endswith((".bak", ".lock")):
+    if not _NAME.fullmatch(name) or name.endswith((".bak", ".lock")):
         raise UsageError(
             f"invalid vault name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 
 
-def _read_nofollow(path: Path) -> bytes:
+def _read_vault_file(path: Path) -> bytes:
+    """A vault file's bytes: a regular file of ours, no symlink, no FIFO, at most MAX_FILE_BYTES."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise UnsafePath(f"{path} is a symbolic link; tokenagent refuses it") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafePath(f"{path} is not a regular file")
-        if st.st_uid != os.getuid():
-            raise UnsafePath(f"{path} is owned by uid {st.st_uid}, not by you")
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-            if sum(map(len, chunks)) > (1 << 20) + 1:
-                break
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        return read_regular(path, MAX_FILE_BYTES, follow=False, owner=os.getuid(), what="vault file")
+    except FileTooLarge:
+        raise VaultFormatError(f"vault file {path} is larger than {MAX_FILE_BYTES} bytes") from None
 
 
 def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix."""
+def atomic_write(path: Path, data: bytes, mode: int = 0o600, check: Callable[[bytes], None] | None = None) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix.
+
+    ``check`` gets the temporary file's bytes as read back from disk, before the rename; if it
+    raises, the temporary file is removed and ``path`` is untouched. OSError becomes StorageError.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as err:
+        raise StorageError.from_os(err, f"cannot write {path}") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if check is not None:
+            check(_read_vault_file(tmp))
+        os.rename(tmp, path)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise StorageError.from_os(err, f"cannot write {path}") from None
         raise
-    os.close(fd)
-    os.rename(tmp, path)
-    _fsync_dir(path.parent)
+    try:
+        _fsync_dir(path.parent)
+    except OSError as err:  # renamed already: the new version is in place, its durability is not certain
+        raise StorageError.from_os(err, f"wrote {path} but could not sync its directory") from None
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """What ``repair`` did: whether it restored the backup, the damaged file kept aside (None: there was
+    none), and the vault now in place."""
+
+    restored: bool
+    damaged: Path | None
+    vault: Vault
+
+
+FallbackListener = Callable[[Vault], None]
 
 
 class VaultStore:
     """The vault files of one user (or of one TOKENAGENT_HOME)."""
+
+    # Told of every load that fell back to the backup copy (the CLI prints it, the agent logs it).
+    fallback_listeners: ClassVar[list[FallbackListener]] = []
 
     def __init__(self, directory: Path | None = None) -> None:
         self._dir = directory
@@ -121,26 +159,41 @@ class VaultStore:
     def exists(self, name: str) -> bool:
         return os.path.lexists(self.path(name))
 
-    def load(self, name: str) -> Vault:
-        """Parse the vault; fall back to the backup (``from_backup=True``) only if the primary is damaged."""
-        primary = self.path(name)
+    def _read(self, path: Path, name: str) -> bytes:
         try:
-            data = _read_nofollow(primary)
+            return _read_vault_file(path)
         except FileNotFoundError:
+            if path == self.path(name) and os.path.lexists(self.backup_path(name)):
+                raise VaultNotFound(f"vault {name!r} has no main file, only a backup copy;"
+                                    f" run 'tokenagent repair {name}' to restore it") from None
             raise vault_not_found(name, self.list()) from None
+        except OSError as err:
+            raise StorageError.from_os(err, f"cannot read vault file {path}") from None
+
+    def load(self, name: str) -> Vault:
+        """Parse the vault; fall back to the backup (``from_backup=True``, announced) only if the primary is damaged."""
+        data = self._read(self.path(name), name)
         try:
             return parse(data, name)
         except VaultFormatError as primary_err:
             try:
-                vault = parse(_read_nofollow(self.backup_path(name)), name)
-            except (OSError, VaultFormatError):
+                vault = parse(_read_vault_file(self.backup_path(name)), name)
+            except (OSError, VaultFormatError, UnsafePath):
                 raise VaultFormatError(f"vault {name!r} is damaged: {primary_err.message}") from None
-            return vault.with_changes(from_backup=True)
+            vault = vault.with_changes(from_backup=True, damage=primary_err.message)
+            for listener in list(self.fallback_listeners):
+                listener(vault)
+            return vault
 
     @contextmanager
     def locked(self, name: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         lock_path = self.directory / f".{check_name(name)}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise UnsafePath(f"{lock_path} is a symbolic link; tokenagent refuses it") from None
+            raise StorageError.from_os(err, f"cannot lock vault {name!r} ({lock_path})") from None
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -151,29 +204,128 @@ class VaultStore:
                     if time.monotonic() > deadline:
                         raise VaultBusy(f"vault {name!r} is being changed by another process; try again") from None
                     time.sleep(0.05)
+            self._remove_stale_temps(name)
             yield
         finally:
             os.close(fd)
 
-    def create(self, vault: Vault) -> None:
+    def _remove_stale_temps(self, name: str) -> None:
+        """Temporary files of this vault left by a killed writer (we hold the lock: no writer is live)."""
+        targets = {name + SUFFIX, name + BACKUP_SUFFIX}
+        try:
+            entries = os.listdir(self.directory)
+        except OSError:
+            return
+        for entry in entries:
+            match = _TEMP.fullmatch(entry)
+            if match and match["target"] in targets:
+                try:
+                    os.unlink(self.directory / entry)
+                except OSError:
+                    pass  # a read-only directory: the next write reports it
+
+    def _written_check(self, expected: Vault, check: Callable[[Vault], None] | None) -> Callable[[bytes], None]:
+        """Reads the temporary file back as any later command will, before it is renamed into place."""
+        def verify(data: bytes) -> None:
+            try:
+                parsed = parse(data, expected.name)
+            except VaultFormatError as err:
+                raise VaultFormatError(f"refusing to write vault {expected.name!r}: the new version would not"
+                                       f" load ({err.message}); nothing was changed") from None
+            if parsed.body() != expected.body() or parsed.mac != expected.mac:
+                raise VaultFormatError(f"refusing to write vault {expected.name!r}: the file did not read back"
+                                       " as written; nothing was changed (check the disk)")
+            if check is not None:
+                check(parsed)
+        return verify
+
+    def create(self, vault: Vault, check: Callable[[Vault], None] | None = None) -> None:
         with self.locked(vault.name):
             if self.exists(vault.name):
                 raise VaultExists(f"a vault named {vault.name!r} exists already (see: tokenagent info {vault.name})")
-            atomic_write(self.path(vault.name), vault.to_bytes())
+            atomic_write(self.path(vault.name), vault.to_bytes(), check=self._written_check(vault, check))
 
-    def update(self, name: str, change: Callable[[Vault], Vault]) -> Vault:
-        """Locked read-modify-write: ``change`` gets the current version and returns the next (signed)."""
+    def update(self, name: str, change: Callable[[Vault], Vault], check: Callable[[Vault], None] | None = None) -> Vault:
+        """Locked read-modify-write: ``change`` gets the current version and returns the next (signed).
+
+        ``check`` (e.g. the header MAC with the secret) runs on the new version as read back from
+        its temporary file. A vault whose main file is damaged is never changed: nothing is
+        written on top of the backup copy until ``repair``.
+        """
         with self.locked(name):
             current = self.load(name)
+            if current.from_backup:
+                raise VaultFormatError(
+                    f"vault {name!r}: the main file is damaged ({current.damage}); nothing was changed."
+                    f" Run 'tokenagent repair {name}' to restore the backup copy (the damaged file is kept aside)"
+                )
             new = change(current)
             if new.seq != current.seq + 1:
                 raise VaultBusy(f"vault {name!r} changed while the command ran; run it again")
             primary = self.path(name)
-            old_bytes = _read_nofollow(primary)
-            if not current.from_backup:
-                atomic_write(self.backup_path(name), old_bytes)
-            atomic_write(primary, new.to_bytes())
+            new_bytes, written_check = new.to_bytes(), self._written_check(new, check)
+            written_check(new_bytes)  # before anything is written, the backup included
+            old_bytes = self._read(primary, name)
+
+            def same_as_old(data: bytes) -> None:
+                if data != old_bytes:
+                    raise VaultFormatError(f"refusing to update vault {name!r}: its backup did not read back"
+                                           " as written; nothing was changed (check the disk)")
+
+            atomic_write(self.backup_path(name), old_bytes, check=same_as_old)
+            atomic_write(primary, new_bytes, check=written_check)  # and again as read back from disk
             return new
+
+    def repair(self, name: str) -> Repaired:
+        """Put the backup copy back in place of a damaged main file, keeping the damaged one aside."""
+        with self.locked(name):
+            primary, backup = self.path(name), self.backup_path(name)
+            try:
+                return Repaired(False, None, parse(_read_vault_file(primary), name))
+            except FileNotFoundError:
+                if not os.path.lexists(backup):
+                    raise VaultNotFound(f"no vault named {name!r} (see: tokenagent list)") from None
+                problem = "the main file is missing"
+            except (VaultFormatError, UnsafePath) as err:
+                problem = err.message
+            except OSError as err:
+                raise StorageError.from_os(err, f"cannot read vault file {primary}") from None
+            try:
+                backup_bytes = _read_vault_file(backup)
+                restored = parse(backup_bytes, name)
+            except FileNotFoundError:
+                raise VaultFormatError(f"vault {name!r} is damaged ({problem}) and has no backup copy;"
+                                       " restore it from your own backups") from None
+            except (OSError, VaultFormatError, UnsafePath) as err:
+                why = err.message if isinstance(err, VaultFormatError | UnsafePath) else err.strerror
+                raise VaultFormatError(f"vault {name!r} is damaged ({problem}) and so is its backup copy ({why});"
+                                       " restore it from your own backups") from None
+            aside = None
+            if os.path.lexists(primary):
+                aside = self._aside_path(name)
+                try:
+                    os.link(primary, aside, follow_symlinks=False)
+                except OSError as err:
+                    raise StorageError.from_os(err, f"cannot keep the damaged file aside as {aside}") from None
+            try:
+                atomic_write(primary, backup_bytes, check=self._written_check(restored, None))
+            except BaseException:
+                if aside is not None:  # the damaged file is still in place: no second name for it
+                    try:
+                        os.unlink(aside)
+                    except OSError:
+                        pass
+                raise
+            return Repaired(True, aside, restored)
+
+    def _aside_path(self, name: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        candidate = self.directory / f"{name}{DAMAGED_INFIX}{stamp}"
+        n = 1
+        while os.path.lexists(candidate):
+            n += 1
+            candidate = self.directory / f"{name}{DAMAGED_INFIX}{stamp}-{n}"
+        return candidate
 
     def delete(self, name: str) -> None:
         with self.locked(name):

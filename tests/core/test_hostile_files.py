@@ -1,0 +1,118 @@
+"""Nothing a vault file names can make a reader hang or work without bound (issue 14 item 5): a FIFO named
+like a vault file (with the real agent), key-file hints naming /dev/zero, /dev/urandom or a FIFO, key files
+given on the command line, and KDF costs over the limits the user can see and set."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from agentkit import AgentProcess, frame, read_response  # type: ignore[import-not-found]
+from scripted import context  # type: ignore[import-not-found]
+
+from tokenagent.errors import UsageError, VaultFormatError
+from tokenagent.factors.keyfile import KeyFileFactor, read_keyfile
+from tokenagent.factors.password import PasswordFactor
+from tokenagent.vault import VaultStore, new_vault
+from tokenagent.vault.format import parse
+
+
+def run(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "tokenagent._cli.entry", *args], env=full, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_a_fifo_named_like_a_vault_does_not_freeze_the_agent(agent: AgentProcess) -> None:
+    vaults = agent.home / "data" / "vaults"
+    os.mkfifo(vaults / "fifo.vault", 0o600)
+    with agent.connect() as s:
+        s.sendall(frame({"op": "unlock", "id": 1, "vault": "fifo", "key": base64.b64encode(b"k" * 32).decode()}))
+        answer = read_response(s)
+    assert answer["ok"] is False and answer["error"] == "unsafe-path" and "FIFO" in answer["message"]
+    r = agent.cli("lock", "--all", timeout=20)
+    assert r.returncode == 0, r.stderr
+    r = agent.cli("slots", "fifo", timeout=20)
+    assert r.returncode == 3 and "FIFO" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "key.fifo"
+    os.mkfifo(path, 0o600)
+    return path
+
+
+@pytest.mark.parametrize("hint", ["/dev/zero", "/dev/urandom", "FIFO", "/dev/tty", "/proc/self/fd/0", "/"])
+def test_key_file_hints_naming_devices_or_fifos_do_not_hang(tmp_path: Path, fifo: Path, hint: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    store = VaultStore(home / "data" / "vaults")
+    path = str(fifo) if hint == "FIFO" else hint
+    vault, _ = new_vault("v", [(KeyFileFactor(path, "00000000"), bytearray(32))])
+    store.create(vault)
+    r = run(home, "open", "v")
+    assert r.returncode == 4, r.stderr
+    assert "not a regular file" in r.stderr and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "/dev/urandom", "FIFO"])
+def test_key_files_named_on_the_command_line_are_files_only(tmp_path: Path, fifo: Path, path: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    given = str(fifo) if path == "FIFO" else path
+    r = run(home, "init", "v", "--keyfile", given)
+    assert r.returncode == 2 and "not a regular file" in r.stderr and "Traceback" not in r.stderr
+    assert not (home / "data" / "vaults" / "v.vault").exists()
+    with pytest.raises(UsageError, match="not a regular file"):
+        read_keyfile(given)
+
+
+def test_huge_key_files_are_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate((64 << 20) + 1)
+    with pytest.raises(UsageError, match="larger than"):
+        read_keyfile(big)
+
+
+def _password_vault_doc(**params: int) -> dict[str, object]:
+    vault, _ = new_vault("v", [PasswordFactor.enroll(context([b"pw"]), {})])
+    doc = json.loads(vault.to_bytes())
+    doc["slots"][0]["factors"][0]["params"].update(params)
+    return doc  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("params", "env"), [
+    ({"m": 1 << 22}, "TOKENAGENT_MAX_KDF_MEMORY_MIB"),
+    ({"t": 1000}, "TOKENAGENT_MAX_KDF_ITERATIONS"),
+    ({"p": 64, "m": 1 << 20}, "TOKENAGENT_MAX_KDF_LANES"),
+])
+def test_kdf_costs_over_the_limits_are_refused_before_any_work(params: dict[str, int], env: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    data = json.dumps(_password_vault_doc(**params)).encode()
+    with pytest.raises(VaultFormatError, match=env):
+        parse(data, "v")
+    monkeypatch.setenv(env, {"MEMORY": "4096", "ITERATIONS": "1000", "LANES": "64"}[env.split("_")[-1]
+                                                                                  if "MIB" not in env else "MEMORY"])
+    monkeypatch.setenv("TOKENAGENT_MAX_KDF_MEMORY_MIB", "4096")
+    parse(data, "v")  # the user raised the limit: the file reads (and its AEAD still binds the costs)
+
+
+def test_the_whole_files_kdf_work_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = _password_vault_doc(m=1 << 20, t=64)  # 1 GiB x 64 passes: at the per-factor limits
+    parse(json.dumps(doc).encode(), "v")
+    slot = doc["slots"][0]  # type: ignore[index]
+    doc["slots"] = [dict(slot, id=str(i)) for i in range(1, 3)]  # two of them: 128 GiB-passes
+    with pytest.raises(VaultFormatError, match="TOKENAGENT_MAX_KDF_TOTAL_GIB"):
+        parse(json.dumps(doc).encode(), "v")
+    monkeypatch.setenv("TOKENAGENT_MAX_KDF_TOTAL_GIB", "128")
+    parse(json.dumps(doc).encode(), "v")
+    monkeypatch.setenv("TOKENAGENT_MAX_KDF_TOTAL_GIB", "lots")
+    with pytest.raises(UsageError, match="whole number"):
+        parse(json.dumps(doc).encode(), "v")
