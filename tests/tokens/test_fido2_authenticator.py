@@ -328,3 +328,38 @@ def test_large_blobs_with_fido2_client_and_large_blobs(tmp_path: Path, transport
     with pytest.raises(CtapError) as raised:
         LargeBlobs(ctap, client_pin.protocol, token).put_blob(key, b"y")  # a token without lbw
     assert raised.value.code == CtapError.ERR.PIN_AUTH_INVALID
+
+
+@pytest.mark.pcscd
+def test_ykman_fido_reset_with_remove_and_reinsert(pcscd: PrivatePcscd, tokens: list[TokenProcess],
+                                                    tmp_path: Path) -> None:
+    """'ykman fido reset' asks to take the key off the reader and put it back, then resets within
+    the 5 s after power-up: its two steps are done through the token's control socket."""
+    state = tmp_path / "t.json"
+    seed = VirtualToken(state, serial=8202)
+    dev = device(seed, "pcsc")
+    ClientPin(Ctap2(dev)).set_pin(PIN)
+    register(client_for(dev), Fido2Server(RP), {"id": b"hana", "name": "hana"})
+    del seed, dev
+    token = TokenProcess(pcscd, state, 8202)
+    tokens.append(token)
+    reader = first_reader(pcscd)
+    proc = subprocess.Popen([sys.executable, "-m", "ykman._cli.__main__", "--reader", reader, "fido", "reset",
+                             "--force"], env={**os.environ, **pcscd.env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    said: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            said.append(line.strip())
+            if "Remove your YubiKey" in line:
+                token.unplug()
+            elif "Place your YubiKey back" in line:
+                token.plug()
+        assert proc.wait(timeout=60) == 0, said
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "FIDO application data reset." in said, said
+    fido = json.loads(state.read_text())["fido2"]
+    assert fido["pin_hash"] is None and fido["resident"] == []
