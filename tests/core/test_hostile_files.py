@@ -116,3 +116,11 @@ def test_the_whole_files_kdf_work_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("TOKENAGENT_MAX_KDF_TOTAL_GIB", "lots")
     with pytest.raises(UsageError, match="whole number"):
         parse(json.dumps(doc).encode(), "v")
+
+
+def test_a_secret_file_naming_dev_zero_is_refused_not_read_forever(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    r = run(home, "init", "v", "--password", "--password-file", "/dev/zero")
+    assert r.returncode == 2 and "more than" in r.stderr and "Traceback" not in r.stderr
+    assert not (home / "data" / "vaults" / "v.vault").exists()

@@ -22,6 +22,7 @@ from ..factors.base import DeviceProvider, FactorContext, Interaction, SecretReq
 from ..factors.password import test_costs_allowed
 from .util import printable
 
+MAX_SECRET_FILE = 1 << 20
 FILE_KINDS = {"password": "password", "new-password": "password", "pin": "pin", "puk": "pin", "recovery": "recovery",
               "otp-secret": "otp-secret"}
 
@@ -41,10 +42,14 @@ class SecretLines:
             except OSError as err:
                 raise UsageError(f"{self.option} {self.path}: {err.strerror}") from None
             try:
-                data = bytearray(stream.read())
+                data = bytearray(stream.read(MAX_SECRET_FILE + 1))  # /dev/zero or a huge file: refused, not read
             finally:
                 if stream is not sys.stdin.buffer:
                     stream.close()
+            if len(data) > MAX_SECRET_FILE:
+                data[:] = bytes(len(data))
+                raise UsageError(f"{self.option} {self.path}: more than {MAX_SECRET_FILE} bytes; it is not a file of"
+                                 " secrets, one per line")
             self._lines = [bytearray(line.rstrip(b"\r")) for line in data.split(b"\n")]
             if self._lines and not self._lines[-1]:
                 self._lines.pop()

@@ -174,6 +174,8 @@ def by_hand(bases_: dict[str, bytes]) -> dict[str, tuple[bytes, str | None]]:
     t, s, k = bases_["threshold"], bases_["single"], bases_["keyfile"]
     doc_t, doc_s, doc_k = json.loads(t), json.loads(s), json.loads(k)
 
+    assert doc_s.get("imported") is True, "the single vault holds an imported secret"
+
     def sets(doc: Doc, *pairs: tuple[tuple[Any, ...], Any]) -> bytes:
         for path, value in pairs:
             doc = edited(doc, path, value)
@@ -312,6 +314,10 @@ def by_hand(bases_: dict[str, bytes]) -> dict[str, tuple[bytes, str | None]]:
                                   "integrity"),
         "keyfile-slots-swapped": (sets(doc_k, (("slots",), doc_k["slots"][::-1])), "integrity"),
         "keyfile-slot-removed": (sets(doc_k, (("slots",), doc_k["slots"][1:])), "integrity"),
+        "imported-false": (sets(doc_s, (("imported",), False)), "format"),
+        "imported-string": (sets(doc_s, (("imported",), "true")), "format"),
+        "imported-removed": (sets(doc_s, (("imported",), DELETE)), "integrity"),
+        "imported-added": (sets(doc_t, (("imported",), True)), "integrity"),
         "format-newer-2": (sets(doc_t, (("format",), "tokenagent-vault/2")), "format"),
         "format-newer-10": (sets(doc_t, (("format",), "tokenagent-vault/10")), "format"),
     }
