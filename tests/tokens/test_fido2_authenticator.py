@@ -363,3 +363,32 @@ def test_ykman_fido_reset_with_remove_and_reinsert(pcscd: PrivatePcscd, tokens: 
     assert "FIDO application data reset." in said, said
     fido = json.loads(state.read_text())["fido2"]
     assert fido["pin_hash"] is None and fido["resident"] == []
+
+
+def test_credential_ids_of_the_earlier_format_still_open() -> None:
+    """Tokens made before the seed-based ids (format 1: the sealed CBOR of the scalar and both
+    CredRandom values) keep working: their credentials open, sign and give the same hmac-secret."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from fido2 import cbor
+
+    from tokenagent.virtual.fido2_keys import new_credential, open_credential
+
+    device_key, rp_hash = os.urandom(32), hashlib.sha256(b"example.com").digest()
+    private = ec.generate_private_key(ec.SECP256R1())
+    secret = {"d": private.private_numbers().private_value.to_bytes(32, "big"), "cr": b"r" * 32, "cru": b"u" * 32,
+              "protect": 2}
+    nonce = os.urandom(12)
+    legacy = b"\x01" + nonce + AESGCM(device_key).encrypt(nonce, cbor.encode(secret), rp_hash)
+    key = open_credential(device_key, rp_hash, legacy)
+    assert key is not None and (key.alg, key.protect, key.cred_random, key.cred_random_uv) == (-7, 2, b"r" * 32,
+                                                                                              b"u" * 32)
+    private.public_key().verify(key.sign(b"message"), b"message", ec.ECDSA(hashes.SHA256()))
+    assert open_credential(device_key, hashlib.sha256(b"example.org").digest(), legacy) is None  # another rp
+    cred_id, made = new_credential(device_key, rp_hash, -8, 3)
+    opened = open_credential(device_key, rp_hash, cred_id)
+    assert len(cred_id) == 63 and opened is not None
+    assert (opened.alg, opened.protect, opened.cose_public_key()) == (-8, 3, made.cose_public_key())
