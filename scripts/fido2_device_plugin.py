@@ -70,14 +70,13 @@ def _install_virtual_hid() -> OperatorServer:
     import fido2.hid
     from fido2.hid.base import HidDescriptor
 
-    from tokenagent.virtual.ctaphid import PACKET_SIZE, YUBICO_VID, YUBIKEY_5_PID, VirtualHidConnection
+    from tokenagent.virtual.ctaphid import VirtualHidConnection, hid_descriptor
     from tokenagent.virtual.token import VirtualToken
 
     state = Path(os.environ.get("TOKENAGENT_FIDO2_SUITE_STATE") or tempfile.mkdtemp(prefix="fido2-suite-")) / "t.json"
     token = VirtualToken(state, touch="explicit")
-    path = f"virtual-hid:{token.serial}"
-    descriptor = HidDescriptor(path, YUBICO_VID, YUBIKEY_5_PID, PACKET_SIZE, PACKET_SIZE,
-                               "tokenagent virtual token", str(token.serial))
+    descriptor = hid_descriptor(token.serial)
+    path = descriptor.path
 
     def list_descriptors() -> list[HidDescriptor]:
         return [descriptor] if token.hid.plugged else []

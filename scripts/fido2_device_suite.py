@@ -95,7 +95,7 @@ def child_env(**extra: str) -> dict[str, str]:
 def run_hid(device_tests: Path, work: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
     junit = work / "hid.xml"
     state = work / "hid-token"
-    state.mkdir()
+    state.mkdir(mode=0o700)
     done = subprocess.run(pytest_command(device_tests, junit, "-p", "fido2_device_plugin"),
                           env=child_env(TOKENAGENT_FIDO2_SUITE_HID="1", TOKENAGENT_FIDO2_SUITE_STATE=str(state)),
                           cwd=device_tests.parent.parent, capture_output=True, text=True, stdin=subprocess.DEVNULL,
@@ -112,9 +112,15 @@ def run_nfc(device_tests: Path, work: Path) -> tuple[Path, subprocess.CompletedP
     if reason:
         raise SuiteUnavailable(f"the nfc run needs a private pcscd: {reason}")
     junit = work / "nfc.xml"
-    daemon = PrivatePcscd(work / "pcscd")
     try:
-        token = TokenProcess(daemon, work / "nfc-token.json", 8_800_001, touch="explicit")
+        daemon = PrivatePcscd(work / "pcscd")
+    except RuntimeError as err:
+        raise SuiteUnavailable(f"the private pcscd did not start: {err}") from None
+    try:
+        try:
+            token = TokenProcess(daemon, work / "nfc-token.json", 8_800_001, touch="explicit")
+        except RuntimeError as err:
+            raise SuiteUnavailable(str(err)) from None
         try:
             reader = _reader_with_card(daemon.env)
             operator = OperatorServer(token.plug, token.unplug, token.touch)
@@ -274,7 +280,7 @@ def main() -> int:
             device_tests = extract_tests(archive, version, Path(tmp))
             for transport in ("nfc", "hid") if args.transport == "both" else (args.transport,):
                 work = Path(tmp) / f"work-{transport}"
-                work.mkdir()
+                work.mkdir(mode=0o700)  # the token's control socket goes here: private, as the CLI requires
                 junit, done = (run_nfc if transport == "nfc" else run_hid)(device_tests, work)
                 if args.verbose or not junit.exists():
                     print(done.stdout[-20000:], done.stderr[-5000:], sep="\n", file=sys.stderr)

@@ -198,8 +198,12 @@ class VirtualHidConnection(CtapHidConnection):
         pass
 
 
+def hid_descriptor(serial: int) -> HidDescriptor:
+    """What a HID backend would list for the virtual key (a YubiKey 5's vendor and product ids)."""
+    return HidDescriptor(f"virtual-hid:{serial}", YUBICO_VID, YUBIKEY_5_PID, PACKET_SIZE, PACKET_SIZE,
+                         "tokenagent virtual token", str(serial))
+
+
 def hid_device(front: HidFrontEnd, serial: int) -> Any:
     """A ``CtapHidDevice`` on the virtual key (its INIT exchange runs here)."""
-    descriptor = HidDescriptor(f"virtual-hid:{serial}", YUBICO_VID, YUBIKEY_5_PID, PACKET_SIZE, PACKET_SIZE,
-                               "tokenagent virtual token", str(serial))
-    return CtapHidDevice(descriptor, VirtualHidConnection(front))
+    return CtapHidDevice(hid_descriptor(serial), VirtualHidConnection(front))
