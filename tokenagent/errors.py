@@ -324,6 +324,12 @@ class AgentNotRunning(AgentError):
     code = "agent-not-running"
 
 
+class AgentBusy(AgentError):
+    """The agent is serving as many connections, waits or event streams as it takes; try again."""
+
+    code = "busy"
+
+
 class ProtocolError(AgentError):
     """The peer broke the wire protocol."""
 

@@ -12,6 +12,7 @@
     pinentry_tty = "/dev/pts/3"    # for terminal pinentries (pinentry-curses): the terminal to use
     notify = true           # desktop notifications (touch your key, locked on removal) when a session bus is there
     get_socket = true       # answer get on a second socket (SOCKET.get) from a native thread, where built
+    client_idle_timeout = 60   # seconds an agent-socket connection may sit idle before it is closed (0: never)
 
     [devices]
     pkcs11_modules = ["/usr/lib/x86_64-linux-gnu/opensc-pkcs11.so"]   # listed by 'tokenagent devices'
@@ -34,6 +35,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,17 @@ from typing import Any
 from .. import paths
 from ..errors import UsageError
 from ..factors.quality import PasswordPolicy
+
+MAX_SECONDS = 10 * 366 * 86400  # a TTL, grace or wait beyond ten years is a mistake (and overflows clocks)
+_SECONDS = ("idle_ttl", "max_ttl", "removal_grace", "touch_timeout", "client_idle_timeout")
+
+
+def check_seconds(value: object, what: str) -> float:
+    """``value`` as a number of seconds: finite, 0 to MAX_SECONDS; UsageError naming ``what`` otherwise."""
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            or not 0 <= value <= MAX_SECONDS):
+        raise UsageError(f"{what} must be a number of seconds from 0 to {MAX_SECONDS} (ten years)")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class AgentConfig:
     pinentry_tty: str | None = None
     notify: bool = True
     get_socket: bool = True
+    client_idle_timeout: float = 60.0
     pkcs11_modules: tuple[str, ...] = ()
     password_policy: PasswordPolicy = PasswordPolicy()
     ssh_socket: bool = True
@@ -100,6 +114,7 @@ _AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remov
                "removal_grace": (int, float), "audit": bool, "watch_tokens": bool, "touch_timeout": (int, float),
                "pinentry": str, "pinentry_tty": str, "notify": bool,
                "get_socket": bool}
+_AGENT_KEYS["client_idle_timeout"] = (int, float)
 _DEVICE_KEYS = {"pkcs11_modules": list}
 _PASSWORD_KEYS = {"min_length": int, "min_bits": (int, float)}
 _SSH_KEYS = {"socket": bool, "keys": list}
@@ -114,6 +129,8 @@ def _check(table: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
             raise UsageError(f"config {where}: unknown setting {key!r}")
         if not isinstance(value, allowed[key]) or (isinstance(value, bool) and allowed[key] is not bool):
             raise UsageError(f"config {where}: {key} has the wrong type")
+        if key in _SECONDS:
+            check_seconds(value, f"config {where}: {key}")
 
 
 def load_config(path: Path | None = None) -> AgentConfig:

@@ -6,8 +6,13 @@ event loop feed ``protocol.Connection``, each complete request is dispatched to 
 wait: ``get`` with ``wait`` seconds on a locked vault (it waits for the "unlocked" event of
 that vault, then answers), and ``events`` (the connection becomes a stream of event frames).
 Peers that are not our uid (or root) are closed before a single byte is read. A connection
-whose frame stalls half-sent for ``FRAME_TIMEOUT`` seconds is closed, and at most
-``MAX_CLIENTS`` connections are served at once, so slow or many clients cannot starve the rest.
+whose frame stalls half-sent for ``FRAME_TIMEOUT`` seconds is closed, and so is one that sits
+idle (no request in flight, not waiting, not streaming) for ``client_idle_timeout`` seconds.
+At most ``MAX_CLIENTS`` connections are served at once; when a new one comes at that number,
+the connection idle the longest makes room for it (the reserve: ``lock --all`` and ``status``
+always get in), and only when none is idle is the newcomer told ``busy``. Waits and event
+streams, which are never idle, are bounded apart (``MAX_WAITS``, ``MAX_STREAMS``), so slow or
+many clients cannot starve the rest.
 A timer locks vaults at their deadlines. ``get`` is also served on the get socket by a native
 thread (daemon/getsocket.py); the agent mirrors every unlock and lock into it.
 """
@@ -42,6 +47,8 @@ from .watch import RETRY, HidWatcher, PcscWatcher, open_with_token
 log = logging.getLogger("tokenagent.agent")
 FRAME_TIMEOUT = 10.0
 MAX_CLIENTS = 512
+MAX_WAITS = 128  # get --wait requests waiting at once (each holds a connection)
+MAX_STREAMS = 64  # events streams at once
 MAX_WAIT = 300.0
 PLUG_SETTLE = 0.5
 PLUG_RETRY = 1.0  # before the second round of plug-in unlocks
@@ -56,9 +63,13 @@ class AgentServer:
         self.path = path
         self.get_socket = get_socket
         self.clients = 0
+        self.idle: dict[_ClientProtocol, None] = {}  # counted connections with nothing in flight, oldest first
+        self.waits = 0
+        self.streams = 0
         self._server: asyncio.AbstractServer | None = None
         self._stopping = asyncio.Event()
         self._unlocked: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}  # vault -> waits on its _unlocked event (the entry goes with the last)
         self.watchers: list[PcscWatcher | HidWatcher] = []
         self._plugging: set[str] = set()
         self.notifier = Notifier(state.config.notify)
@@ -242,10 +253,29 @@ class AgentServer:
         """Answer a ``get`` with ``wait`` on a locked vault once it is unlocked or the time is up."""
         vault = str(request.args.get("vault"))
         waiter = self._unlocked.setdefault(vault, asyncio.Event())
-        self.state.emit("waiting", vault=vault, pid=peer.pid)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter.wait(), min(wait, MAX_WAIT))
+        self._waiting[vault] = self._waiting.get(vault, 0) + 1
+        try:
+            self.state.emit("waiting", vault=vault, pid=peer.pid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), min(wait, MAX_WAIT))
+        finally:
+            left = self._waiting.pop(vault) - 1
+            if left:
+                self._waiting[vault] = left
+            elif self._unlocked.get(vault) is waiter:
+                del self._unlocked[vault]  # nobody waits for it any more: nothing stays behind per name
         return self.state.dispatch(request, peer)
+
+    def wait_done(self, task: asyncio.Task[None]) -> None:
+        self.waits -= 1
+
+    def make_room(self) -> bool:
+        """Close the connection idle the longest to let a new one in; False if none is idle."""
+        victim = next(iter(self.idle), None)
+        if victim is None:
+            return False
+        victim.evict()
+        return True
 
 
 def _wait_seconds(request: Request, response: Response) -> float | None:
@@ -275,6 +305,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.stall: asyncio.TimerHandle | None = None
         self.streaming = False
         self.counted = False
+        self.idle_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio callbacks -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -285,16 +316,21 @@ class _ClientProtocol(asyncio.Protocol):
         except OSError:
             transport.abort()
             return
-        if not peer_allowed(peer) or self.server.clients >= MAX_CLIENTS:
+        if not peer_allowed(peer):
             transport.abort()  # not a byte read from a stranger
+            return
+        if self.server.clients >= MAX_CLIENTS and not self.server.make_room():
+            self._refuse_busy(f"the agent is serving {MAX_CLIENTS} connections that are all busy; try again")
             return
         self.peer = peer
         self.server.clients += 1
         self.counted = True
+        self._set_idle(True)
 
     def data_received(self, data: bytes) -> None:
         if self.peer is None or self.transport is None or self.transport.is_closing():
             return
+        self._set_idle(False)
         if self.streaming:
             self.transport.close()  # any byte from an events client ends its stream
             return
@@ -307,9 +343,10 @@ class _ClientProtocol(asyncio.Protocol):
         return self.waiting is not None  # keep the write side open for a pending answer
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.counted:
-            self.server.clients -= 1
-            self.counted = False
+        self._uncount()
+        if self.streaming:
+            self.streaming = False
+            self.server.streams -= 1
         if self.waiting is not None:
             self.waiting.cancel()
         if self.stall is not None:
@@ -356,6 +393,7 @@ class _ClientProtocol(asyncio.Protocol):
                 continue
             if message is NEED_DATA:
                 self._arm_stall_timer()
+                self._set_idle(not self.conn.pending)
                 return
             if message is CLOSED:
                 transport.close()
@@ -364,13 +402,24 @@ class _ClientProtocol(asyncio.Protocol):
                 continue
             response = self.server.state.dispatch(message, peer)
             if message.op == "events" and response.ok:
+                if self.server.streams >= MAX_STREAMS:
+                    self._send(Response.failure(message.id, "busy", f"the agent already streams events to"
+                                                f" {MAX_STREAMS} clients; close one and try again"))
+                    continue
                 self._send(response)
                 self.streaming = True
+                self.server.streams += 1
                 self.server.state.listeners.append(self._on_event)
                 return
             wait = _wait_seconds(message, response)
             if wait is not None:
+                if self.server.waits >= MAX_WAITS:
+                    self._send(Response.failure(message.id, "busy", f"{MAX_WAITS} requests already wait for"
+                                                " an unlock; unlock the vault, or try again later"))
+                    continue
+                self.server.waits += 1  # given back when the task ends, even cancelled before it started
                 self.waiting = asyncio.ensure_future(self._answer_later(message, peer, wait))
+                self.waiting.add_done_callback(self.server.wait_done)
                 return
             self._send(response)
 
@@ -396,6 +445,38 @@ class _ClientProtocol(asyncio.Protocol):
 
     def _on_event(self, event: Event) -> None:
         self._send(event)
+
+    # --- the reserve and idle connections ----------------------------------------------------
+    def _set_idle(self, idle: bool) -> None:
+        """Track whether this connection has nothing in flight (may be closed to make room, or when idle long)."""
+        idle = idle and self.counted and self.waiting is None and not self.streaming
+        self.server.idle.pop(self, None)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if idle:
+            self.server.idle[self] = None  # newest last
+            timeout = self.server.state.config.client_idle_timeout
+            if timeout > 0:
+                self.idle_timer = asyncio.get_running_loop().call_later(timeout, self.evict)
+
+    def _uncount(self) -> None:
+        self._set_idle(False)
+        if self.counted:
+            self.server.clients -= 1
+            self.counted = False
+
+    def evict(self) -> None:
+        """Close an idle connection (no request in flight: the client reconnects when it needs to)."""
+        self._uncount()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _refuse_busy(self, message: str) -> None:
+        """Tell the newcomer why, then close: a peer of ours gets a reason, not a reset."""
+        assert self.transport is not None
+        self.transport.write(self.conn.send(Response.failure(None, "busy", message)))
+        self.transport.close()
 
 
 def _sd_notify(message: str) -> None:

@@ -39,7 +39,7 @@ from ..errors import (
 from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Response
 from ..vault import Vault, VaultStore, check_name, derive_subkey, verify, wipe
 from ..vault.operations import is_token_slot
-from .config import AgentConfig, VaultPolicy
+from .config import AgentConfig, VaultPolicy, check_seconds
 from .hardening import lock_in_memory, unlock_memory
 
 MAX_CONTEXT = 256
@@ -268,14 +268,11 @@ class AgentState:
         key = args.get("key")
         if not isinstance(key, str):
             raise UsageError("unlock needs the opened key ('tokenagent unlock VAULT' opens it for you)")
+        ttl, max_ttl = (None if args.get(k) is None else check_seconds(args[k], k) for k in ("idle_ttl", "max_ttl"))
         secret = b64decode_wipeable(key)
-        ttl, max_ttl = args.get("idle_ttl"), args.get("max_ttl")
-        for value in (ttl, max_ttl):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
-                raise UsageError("idle_ttl and max_ttl must be non-negative numbers of seconds")
         try:
             session = self.add_session(vault, secret, str(args.get("slot", "?")), "client", None, ttl, max_ttl)
-        except TokenAgentError:
+        except BaseException:
             wipe(secret)
             raise
         return {"vault": vault, "fingerprint": session.fingerprint}
@@ -285,6 +282,8 @@ class AgentState:
         context = args.get("context")
         if context is not None and (not isinstance(context, str) or not 0 < len(context) <= MAX_CONTEXT):
             raise UsageError(f"context must be a string of 1 to {MAX_CONTEXT} characters")
+        if args.get("wait") is not None:
+            check_seconds(args["wait"], "wait")  # the server waits (at most MAX_WAIT)
         try:
             session = self.sessions.get(vault)
             if session is not None and self._expire_session(session, self.clock()):
