@@ -40,7 +40,7 @@ from .protocol import (
 
 TYPE_CHECKING = False  # keep typing, pathlib and collections.abc out of "tokenagent get"
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from os import PathLike
     from types import TracebackType
     from typing import Any
@@ -59,6 +59,7 @@ class AgentClient:
         self._next_id = 0
         self.version: int | None = None
         self._get_sock: socket.socket | None = None
+        self.on_event: Callable[[dict[str, Any]], None] | None = None  # events that come before an answer
         self._fresh = False  # the connection has not carried a request yet
 
     def __enter__(self) -> AgentClient:
@@ -155,6 +156,8 @@ class AgentClient:
             message = self._read_message()
             if isinstance(message, Response):
                 return message
+            if self.on_event is not None:  # e.g. "waiting" before the answer of a get with wait
+                self.on_event({"event": message.name, **message.data})
 
     # --- conveniences ----------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

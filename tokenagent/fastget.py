@@ -92,15 +92,25 @@ def fetch(vault: str, context: str | None, wait: float | None, as_stored: bool) 
 
     agent = AgentClient()  # connects on first use: a get-socket get needs no hello
     try:
-        if not as_stored:
-            return agent.get(vault, context, wait), False
+        if not as_stored and not wait:
+            return agent.get(vault, context), False
         args: dict[str, object] = {"vault": vault}
+        if context:
+            args["context"] = context
         if wait:
             args["wait"] = wait
+            agent.on_event = _say_waiting  # the agent says at once what the wait is for
         data = agent.request("get", timeout=(wait or 0) + 30.0, **args)
         return bytearray(base64.b64decode(data["key"])), data.get("imported") is True
     finally:
         agent.close()
+
+
+def _say_waiting(event: dict[str, object]) -> None:
+    if event.get("event") == "waiting":
+        why = str(event.get("message") or f"vault {event.get('vault')!r} is locked")
+        print(f"tokenagent: {why}; waiting up to {float(str(event.get('seconds') or 0)):.0f} s", file=sys.stderr,
+              flush=True)
 
 
 def as_imported(key: bytes | bytearray) -> str:

@@ -256,10 +256,13 @@ def test_desktop_notifications_for_touch_and_removal(pcscd: PrivatePcscd, tokens
             while not any(name == "Notify" and "locked" in str(body[3]) for name, body in service.calls):
                 assert time.monotonic() < deadline + 15, service.calls
                 time.sleep(0.1)
-        touch = [body for name, body in service.calls if name == "Notify"][0]
-        assert touch[0] == "tokenagent" and touch[3] == "Touch your security key" and "'docs'" in str(touch[4])
-        closed = [body for name, body in service.calls if name == "CloseNotification"][0]
-        assert closed == (1,)  # the touch notice is withdrawn once the vault is open
+        notices = [(i + 1, body) for i, (name, body) in enumerate(service.calls) if name == "Notify"]
+        touch_id, touch = [(i, body) for i, body in notices if body[3] == "Touch your security key"][0]
+        assert touch[0] == "tokenagent" and "'docs'" in str(touch[4])
+        closed = [body for name, body in service.calls if name == "CloseNotification"]
+        assert (touch_id,) in closed  # the touch notice is withdrawn once the vault is open
+        wanted = [body for _, body in notices if "wants vault 'docs'" in str(body[3])]
+        assert len(wanted) == 1  # the client waiting for it (this test's process, named by the program that ran it)
         assert not any(key in repr(body) for _, body in service.calls)  # no secret on the bus
     finally:
         agent.stop()

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import base64
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import LastSlot, TokenAgentError, UsageError, VaultExists, VaultFormatError
+from ..errors import LastSlot, TokenAgentError, TokenNotPresent, UsageError, VaultExists, VaultFormatError
 from ..factors.base import REGISTRY, Factor, FactorContext
 from ..plugins import load_factor_types
 from ..vault import VaultStore, check_name, new_vault, operations, unlock, verify, wipe
 from ..vault.format import Vault, check_label
 from ..vault.slots import open_slot
 from .interaction import TerminalInteraction, make_context
-from .util import SECONDS, emit, json_option, printable, refuse_terminal
+from .util import SECONDS, emit, json_option, printable, refuse_terminal, wait_seconds
+
+TOKEN_WAIT = 60.0  # seconds a person at a terminal has to plug in a token that is not there
 
 
 def secret_file_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,6 +37,10 @@ def secret_file_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--force", is_flag=True, help="Allow spending a token's last PIN try."),
         click.option("--serial", "serials", multiple=True, type=int, help="Use the token with this serial."),
         click.option("--touch-timeout", type=SECONDS, default=30.0, show_default=True, help="Seconds to wait for touch."),
+        click.option("--token-wait", type=wait_seconds, metavar="SECONDS",
+                     help="If the vault's token is not plugged in, wait this long for it"
+                          f" (default: {TOKEN_WAIT:.0f} s on a terminal, none without one)."),
+        click.option("--no-wait", is_flag=True, help="Fail at once if the vault's token is not plugged in."),
         json_option,
     ]):
         f = decorator(f)
@@ -150,8 +157,43 @@ def factor_context(kw: dict[str, Any], unlock_keyfiles: tuple[str, ...] = ()) ->
         force=kw.get("force", False),
         quiet=kw.get("as_json", False),
         options={"keyfiles": list(unlock_keyfiles), "serials": list(kw.get("serials", ())),
-                 "touch_timeout": kw.get("touch_timeout")},
+                 "touch_timeout": kw.get("touch_timeout"), "token_wait": _token_wait(kw)},
     )
+
+
+def _token_wait(kw: dict[str, Any]) -> float:
+    """Seconds an unlock waits for a token that is not plugged in: --token-wait, else a minute
+    for a person at a terminal and none for a script (which gets exit 10 at once)."""
+    if kw.get("no_wait"):
+        return 0.0
+    if kw.get("token_wait") is not None:
+        return float(kw["token_wait"])
+    return TOKEN_WAIT if sys.stdin.isatty() and sys.stderr.isatty() else 0.0
+
+
+def unlock_waiting(vault: Vault, ctx: FactorContext, ui: TerminalInteraction,
+                   slot_ids: list[str] | None = None) -> Any:
+    """``unlock``; when no slot opened only because its token is absent, say "plug in your key"
+    and try those slots again every second until the token comes or the wait is over."""
+    try:
+        return unlock(vault, ctx, slot_ids)
+    except TokenNotPresent as err:
+        wait = float(ctx.options.get("token_wait") or 0)
+        if wait <= 0 or not err.absent:
+            raise
+        absent = err.absent
+    needs = "; ".join(f"slot {s}: {vault.slot(s).describe()}" for s in absent)
+    ui.notify("plug", f"plug in your key to open vault {vault.name!r} ({needs}); waiting up to {wait:.0f} s"
+                      " (Ctrl-C to stop)")
+    deadline = time.monotonic() + wait
+    while True:
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        try:
+            return unlock(vault, ctx, absent)
+        except TokenNotPresent as again:
+            if time.monotonic() >= deadline:
+                raise TokenNotPresent(f"the token of vault {vault.name!r} was not plugged in within {wait:.0f} s"
+                                      f" ({needs})", again.reasons, again.absent) from None
 
 
 def refuse_damaged(vault: Vault) -> None:
@@ -173,7 +215,7 @@ def _slot_rows(vault: Vault) -> list[dict[str, Any]]:
 
 def open_vault(store: VaultStore, name: str, ctx: FactorContext, ui: TerminalInteraction, slot_ids: list[str] | None = None):
     vault = store.load(name)
-    result = unlock(vault, ctx, slot_ids)
+    result = unlock_waiting(vault, ctx, ui, slot_ids)
     try:
         if operations.roll_forward(store, name, vault, result) is not None:
             vault = store.load(name)

@@ -18,7 +18,6 @@ from typing import Any
 import click
 
 from .. import paths
-from ..client import AgentClient
 from ..errors import UsageError, VaultExists, VaultNotFound
 from ..factors.base import SecretRequest
 from ..integrations import cryptomator as cm
@@ -33,8 +32,10 @@ wait_option = click.option("--wait", type=wait_seconds, metavar="SECONDS",
 
 
 def agent_key(vault: str, context: str | None, wait: float | None) -> bytearray:
-    with AgentClient() as client:
-        return client.get(vault, context, wait)
+    """The key from the agent; with ``wait``, what it waits for is said on stderr (as 'get --wait' does)."""
+    from ..fastget import fetch
+
+    return fetch(vault, context, wait, False)[0]
 
 
 def _write_secret_output(data: bytes, output: str | None, fd: int | None, what: str,

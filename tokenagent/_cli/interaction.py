@@ -104,8 +104,8 @@ class TerminalInteraction(Interaction):
         return bytearray(first.encode("utf-8"))
 
     def notify(self, event: str, message: str) -> None:
-        if not self.quiet or event in ("touch", "warning"):
-            prefix = {"touch": ">>> ", "warning": "warning: "}.get(event, "")
+        if not self.quiet or event in ("touch", "plug", "warning"):
+            prefix = {"touch": ">>> ", "plug": ">>> ", "warning": "warning: "}.get(event, "")
             click.echo(printable(f"{prefix}{message}", keep_newlines=False), err=True)
 
     def confirm(self, question: str) -> bool:

@@ -42,7 +42,7 @@ from .pinentry import Pinentry
 from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
 from .sshsocket import SshSocket
 from .state import AgentState, Peer
-from .watch import RETRY, HidWatcher, PcscWatcher, open_with_token
+from .watch import RETRY, HidWatcher, PcscWatcher, PlugPins, open_with_token
 
 log = logging.getLogger("tokenagent.agent")
 FRAME_TIMEOUT = 10.0
@@ -74,6 +74,7 @@ class AgentServer:
         self._plugging: set[str] = set()
         self.notifier = Notifier(state.config.notify)
         self._touch_notices: dict[str, int] = {}  # vault -> the "touch your key" notification shown
+        self._wanted_notices: dict[str, int | None] = {}  # vault -> "PROGRAM wants vault VAULT" shown
         state.listeners.append(self._on_event)
 
     def _on_event(self, event: Event) -> None:
@@ -90,6 +91,9 @@ class AgentServer:
         if event.name == "touch":
             message = str(event.data.get("message") or "Touch your key")
             asyncio.ensure_future(self._show_touch(vault, message))
+        elif event.name == "waiting" and self.state.has_token_slot(vault):
+            program = str(event.data.get("program") or "A program")
+            asyncio.ensure_future(self._show_wanted(vault, program))
         elif event.name in ("unlocked", "locked"):
             self._close_touch(vault)
             if event.name == "locked" and event.data.get("reason") == "token-removed":
@@ -106,7 +110,21 @@ class AgentServer:
         if vault in self.state.sessions:  # unlocked while the notification was on its way
             self._close_touch(vault)
 
+    async def _show_wanted(self, vault: str, program: str) -> None:
+        if vault in self._wanted_notices:
+            return  # one notice per vault, however many clients wait
+        self._wanted_notices[vault] = None
+        shown = await asyncio.to_thread(self.notifier.show, f"{program} wants vault '{vault}'",
+                                        "Plug in or touch your key.", True)
+        if vault in self._wanted_notices and vault not in self.state.sessions:
+            self._wanted_notices[vault] = shown
+        else:
+            asyncio.ensure_future(asyncio.to_thread(self.notifier.close, shown))
+
     def _close_touch(self, vault: str) -> None:
+        wanted = self._wanted_notices.pop(vault, None)
+        if wanted is not None:
+            asyncio.ensure_future(asyncio.to_thread(self.notifier.close, wanted))
         shown = self._touch_notices.pop(vault, None)
         if shown is not None:
             asyncio.ensure_future(asyncio.to_thread(self.notifier.close, shown))
@@ -210,27 +228,32 @@ class AgentServer:
                 loop.call_soon_threadsafe(lambda: self.state.emit(name, **data))
 
             vaults = self.state.store.list()
-            for round_ in (1, 2):  # the second round: vaults the token may open once it has settled
-                retry = []
-                for vault in vaults:
-                    if vault in self.state.sessions or not self.state.config.policy(vault).unlock_on_plug:
-                        continue
-                    if await self._open_on_plug(vault, reader, emit) == RETRY:
-                        retry.append(vault)
-                vaults = retry
-                if not vaults or (self.watchers and not self._present(reader)):
-                    break
-                if round_ == 1:
-                    await asyncio.sleep(PLUG_RETRY)
+            pins = PlugPins()  # one PIN dialog per card for this plug event, wiped when it is over
+            try:
+                for round_ in (1, 2):  # the second round: vaults the token may open once it has settled
+                    retry = []
+                    for vault in vaults:
+                        if vault in self.state.sessions or not self.state.config.policy(vault).unlock_on_plug:
+                            continue
+                        if await self._open_on_plug(vault, reader, emit, pins) == RETRY:
+                            retry.append(vault)
+                    vaults = retry
+                    if not vaults or (self.watchers and not self._present(reader)):
+                        break
+                    if round_ == 1:
+                        await asyncio.sleep(PLUG_RETRY)
+            finally:
+                pins.wipe()
         finally:
             self._plugging.discard(reader)
 
-    async def _open_on_plug(self, vault: str, reader: str, emit: Callable[..., None]) -> str | None:
+    async def _open_on_plug(self, vault: str, reader: str, emit: Callable[..., None],
+                            pins: PlugPins | None = None) -> str | None:
         """Open ``vault`` with the token in ``reader``; RETRY when a later try may do it."""
         config = self.state.config
         pinentry = Pinentry(config.pinentry, config.pinentry_tty) if config.pinentry else None
         opened = await asyncio.to_thread(open_with_token, self.state.store, vault, reader, emit,
-                                         config.touch_timeout, pinentry)
+                                         config.touch_timeout, pinentry, pins)
         if not isinstance(opened, tuple) or (self.watchers and not self._present(reader)):
             self._close_touch(vault)  # no touch came, or the token left
             if isinstance(opened, tuple):
@@ -255,7 +278,7 @@ class AgentServer:
         waiter = self._unlocked.setdefault(vault, asyncio.Event())
         self._waiting[vault] = self._waiting.get(vault, 0) + 1
         try:
-            self.state.emit("waiting", vault=vault, pid=peer.pid)
+            self.state.emit("waiting", vault=vault, pid=peer.pid, program=program_name(peer))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.wait(), min(wait, MAX_WAIT))
         finally:
@@ -264,6 +287,8 @@ class AgentServer:
                 self._waiting[vault] = left
             elif self._unlocked.get(vault) is waiter:
                 del self._unlocked[vault]  # nobody waits for it any more: nothing stays behind per name
+        if vault not in self.state.sessions and self._wanted_notices.get(vault) is not None:
+            await asyncio.to_thread(self.notifier.close, self._wanted_notices.pop(vault))  # nobody came: it goes
         return self.state.dispatch(request, peer)
 
     def wait_done(self, task: asyncio.Task[None]) -> None:
@@ -276,6 +301,15 @@ class AgentServer:
             return False
         victim.evict()
         return True
+
+
+def program_name(peer: Peer) -> str:
+    """The program a person would say is asking: the client's executable, or for a client run in
+    a Python interpreter (``tokenagent get`` as restic's password command) the program that ran it."""
+    exe = os.path.basename(peer.exe or "")
+    if exe.startswith("python") and peer.parent_exe:
+        exe = os.path.basename(peer.parent_exe)
+    return exe or f"process {peer.pid}"
 
 
 def _wait_seconds(request: Request, response: Response) -> float | None:
@@ -418,6 +452,9 @@ class _ClientProtocol(asyncio.Protocol):
                                                 " an unlock; unlock the vault, or try again later"))
                     continue
                 self.server.waits += 1  # given back when the task ends, even cancelled before it started
+                # the client learns at once what it waits for (tokenagent get --wait says it on stderr)
+                self._send(Event("waiting", {"vault": message.args.get("vault"), "seconds": min(wait, MAX_WAIT),
+                                             "message": response.message}))
                 self.waiting = asyncio.ensure_future(self._answer_later(message, peer, wait))
                 self.waiting.add_done_callback(self.server.wait_done)
                 return

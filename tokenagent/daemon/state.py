@@ -332,6 +332,13 @@ class AgentState:
             return VaultLocked(f"vault {vault!r} is locked: plug in its token or run 'tokenagent unlock {vault}'")
         return VaultLocked(f"vault {vault!r} is locked: run 'tokenagent unlock {vault}'")
 
+    def has_token_slot(self, vault: str) -> bool:
+        """Does one of ``vault``'s slots open with a token (so plugging one in may unlock it)?"""
+        try:
+            return any(is_token_slot(s) for s in self.store.load(vault).slots)
+        except (OSError, TokenAgentError):
+            return False
+
     def _lock_all(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"locked": self.lock_all("request")}
 

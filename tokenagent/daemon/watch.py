@@ -182,18 +182,60 @@ class HidWatcher(_Watcher):
                 monitor = None
 
 
+class PlugPins:
+    """The PINs typed during one plug event, so that several vaults on the same card ask once.
+
+    Keyed by the prompt, which names the token and its application (a FIDO2 PIN is not a PIV
+    PIN). Held only while the agent works through the vaults of that plug event, then wiped;
+    a PIN the token refused is forgotten at once, so it is never sent again."""
+
+    def __init__(self) -> None:
+        self._pins: dict[str, bytearray] = {}
+
+    def get(self, prompt: str) -> bytearray | None:
+        pin = self._pins.get(prompt)
+        return bytearray(pin) if pin is not None else None
+
+    def keep(self, prompt: str, pin: bytearray) -> None:
+        self.forget(prompt)
+        self._pins[prompt] = bytearray(pin)
+
+    def forget(self, prompt: str) -> None:
+        old = self._pins.pop(prompt, None)
+        if old is not None:
+            old[:] = bytes(len(old))
+
+    def wipe(self) -> None:
+        for prompt in list(self._pins):
+            self.forget(prompt)
+
+
 class AgentInteraction(Interaction):
     """The agent has no terminal: PINs come from pinentry (if configured); notices become events."""
 
-    def __init__(self, emit: Callable[..., None], vault: str, reader: str, pinentry: Pinentry | None = None) -> None:
-        self.emit, self.vault, self.reader, self.pinentry = emit, vault, reader, pinentry
+    def __init__(self, emit: Callable[..., None], vault: str, reader: str, pinentry: Pinentry | None = None,
+                 pins: PlugPins | None = None) -> None:
+        self.emit, self.vault, self.reader, self.pinentry, self.pins = emit, vault, reader, pinentry, pins
+        self.asked: list[str] = []  # the prompts answered in this unlock (forgotten if a PIN is refused)
 
     def ask_secret(self, request: SecretRequest) -> bytearray:
         if request.kind != "pin" or self.pinentry is None:
             raise NotMine(f"a {request.kind} is needed: run 'tokenagent unlock {self.vault}'")
+        self.asked.append(request.prompt)
+        kept = self.pins.get(request.prompt) if self.pins is not None else None
+        if kept is not None:
+            return kept  # typed for another vault of this card in this plug event
         self.emit("pin", vault=self.vault, reader=self.reader)
         tries = f" ({request.retries} tries left)" if request.retries is not None else ""
-        return self.pinentry.ask(f"tokenagent: unlock vault '{self.vault}'\n{request.prompt}{tries}")
+        pin = self.pinentry.ask(f"tokenagent: unlock vault '{self.vault}'\n{request.prompt}{tries}")
+        if self.pins is not None:
+            self.pins.keep(request.prompt, pin)
+        return pin
+
+    def forget_refused(self) -> None:
+        if self.pins is not None:
+            for prompt in self.asked:
+                self.pins.forget(prompt)
 
     def notify(self, event: str, message: str) -> None:
         if event == "touch":
@@ -212,13 +254,18 @@ RETRY = "retry"
 
 
 def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Callable[..., None],
-                    touch_timeout: float = 30.0, pinentry: Pinentry | None = None) -> tuple[str, bytearray] | str | None:
+                    touch_timeout: float = 30.0, pinentry: Pinentry | None = None,
+                    pins: PlugPins | None = None) -> tuple[str, bytearray] | str | None:
     """Try VAULT's plug slots with the token in ``reader`` (runs in a worker thread): the slot and
-    key; None if they do not open; RETRY if that may change once the token has settled."""
+    key; None if they do not open; RETRY if that may change once the token has settled. ``pins``:
+    the PINs already typed in this plug event."""
     load_factor_types()  # before the vault is parsed, so its token factors are known
+    ui = AgentInteraction(emit, vault_name, reader, pinentry, pins)
     try:
-        return _open_once(store, vault_name, reader, emit, touch_timeout, pinentry)
+        return _open_once(store, vault_name, reader, ui, touch_timeout, pinentry)
     except FINAL as err:
+        if isinstance(err, PinInvalid | PinBlocked | PinAuthBlocked | PinLastTry):
+            ui.forget_refused()  # never sent again, to this vault or another
         log.info("vault %s not opened with the token in %s: %s", vault_name, reader, err.message)
         return None
     except Exception as err:  # noqa: BLE001 - not answering yet, pulled out mid-way, a PC/SC failure
@@ -227,14 +274,13 @@ def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Calla
         return RETRY
 
 
-def _open_once(store: VaultStore, vault_name: str, reader: str, emit: Callable[..., None], touch_timeout: float,
+def _open_once(store: VaultStore, vault_name: str, reader: str, ui: AgentInteraction, touch_timeout: float,
                pinentry: Pinentry | None) -> tuple[str, bytearray] | None:
     vault = store.load(vault_name)
     slot_ids = plug_slots(vault.slots, with_pin=pinentry is not None)
     if not slot_ids:
         return None
-    ctx = FactorContext(ui=AgentInteraction(emit, vault_name, reader, pinentry), devices=ReaderDevices(reader),
-                        options={"touch_timeout": touch_timeout})
+    ctx = FactorContext(ui=ui, devices=ReaderDevices(reader), options={"touch_timeout": touch_timeout})
     result = unlock(vault, ctx, slot_ids)
     try:
         roll_forward(store, vault_name, vault, result)  # rolling OTP challenges
