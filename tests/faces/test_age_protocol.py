@@ -15,6 +15,8 @@ import pytest
 from agentkit import password_vaults
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tokenagent import agekeys
 from tokenagent.ageplugin import Plugin
@@ -196,3 +198,28 @@ def test_bech32() -> None:
     # BIP 173's own valid test strings
     for valid in ("A12UEL5L", "abcdef1qpzry9x8gf2tvdw0s3jn54khce6mua7lmqqqxw"):
         agekeys.bech32_decode(valid)
+
+
+_TYPES = ["add-identity", "recipient-stanza", "done", "grease-x", "X25519", "msg", ""]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stanzas=st.lists(st.tuples(st.sampled_from(_TYPES) | st.text("abcXYZ-_0123456789", max_size=12),
+                                  st.lists(st.sampled_from(["0", "1", "X25519", agekeys.identity("v1", "k"), "AAAA",
+                                                            "A" * 43, "-1", "99999999999"])
+                                           | st.text("abc019+/", min_size=1, max_size=50), max_size=4),
+                                  st.binary(max_size=100)), max_size=8),
+       tail=st.binary(max_size=40))
+def test_fuzz_the_plugin_with_arbitrary_phase_one_input(state: AgentState, stanzas: list[Any], tail: bytes) -> None:
+    """Whatever age (or anyone) sends, the plugin ends with a protocol error it reports, or answers
+    with well-formed stanzas ending in done; it never raises anything else."""
+    data = b"".join(agekeys.write_stanza(k, a, b) for k, a, b in stanzas if k) + tail
+    out = io.BytesIO()
+    try:
+        Plugin(io.BytesIO(data + answers(4)), out, wait=0, client=InProcessAgent(state)).run()  # type: ignore[arg-type]
+    except (agekeys.EncodingError, EOFError):
+        return
+    out.seek(0)
+    reader = agekeys.StanzaReader(out)
+    while reader.read()[0] != "done":
+        pass

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..errors import AgentError, TokenAgentError, UsageError, VaultLocked, VaultNotFound
+from ..errors import AgentError, TokenAgentError, UsageError
 from ..vault.crypto import hkdf
 from ..vault.identities import age_x25519_key, check_label
 
@@ -85,10 +85,8 @@ def age_unwrap(state: AgentState, args: dict[str, Any], peer: Peer) -> dict[str,
         session = state.sessions.get(vault)
         if session is not None and state._expire_session(session, state.clock()):
             session = None
-        if session is None:
-            if vault not in state.store.list():
-                raise VaultNotFound(f"no vault {vault!r} here")
-            raise VaultLocked(f"vault {vault!r} is locked: plug in its token or run 'tokenagent unlock {vault}'")
+        if session is None:  # not found (with the names close to it), or locked: the same words as get
+            raise state._why_not_unlocked(vault)
         state._check_peer(vault, peer)
         found = unwrap_x25519(session.secret, label, stanzas)
     except TokenAgentError as err:
