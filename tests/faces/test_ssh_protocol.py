@@ -75,6 +75,15 @@ def test_listed_only_while_the_vault_is_unlocked(tmp_path: Path) -> None:
     assert [c for _, c in identities(svc)] == ["v2/other"]
 
 
+def test_a_configuration_reload_changes_the_keys(tmp_path: Path) -> None:
+    svc = service(tmp_path)
+    assert len(identities(svc)) == 2
+    svc.state.reload(AgentConfig(ssh_keys=(SshKey("v1", "new-label", "new"),)))
+    assert [c for _, c in identities(svc)] == ["new"]
+    svc.state.reload(AgentConfig())
+    assert identities(svc) == []
+
+
 def test_signatures_verify(tmp_path: Path) -> None:
     svc = service(tmp_path)
     (ed_blob, _), (ec_blob, _) = identities(svc)

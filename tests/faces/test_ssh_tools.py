@@ -238,3 +238,16 @@ def test_confirm_asks_pinentry_before_each_signature(tmp_path: Path, keys: bytes
     finally:
         agent.stop()
         screen.close()
+
+
+def test_the_idle_ttl_takes_the_keys_away(face: AgentProcess) -> None:
+    import time
+
+    unlock(face, "--password-file", password_file(face.home), "--idle-ttl", "2", "--max-ttl", "0")
+    assert len(listed(face).stdout.splitlines()) == 2
+    deadline = time.monotonic() + 20
+    while listed(face).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)  # each listing is not a use: only signatures push the idle deadline
+    assert listed(face).returncode == 1
+    status = json.loads(face.cli("status", "--json").stdout)
+    assert [v["unlocked"] for v in status["vaults"]] == [False]

@@ -64,11 +64,20 @@ class SshService:
 
     def __init__(self, state: AgentState) -> None:
         self.state = state
-        self.keys: tuple[SshKey, ...] = state.config.ssh_keys
+        self._keys: tuple[SshKey, ...] | None = None  # set by tests; else the configuration's
         self._blobs: dict[tuple[str, str, str, str], bytes] = {}  # (vault, fingerprint, label, type) -> blob
         self._audit_fd: int | None = None
 
     # --- keys ---------------------------------------------------------------------------------
+    @property
+    def keys(self) -> tuple[SshKey, ...]:
+        """The configured keys, as of the last configuration (re)load (SIGHUP)."""
+        return self._keys if self._keys is not None else self.state.config.ssh_keys
+
+    @keys.setter
+    def keys(self, keys: tuple[SshKey, ...]) -> None:
+        self._keys = keys
+
     def _session(self, vault: str) -> Session | None:
         session = self.state.sessions.get(vault)
         if session is not None and self.state._expire_session(session, self.state.clock()):
