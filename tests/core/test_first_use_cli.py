@@ -162,3 +162,31 @@ def test_config_check_names_what_does_not_exist(home: Path, tmp_path: Path) -> N
     conf.write_text("[agent]\nidle_tll = 5\n")
     broken = run(home, "config", "check")
     assert broken.returncode == 2 and "unknown setting 'idle_tll'" in broken.stderr and broken.stderr.count("\n") == 1
+
+
+def test_argon2_calibration_shows_progress_on_a_terminal(home: Path, tmp_path: Path) -> None:
+    pw = lines(tmp_path, "pw", "a long enough password for the policy")
+    env = {k: v for k, v in os.environ.items() if k != "TOKENAGENT_TEST_KDF"}  # the real calibration
+    master, slave = os.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "tokenagent._cli.entry", "init", "slow", "--password",
+                               "--password-file", pw, "--kdf-time", "0.2"],
+                              env={**env, "TOKENAGENT_HOME": str(home)}, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=slave, timeout=120)
+        os.set_blocking(master, False)
+        shown = b""
+        try:
+            while chunk := os.read(master, 65536):
+                shown += chunk
+        except (BlockingIOError, OSError):
+            pass
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert done.returncode == 0
+    assert b"measuring this machine for the password's Argon2id (target 0.2 s)..." in shown
+    assert b": done in " in shown
+    piped = subprocess.run([sys.executable, "-m", "tokenagent._cli.entry", "init", "quiet", "--password",
+                            "--password-file", pw, "--kdf-time", "0.2"], env={**env, "TOKENAGENT_HOME": str(home)},
+                           capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "measuring" not in piped.stderr  # not a terminal: no progress line

@@ -25,7 +25,7 @@ from ..integrations import keepass
 from ..vault import VaultStore, check_name, wipe
 from .admin import create_vault, factor_options, secret_file_options
 from .interaction import SecretLines, TerminalInteraction
-from .util import emit, json_option, wait_seconds
+from .util import emit, json_option, progress, wait_seconds
 
 wait_option = click.option("--wait", type=wait_seconds, metavar="SECONDS",
                            help="Wait this long for the vault to be unlocked (plug in its token).")
@@ -191,7 +191,8 @@ def adopt(vault_dir: Path, name: str, cryptomator_password_file: str | None, kee
         raise UsageError(f"{mk_path} is not there: was this vault adopted already?")
     password = _ask("--cryptomator-password-file", cryptomator_password_file,
                     SecretRequest("password", f"Cryptomator password of {vault_dir}"))
-    keys = cm.open_vault(vault_dir, password)  # scrypt, key unwrap, versionMac and the JWT signature
+    with progress(f"opening {cm.MASTERKEY_NAME} with its password (scrypt)", quiet=kw["as_json"]):
+        keys = cm.open_vault(vault_dir, password)  # scrypt, key unwrap, versionMac and the JWT signature
     try:
         new, ui = create_vault(name, kw, keys, allow_raw=True)
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import sys
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import IO, Any
 
 import click
@@ -20,7 +21,7 @@ import click
 from ..errors import Cancelled, NotMine, UsageError
 from ..factors.base import DeviceProvider, FactorContext, Interaction, SecretRequest
 from ..factors.password import test_costs_allowed
-from .util import printable
+from .util import printable, progress
 
 MAX_SECRET_FILE = 1 << 20
 FILE_KINDS = {"password": "password", "new-password": "password", "pin": "pin", "puk": "pin", "recovery": "recovery",
@@ -107,6 +108,9 @@ class TerminalInteraction(Interaction):
         if not self.quiet or event in ("touch", "plug", "warning"):
             prefix = {"touch": ">>> ", "plug": ">>> ", "warning": "warning: "}.get(event, "")
             click.echo(printable(f"{prefix}{message}", keep_newlines=False), err=True)
+
+    def working(self, what: str) -> AbstractContextManager[None]:
+        return progress(what, quiet=self.quiet)
 
     def confirm(self, question: str) -> bool:
         if not self._tty():

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -75,3 +78,34 @@ def emit(as_json: bool, data: dict[str, Any], text: str | Callable[[], None]) ->
 
 
 SECONDS = wait_seconds  # a finite number of seconds, 0 or more (nan, inf, negative refused)
+
+
+@contextmanager
+def progress(what: str, quiet: bool = False) -> Iterator[None]:
+    """Long work on a terminal: "WHAT... 1.4 s" kept up to date, then "WHAT: done in 2.1 s".
+    Nothing when standard error is not a terminal (scripts, --json)."""
+    stream = sys.stderr
+    if quiet or not stream.isatty():
+        yield
+        return
+    start = time.monotonic()
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.25):
+            stream.write(f"\r{what}... {time.monotonic() - start:.1f} s")
+            stream.flush()
+
+    stream.write(f"{what}...")
+    stream.flush()
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        stop.set()
+        ticker.join()
+        stream.write(f"\r{what}: done in {time.monotonic() - start:.1f} s\n" if ok else "\n")
+        stream.flush()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -60,6 +61,10 @@ class Interaction(ABC):
     def show_secret_once(self, title: str, text: str) -> None:
         """Display a freshly generated secret (a recovery key) exactly once."""
         self.notify("info", title)
+
+    def working(self, what: str) -> AbstractContextManager[None]:
+        """Around long work (a KDF calibration, a scrypt): a terminal shows that it goes on."""
+        return nullcontext()
 
 
 class DeviceProvider(Protocol):

@@ -112,10 +112,13 @@ class PasswordFactor(Factor):
                 if not test_costs_allowed():
                     raise UsageError(f"test KDF costs need {ENV_TEST_KDF}=1 in the environment")
                 costs = dict(TEST_COSTS)
-            else:
-                costs = calibrate(float(options.get("kdf_time") or DEFAULT_TARGET_SECONDS))
-            factor = cls(secrets.token_bytes(SALT_LEN), costs["t"], costs["m"], costs["p"])
-            return factor, argon2id(password, factor.salt, factor.t, factor.m, factor.p)
+                factor = cls(secrets.token_bytes(SALT_LEN), costs["t"], costs["m"], costs["p"])
+                return factor, argon2id(password, factor.salt, factor.t, factor.m, factor.p)
+            target = float(options.get("kdf_time") or DEFAULT_TARGET_SECONDS)
+            with ctx.ui.working(f"measuring this machine for the password's Argon2id (target {target:g} s)"):
+                costs = calibrate(target)
+                factor = cls(secrets.token_bytes(SALT_LEN), costs["t"], costs["m"], costs["p"])
+                return factor, argon2id(password, factor.salt, factor.t, factor.m, factor.p)
         finally:
             password[:] = b"\0" * len(password)
 
