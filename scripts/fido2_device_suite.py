@@ -193,6 +193,8 @@ SKIP_EXPLANATIONS: list[tuple[str, Callable[[Any, re.Match[str], str], bool], st
     (r"LargeBlobs not supported by authenticator", lambda i, m, t: not i.options.get("largeBlobs"),
      "no largeBlobs option"),
     (r"ClientPin update not supported", lambda i, m, t: not i.options.get("credMgmt"), "no credMgmt option"),
+    (r"Enterprise Attestation not supported", lambda i, m, t: "ep" not in i.options,
+     "no ep option (enterprise attestation)"),
     (r"Device is not a CtapHidDevice", lambda i, m, t: t == "nfc", "CTAPHID PING: the NFC run has no HID"),
 ]
 

@@ -392,3 +392,80 @@ def test_credential_ids_of_the_earlier_format_still_open() -> None:
     opened = open_credential(device_key, rp_hash, cred_id)
     assert len(cred_id) == 63 and opened is not None
     assert (opened.alg, opened.protect, opened.cose_public_key()) == (-8, 3, made.cose_public_key())
+
+
+# --- authenticatorConfig and credBlob --------------------------------------------------------------
+
+def test_authenticator_config_min_pin_length_force_change_and_always_uv(tmp_path: Path, transport: str) -> None:
+    from fido2.ctap2.config import Config
+
+    tok = VirtualToken(tmp_path / "t.json", serial=10)
+    dev = device(tok, transport)
+    ctap = Ctap2(dev)
+    assert ctap.info.options["authnrCfg"] and ctap.info.options["setMinPINLength"]
+    client_pin = ClientPin(ctap)
+    client_pin.set_pin(PIN)
+
+    def config() -> Config:
+        token = ClientPin(ctap).get_pin_token(PIN, ClientPin.PERMISSION.AUTHENTICATOR_CFG)
+        return Config(ctap, ClientPin(ctap).protocol, token)
+
+    config().set_min_pin_length(min_pin_length=6, rp_ids=["example.com"])
+    info = ctap.get_info()
+    assert (info.min_pin_length, info.force_pin_change) == (6, True)  # the current PIN is shorter
+    with pytest.raises(CtapError) as raised:
+        client_pin.get_pin_token(PIN)  # a right PIN, but it must be changed first
+    assert raised.value.code == CtapError.ERR.PIN_INVALID
+    assert client_pin.get_pin_retries()[0] == 8  # and it spent no try
+    with pytest.raises(CtapError) as raised:
+        client_pin.change_pin(PIN, "54321")
+    assert raised.value.code == CtapError.ERR.PIN_POLICY_VIOLATION
+    client_pin.change_pin(PIN, "654321")
+    assert ctap.get_info().force_pin_change is False
+    with pytest.raises(CtapError) as raised:
+        token = ClientPin(ctap).get_pin_token("654321", ClientPin.PERMISSION.AUTHENTICATOR_CFG)
+        Config(ctap, ClientPin(ctap).protocol, token).set_min_pin_length(min_pin_length=5)  # only grows
+    assert raised.value.code == CtapError.ERR.PIN_POLICY_VIOLATION
+    # the minPinLength extension tells the listed rp the minimum
+    client_pin.change_pin("654321", PIN + "99")
+    server = Fido2Server(RP)
+    options, state = server.register_begin({"id": b"ivan", "name": "ivan"})
+
+    class SixDigits(Interaction):
+        def request_pin(self, permissions: Any, rp_id: str | None) -> str:
+            return PIN + "99"
+
+    client = Fido2Client(dev, client_data_collector=DefaultClientDataCollector("https://example.com"),
+                         user_interaction=SixDigits())
+    made = client.make_credential({**options["publicKey"], "extensions": {"minPinLength": True}})
+    assert server.register_complete(state, made).extensions["minPinLength"] == 6
+    # alwaysUv: no makeCredential without the PIN; a reset restores the defaults
+    token = ClientPin(ctap).get_pin_token(PIN + "99", ClientPin.PERMISSION.AUTHENTICATOR_CFG)
+    Config(ctap, ClientPin(ctap).protocol, token).toggle_always_uv()
+    assert ctap.get_info().options["alwaysUv"] is True
+    with pytest.raises(CtapError) as raised:
+        ctap.make_credential(b"c" * 32, RP, {"id": b"x", "name": "x"}, [ES256])
+    assert raised.value.code == CtapError.ERR.PUAT_REQUIRED
+    tok.replug()
+    ctap = Ctap2(device(tok, transport))
+    ctap.reset()
+    info = ctap.get_info()
+    assert (info.min_pin_length, info.options["alwaysUv"], info.options["clientPin"]) == (4, False, False)
+
+
+def test_cred_blob_kept_with_a_resident_credential(tmp_path: Path, transport: str) -> None:
+    tok = VirtualToken(tmp_path / "t.json", serial=11)
+    dev = device(tok, transport)
+    ClientPin(Ctap2(dev)).set_pin(PIN)
+    assert Ctap2(dev).info.max_cred_blob_length == 32
+    server = Fido2Server(RP)
+    blob = os.urandom(32)
+    for resident, kept in ((True, True), (False, False)):
+        options, state = server.register_begin({"id": b"judy", "name": "judy"}, resident_key_requirement=(
+            "required" if resident else "discouraged"), user_verification="required")
+        made = client_for(dev).make_credential({**options["publicKey"], "extensions": {"credBlob": blob}})
+        auth_data = server.register_complete(state, made)
+        assert auth_data.extensions["credBlob"] is kept
+        options, state = server.authenticate_begin([auth_data.credential_data], user_verification="required")
+        got = client_for(dev).get_assertion({**options["publicKey"], "extensions": {"getCredBlob": True}})
+        assert got.get_response(0).response.authenticator_data.extensions["credBlob"] == (blob if kept else b"")

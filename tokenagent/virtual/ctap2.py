@@ -11,17 +11,19 @@ maxCredentialIdLength 128, as a YubiKey 5 states them; a longer message answers
 REQUEST_TOO_LARGE, a longer list LIMIT_EXCEEDED); makeCredential (ES256 and EdDSA;
 non-resident credentials whose id is the credential sealed under a device key, bound to the
 rp id hash (``fido2_keys``); resident credentials kept in the state; excludeList;
-extensions hmac-secret and credProtect; packed self attestation); getAssertion (allowList or
-resident credentials, the newest first, getNextAssertion for the rest; options up/uv;
-hmac-secret with one or two salts under PIN/UV protocol 1 or 2, with separate CredRandom
-values with and without UV); clientPIN (getPinRetries, PIN_NOT_SET without a PIN;
-getKeyAgreement, setPIN, changePIN, getPinToken, getPinUvAuthTokenUsingPinWithPermissions
-with the mc, ga and cm permissions) with 8 retries decremented before the comparison, 3
-consecutive mistakes blocking PIN use until a power cycle, and a blocked PIN at 0;
-credential management (0x0A and the 0x41 preview, ``credman``); authenticatorReset (only
-within 5 s of power-up, as a YubiKey 5, and with a touch); authenticatorSelection. Not
-implemented: U2F/CTAP1, large blobs, authenticatorConfig, enterprise attestation, built-in
-UV; docs/virtual-token.md lists them.
+extensions hmac-secret, credProtect, credBlob, largeBlobKey and minPinLength; packed self
+attestation); getAssertion (allowList or resident credentials, the newest first,
+getNextAssertion for the rest; options up/uv; hmac-secret with one or two salts under PIN/UV
+protocol 1 or 2 (``pin_protocols``), with separate CredRandom values with and without UV);
+clientPIN (getPinRetries, PIN_NOT_SET without a PIN; getKeyAgreement, setPIN, changePIN,
+getPinToken, getPinUvAuthTokenUsingPinWithPermissions with the mc, ga, cm, lbw and acfg
+permissions) with 8 retries decremented before the comparison, 3 consecutive mistakes
+blocking PIN use until a power cycle, and a blocked PIN at 0; credential management (0x0A and
+the 0x41 preview, ``credman``); large blobs (``large_blobs``); authenticatorConfig
+(toggleAlwaysUv, setMinPINLength, ``authenticator_config``); authenticatorReset (only within
+5 s of power-up, as a YubiKey 5, and with a touch); authenticatorSelection. Not implemented:
+U2F/CTAP1, enterprise attestation, built-in UV, CTAP 2.2 additions; docs/virtual-token.md
+lists them.
 
 The device's secrets are in its state file, which is what persists a token across plugs.
 """
@@ -31,7 +33,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import threading
 import time
@@ -39,17 +40,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fido2 import cbor
 
+from .authenticator_config import (
+    CMD_CONFIG,
+    MAX_PIN_LENGTH,
+    MAX_RPIDS_FOR_MIN_PIN,
+    AuthenticatorConfig,
+    PinPolicy,
+)
 from .card import SW_INS_NOT_SUPPORTED, Apdu, ApduStatus, Applet, Presence
 from .credman import CMD_CREDENTIAL_MGMT, CMD_CREDENTIAL_MGMT_PREVIEW, RESIDENT_CAPACITY, CredentialManagement
 from .ctap_status import CtapFailure, Err
 from .fido2_keys import ALGORITHMS, CredentialKey, new_credential, open_credential
 from .large_blobs import CMD_LARGE_BLOBS, MAX_SERIALIZED, LargeBlobs, initial_state
+from .pin_protocols import PROTOCOLS, PinProtocol, cose_public_key, public_key_from_cose
 
 AID = bytes.fromhex("A0000006472F0001")
 AAGUID = bytes.fromhex("746f6b656e6167656e742d7669727475")  # "tokenagent-virtu"
@@ -65,6 +71,7 @@ RESET_WINDOW = 5.0  # seconds after power-up (plug, NFC field) in which a YubiKe
 ECDH_ALG = -25
 MAX_CREDS_IN_LIST = 8  # getInfo 0x07 and 0x08 as a YubiKey 5 states them
 MAX_CRED_ID_LENGTH = 128
+MAX_CRED_BLOB_LENGTH = 32  # getInfo maxCredBlobLength; blobs are kept with resident credentials
 NEXT_ASSERTION_TIMEOUT = 30.0  # seconds getNextAssertion may follow getAssertion (CTAP 2.1 §6.3)
 
 
@@ -76,75 +83,8 @@ class Permission:
     LARGE_BLOB_WRITE = 0x10
     AUTHENTICATOR_CFG = 0x20
     PERSISTENT_CREDENTIAL_MGMT = 0x40
-    GRANTED = MAKE_CREDENTIAL | GET_ASSERTION | CREDENTIAL_MGMT | LARGE_BLOB_WRITE  # what this authenticator's getInfo backs
+    GRANTED = MAKE_CREDENTIAL | GET_ASSERTION | CREDENTIAL_MGMT | LARGE_BLOB_WRITE | AUTHENTICATOR_CFG  # what this authenticator's getInfo backs
     DEFINED = 0x7F  # CTAP 2.1 §6.5.5.7: defined but unbacked permissions are refused, undefined ones ignored
-
-
-# --- PIN/UV auth protocols (CTAP 2.1 §6.5.6, §6.5.7) ------------------------------------------
-
-class PinProtocol:
-    version = 1
-
-    def kdf(self, z: bytes) -> bytes:
-        return hashlib.sha256(z).digest()
-
-    def encrypt(self, key: bytes, plaintext: bytes) -> bytes:
-        enc = Cipher(algorithms.AES(key), modes.CBC(bytes(16))).encryptor()
-        return enc.update(plaintext) + enc.finalize()
-
-    def decrypt(self, key: bytes, ciphertext: bytes) -> bytes:
-        if len(ciphertext) % 16:
-            raise CtapFailure(Err.INVALID_PARAMETER)
-        dec = Cipher(algorithms.AES(key), modes.CBC(bytes(16))).decryptor()
-        return dec.update(ciphertext) + dec.finalize()
-
-    def authenticate(self, key: bytes, message: bytes) -> bytes:
-        return hmac.digest(key, message, "sha256")[:16]
-
-    def verify(self, key: bytes, message: bytes, signature: bytes) -> bool:
-        return hmac.compare_digest(self.authenticate(key, message), signature)
-
-
-class PinProtocolTwo(PinProtocol):
-    version = 2
-
-    def kdf(self, z: bytes) -> bytes:
-        def part(info: bytes) -> bytes:
-            return HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes(32), info=info).derive(z)
-
-        return part(b"CTAP2 HMAC key") + part(b"CTAP2 AES key")
-
-    def encrypt(self, key: bytes, plaintext: bytes) -> bytes:
-        iv = os.urandom(16)
-        enc = Cipher(algorithms.AES(key[32:]), modes.CBC(iv)).encryptor()
-        return iv + enc.update(plaintext) + enc.finalize()
-
-    def decrypt(self, key: bytes, ciphertext: bytes) -> bytes:
-        if len(ciphertext) < 32 or len(ciphertext) % 16:
-            raise CtapFailure(Err.INVALID_PARAMETER)
-        dec = Cipher(algorithms.AES(key[32:]), modes.CBC(ciphertext[:16])).decryptor()
-        return dec.update(ciphertext[16:]) + dec.finalize()
-
-    def authenticate(self, key: bytes, message: bytes) -> bytes:
-        return hmac.digest(key[:32], message, "sha256")
-
-
-PROTOCOLS: dict[int, PinProtocol] = {1: PinProtocol(), 2: PinProtocolTwo()}
-
-
-def cose_public_key(key: ec.EllipticCurvePublicKey, alg: int) -> dict[int, Any]:
-    numbers = key.public_numbers()
-    return {1: 2, 3: alg, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")}
-
-
-def public_key_from_cose(cose: Any) -> ec.EllipticCurvePublicKey:
-    try:
-        if cose[1] != 2 or cose[-1] != 1:
-            raise CtapFailure(Err.INVALID_PARAMETER)
-        x, y = int.from_bytes(cose[-2], "big"), int.from_bytes(cose[-3], "big")
-        return ec.EllipticCurvePublicNumbers(x, y, ec.SECP256R1()).public_key()
-    except (KeyError, TypeError, ValueError):
-        raise CtapFailure(Err.INVALID_PARAMETER) from None
 
 
 @dataclass
@@ -171,6 +111,9 @@ class Fido2Applet(Applet):
         self.presence = presence
         self.device_key = secrets.token_bytes(32)
         self.pin_hash: bytes | None = None  # LEFT(SHA-256(PIN), 16)
+        self.pin_length: int | None = None  # in code points, for a minimum PIN length set later
+        self.policy = PinPolicy()
+        self.config = AuthenticatorConfig(self)
         self.pin_retries = PIN_RETRIES
         self.sign_count = 0
         self.resident: list[dict[str, Any]] = []
@@ -188,7 +131,8 @@ class Fido2Applet(Applet):
         return {"device_key": base64.b64encode(self.device_key).decode(),
                 "pin_hash": base64.b64encode(self.pin_hash).decode() if self.pin_hash else None,
                 "pin_retries": self.pin_retries, "sign_count": self.sign_count, "resident": self.resident,
-                "large_blobs": self.large_blob_array}
+                "large_blobs": self.large_blob_array, "pin_length": self.pin_length,
+                "policy": self.policy.state_dict()}
 
     def load_state(self, state: dict[str, object]) -> None:
         self.device_key = base64.b64decode(str(state["device_key"]))
@@ -198,6 +142,9 @@ class Fido2Applet(Applet):
         self.sign_count = int(state.get("sign_count", 0))  # type: ignore[call-overload]
         self.resident = list(state.get("resident", []))  # type: ignore[call-overload]
         self.large_blob_array = str(state.get("large_blobs") or initial_state())
+        pin_length = state.get("pin_length")
+        self.pin_length = int(pin_length) if isinstance(pin_length, int) else None
+        self.policy = PinPolicy.from_state(state.get("policy"))
 
     # --- power and selection -----------------------------------------------------------------
     def _boot(self) -> None:
@@ -280,6 +227,7 @@ class Fido2Applet(Applet):
             CMD_CREDENTIAL_MGMT: lambda p: self.credman.handle(p, preview=False),
             CMD_CREDENTIAL_MGMT_PREVIEW: lambda p: self.credman.handle(p, preview=True),
             CMD_LARGE_BLOBS: self.large_blobs.handle,
+            CMD_CONFIG: self.config.handle,
         }.get(command)
         if handler is None:
             return bytes([Err.INVALID_COMMAND])
@@ -298,11 +246,12 @@ class Fido2Applet(Applet):
     def get_info(self, params: dict[Any, Any]) -> dict[int, Any]:
         return {
             0x01: ["FIDO_2_0", "FIDO_2_1_PRE", "FIDO_2_1"],
-            0x02: ["credProtect", "hmac-secret", "largeBlobKey"],
+            0x02: ["credBlob", "credProtect", "hmac-secret", "largeBlobKey", "minPinLength"],
             0x03: AAGUID,
             0x04: {"rk": True, "up": True, "plat": False, "credMgmt": True, "clientPin": self.pin_hash is not None,
-                   "largeBlobs": True, "pinUvAuthToken": True, "makeCredUvNotRqd": True,
-                   "credentialMgmtPreview": True},
+                   "largeBlobs": True, "pinUvAuthToken": True, "setMinPINLength": True,
+                   "makeCredUvNotRqd": not self.policy.always_uv, "authnrCfg": True,
+                   "alwaysUv": self.policy.always_uv, "credentialMgmtPreview": True},
             0x05: MAX_MSG_SIZE,
             0x06: [2, 1],
             0x07: MAX_CREDS_IN_LIST,
@@ -310,7 +259,10 @@ class Fido2Applet(Applet):
             0x09: ["nfc", "usb"],
             0x0A: [{"type": "public-key", "alg": alg} for alg in ALGORITHMS],
             0x0B: MAX_SERIALIZED,
-            0x0D: 4,
+            0x0C: self.policy.force_change,
+            0x0D: self.policy.min_length,
+            0x0F: MAX_CRED_BLOB_LENGTH,
+            0x10: MAX_RPIDS_FOR_MIN_PIN,
             0x14: RESIDENT_CAPACITY - len(self.resident),
         }
 
@@ -339,6 +291,10 @@ class Fido2Applet(Applet):
         self.token_rp = rp_id
         return True
 
+    def _require_uv_if_always(self, params: dict[Any, Any], auth_key: int) -> None:
+        if self.policy.always_uv and params.get(auth_key) is None:  # CTAP 2.1 §6.1.2 step 6, §6.2.2 step 6
+            raise CtapFailure(Err.PUAT_REQUIRED if self.pin_hash is not None else Err.OPERATION_DENIED)
+
     @staticmethod
     def _credential_list(params: dict[Any, Any], key: int) -> list[Any]:
         listed = params.get(key) or []
@@ -360,11 +316,16 @@ class Fido2Applet(Applet):
             raise CtapFailure(Err.INVALID_OPTION)
         if options.get("uv"):
             raise CtapFailure(Err.UNSUPPORTED_OPTION)  # no built-in UV: use the PIN
+        self._require_uv_if_always(params, 8)
         uv = self._check_uv(params, 8, 9, client_data_hash, Permission.MAKE_CREDENTIAL, rp_id)
         extensions = params.get(6, {})
         cred_protect = int(extensions.get("credProtect", 1))
         if cred_protect not in (1, 2, 3):
             raise CtapFailure(Err.INVALID_PARAMETER)
+        cred_blob = extensions.get("credBlob")
+        if cred_blob is not None and not isinstance(cred_blob, bytes):
+            raise CtapFailure(Err.INVALID_PARAMETER)
+        keep_blob = cred_blob is not None and len(cred_blob) <= MAX_CRED_BLOB_LENGTH and bool(options.get("rk"))
         large_blob_key = extensions.get("largeBlobKey")
         if large_blob_key is not None and (large_blob_key is not True or not options.get("rk")):
             raise CtapFailure(Err.INVALID_OPTION)  # only true, and only for resident credentials (§12.3)
@@ -386,12 +347,18 @@ class Fido2Applet(Applet):
             self.resident.append({"rp": rp_id, "rp_name": rp.get("name"), "user_id": user_id,
                                   "user": {k: v for k, v in user.items() if k in ("name", "displayName") and v},
                                   "id": base64.b64encode(cred_id).decode(),
-                                  **({"lbk": True} if large_blob_key else {})})
+                                  **({"lbk": True} if large_blob_key else {}),
+                                  **({"blob": base64.b64encode(cred_blob).decode()} if cred_blob and keep_blob
+                                     else {})})
         ext_out: dict[str, Any] = {}
         if extensions.get("hmac-secret") is True:
             ext_out["hmac-secret"] = True
+        if cred_blob is not None:
+            ext_out["credBlob"] = keep_blob  # false for a non-resident credential or a blob over 32 bytes
         if "credProtect" in extensions:
             ext_out["credProtect"] = cred_protect
+        if extensions.get("minPinLength") is True and rp_id in self.policy.min_length_rp_ids:
+            ext_out["minPinLength"] = self.policy.min_length
         flags = 0x01 | (0x04 if uv else 0) | 0x40 | (0x80 if ext_out else 0)
         self.sign_count += 1
         self.changed()
@@ -410,6 +377,7 @@ class Fido2Applet(Applet):
         if options.get("uv"):
             raise CtapFailure(Err.UNSUPPORTED_OPTION)
         up = options.get("up", True)
+        self._require_uv_if_always(params, 6)
         uv = self._check_uv(params, 6, 7, client_data_hash, Permission.GET_ASSERTION, rp_id)
         rp_hash = hashlib.sha256(rp_id.encode()).digest()
         candidates: list[tuple[bytes, Any, dict[str, Any] | None]] = []
@@ -451,6 +419,10 @@ class Fido2Applet(Applet):
     def _assertion(self, rp_hash: bytes, flags: int, client_data_hash: bytes, extensions: dict[str, Any],
                    cred_id: bytes, key: CredentialKey, record: dict[str, Any] | None) -> dict[int, Any]:
         ext_out: dict[str, Any] = {}
+        encoded = base64.b64encode(cred_id).decode()
+        stored = next((r for r in self.resident if r["id"] == encoded), None)
+        if extensions.get("credBlob") is True:
+            ext_out["credBlob"] = base64.b64decode(stored["blob"]) if stored and "blob" in stored else b""
         hmac_request = extensions.get("hmac-secret")
         if hmac_request is not None:
             uv = bool(flags & 0x04)
@@ -465,10 +437,8 @@ class Fido2Applet(Applet):
                                   3: key.sign(auth_data + client_data_hash)}
         if record is not None:  # names only after user verification (CTAP 2.1 §6.2.2 step 12)
             result[4] = {"id": base64.b64decode(record["user_id"]), **(record["user"] if flags & 0x04 else {})}
-        if extensions.get("largeBlobKey") is True:
-            encoded = base64.b64encode(cred_id).decode()
-            if any(r["id"] == encoded and r.get("lbk") for r in self.resident):
-                result[7] = key.large_blob_key
+        if extensions.get("largeBlobKey") is True and stored is not None and stored.get("lbk"):
+            result[7] = key.large_blob_key
         return result
 
     def _hmac_secret(self, request: dict[int, Any], cred_random: bytes) -> bytes:
@@ -514,7 +484,7 @@ class Fido2Applet(Applet):
             if not protocol.verify(shared, new_enc + pin_hash_enc, params[4]):
                 raise CtapFailure(Err.PIN_AUTH_INVALID)
             self._check_pin(protocol, shared, pin_hash_enc)
-            self._set_pin(protocol, shared, new_enc)
+            self._set_pin(protocol, shared, new_enc, must_differ=self.policy.force_change)
             return None
         if sub in (0x05, 0x09):  # getPinToken, getPinUvAuthTokenUsingPinWithPermissions
             permissions = Permission.MAKE_CREDENTIAL | Permission.GET_ASSERTION
@@ -525,6 +495,8 @@ class Fido2Applet(Applet):
                 if permissions & Permission.DEFINED & ~Permission.GRANTED:
                     raise CtapFailure(Err.UNAUTHORIZED_PERMISSION)  # be, lbw, acfg, pcmr: not in getInfo
             self._check_pin(protocol, shared, params[6])
+            if self.policy.force_change:
+                raise CtapFailure(Err.PIN_INVALID)  # the PIN must be changed first (authenticatorConfig)
             self.pin_token = secrets.token_bytes(32)
             self.token_permissions = permissions
             self.token_rp = params.get(0x0A) if sub == 0x09 else None
@@ -532,15 +504,20 @@ class Fido2Applet(Applet):
             return {2: protocol.encrypt(shared, self.pin_token)}
         raise CtapFailure(Err.INVALID_PARAMETER)
 
-    def _set_pin(self, protocol: PinProtocol, shared: bytes, new_enc: bytes) -> None:
+    def _set_pin(self, protocol: PinProtocol, shared: bytes, new_enc: bytes, must_differ: bool = False) -> None:
         padded = protocol.decrypt(shared, new_enc)
         if len(padded) < 64:
             raise CtapFailure(Err.PIN_POLICY_VIOLATION)
         pin = padded.rstrip(b"\x00")
-        if len(pin.decode("utf-8", "replace")) < 4 or len(pin) > 63:
+        length = len(pin.decode("utf-8", "replace"))
+        if length < self.policy.min_length or len(pin) > MAX_PIN_LENGTH:
             raise CtapFailure(Err.PIN_POLICY_VIOLATION)
-        self.pin_hash = hashlib.sha256(pin).digest()[:16]
+        pin_hash = hashlib.sha256(pin).digest()[:16]
+        if must_differ and self.pin_hash is not None and hmac.compare_digest(pin_hash, self.pin_hash):
+            raise CtapFailure(Err.PIN_POLICY_VIOLATION)  # forcePINChange wants another PIN
+        self.pin_hash, self.pin_length = pin_hash, length
         self.pin_retries = PIN_RETRIES
+        self.policy.force_change = False
         self.changed()
 
     def _check_pin(self, protocol: PinProtocol, shared: bytes, pin_hash_enc: bytes) -> None:
@@ -572,7 +549,8 @@ class Fido2Applet(Applet):
             raise CtapFailure(Err.NOT_ALLOWED)
         self._touch()
         self.device_key = secrets.token_bytes(32)
-        self.pin_hash = None
+        self.pin_hash, self.pin_length = None, None
+        self.policy = PinPolicy()
         self.pin_retries = PIN_RETRIES
         self.resident = []
         self.large_blob_array = initial_state()
