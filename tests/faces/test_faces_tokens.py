@@ -85,3 +85,56 @@ def test_two_tokens_give_the_same_ssh_key_and_age_recipient(pcscd: PrivatePcscd,
         assert done.returncode != 0 and "is locked" in done.stderr
     finally:
         agent.stop()
+
+
+def test_touch_before_each_signature(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    """``touch = true``: the token that unlocked the vault must open it again, touched, for each signature."""
+    import json
+    import threading
+
+    need("ssh-keygen")
+    home = private_home(tmp_path, '[agent]\nremoval_grace = 0.5\nnotify = false\ntouch_timeout = 3\n\n[ssh]\n'
+                                  'keys = [{vault = "docs", label = "laptop", touch = true}]\n')
+    token = TokenProcess(pcscd, tmp_path / "main.json", 6101, touch="explicit")
+    tokens.append(token)
+    touching = threading.Event()
+    stop = threading.Event()
+
+    def finger() -> None:  # a person touching the key while asked to
+        while not stop.is_set():
+            if touching.is_set():
+                token.touch()
+            time.sleep(0.3)
+
+    person = threading.Thread(target=finger, daemon=True)
+    person.start()
+    try:
+        touching.set()
+        assert cli(home, "init", "docs", "--fido2", env=pcscd.env).returncode == 0
+        pub = cli(home, "ssh", "pubkey", "docs", "laptop", env=pcscd.env)
+        assert pub.returncode == 0, pub.stderr
+        token.unplug()
+        agent = start_agent(home, extra_env=pcscd.env)
+        try:
+            token.plug()
+            wait_for(lambda: listed(agent, pcscd.env) != [], "the vault was not unlocked on plug")
+            key = tmp_path / "laptop.pub"
+            key.write_text(pub.stdout)
+            message = tmp_path / "message.txt"
+            message.write_text("touch me\n")
+            env = {**os.environ, **pcscd.env, "SSH_AUTH_SOCK": f"{agent.socket}.ssh"}
+            signed = run(["ssh-keygen", "-Y", "sign", "-f", str(key), "-n", "file", str(message)], env)
+            assert signed.returncode == 0, signed.stderr
+            touching.clear()  # nobody touches now: the signature is refused after touch_timeout
+            (tmp_path / "message.txt.sig").unlink()
+            refused = run(["ssh-keygen", "-Y", "sign", "-f", str(key), "-n", "file", str(message)], env)
+            assert refused.returncode != 0
+            lines = [json.loads(x) for x in (home / "data" / "audit.log").read_text().splitlines() if "ssh-sign" in x]
+            assert [(x["ok"], x["error"]) for x in lines] == [
+                (True, None), (False, "no touch: the token did not open the vault")]
+            assert listed(agent, pcscd.env) != []  # a refused touch does not lock the vault
+        finally:
+            agent.stop()
+    finally:
+        stop.set()
+        person.join()

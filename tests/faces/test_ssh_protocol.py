@@ -184,6 +184,18 @@ def test_confirm_without_a_pinentry_refuses(tmp_path: Path) -> None:
     assert "confirm needs a pinentry" in (tmp_path / "audit.log").read_text()
 
 
+def test_touch_needs_a_vault_unlocked_by_a_token(tmp_path: Path) -> None:
+    import asyncio
+
+    svc = service(tmp_path)
+    svc.keys = (SshKey("v1", "laptop", touch=True),)
+    (blob, _), = identities(svc)
+    pending = svc.handle(sa.SSH_AGENTC_SIGN_REQUEST, sign_request(blob, b"x"), PEER, ConnectionState())
+    assert not isinstance(pending, bytes)
+    assert asyncio.run(pending) == sa.failure()  # type: ignore[arg-type]
+    assert "touch needs the vault unlocked by a plugged token" in (tmp_path / "audit.log").read_text()
+
+
 def test_idle_deadline_is_pushed_by_a_signature(tmp_path: Path) -> None:
     now = [100.0]
     svc = service(tmp_path)

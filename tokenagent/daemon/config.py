@@ -23,7 +23,7 @@
 
     [ssh]                   # the ssh-agent socket (SOCKET.ssh; docs/ssh.md)
     socket = true           # serve it (default: true)
-    keys = [{vault = "work", label = "laptop", comment = "me@work", type = "ed25519", confirm = false}]
+    keys = [{vault = "work", label = "laptop", comment = "me@work", type = "ed25519", confirm = false, touch = false}]
 
     [vaults.NAME]           # per-vault overrides and client rules
     idle_ttl = 60
@@ -75,6 +75,7 @@ class SshKey:
     comment: str = ""
     type: str = "ed25519"
     confirm: bool = False  # ask the pinentry program before each signature
+    touch: bool = False  # open the vault again with the token that unlocked it (its touch) before each signature
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ _AGENT_KEYS["client_idle_timeout"] = (int, float)
 _DEVICE_KEYS = {"pkcs11_modules": list}
 _PASSWORD_KEYS = {"min_length": int, "min_bits": (int, float)}
 _SSH_KEYS = {"socket": bool, "keys": list}
-_SSH_KEY_KEYS = {"vault": str, "label": str, "comment": str, "type": str, "confirm": bool}
+_SSH_KEY_KEYS = {"vault": str, "label": str, "comment": str, "type": str, "confirm": bool, "touch": bool}
 _VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
                "unlock_on_plug": bool}
 

@@ -12,8 +12,9 @@ lock it with a passphrase is refused: the keys are the vaults', ``tokenagent loc
 
 ``session-bind@openssh.com`` (sent by ssh after key exchange) is verified and remembered per
 connection, so the audit line of a user authentication names the server's host key. A key
-with ``confirm = true`` asks the configured pinentry program (CONFIRM) before each signature,
-in a worker thread; the connection's next requests wait their turn.
+with ``confirm = true`` asks the configured pinentry program (CONFIRM) before each signature;
+one with ``touch = true`` has the token that unlocked the vault open it again (its touch, and
+its PIN where the slot needs one), in a worker thread; the connection's next requests wait.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -29,6 +31,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -38,11 +41,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from .. import _locations, sshagent
 from ..errors import AgentError, TokenAgentError, UnsafePath
 from ..protocol import CLOSED, NEED_DATA, FrameError
+from ..vault import wipe
 from ..vault.identities import ssh_private_key
 from .config import SshKey
 from .pinentry import Pinentry, _escape
 from .sockets import MAX_BACKLOG, bind_private, clear_old_socket, peer_allowed, peer_of
 from .state import AgentState, Peer, Session
+from .watch import open_with_token
 
 log = logging.getLogger("tokenagent.agent")
 FRAME_TIMEOUT = 10.0
@@ -153,8 +158,8 @@ class SshService:
         if flags & sshagent.RSA_FLAGS:
             self.audit(key, session, peer, what, "rsa-sha2 flags asked of a key that is not RSA")
             return sshagent.failure()
-        if key.confirm:
-            return self._confirm_then_sign(key, session, peer, data, what)
+        if key.confirm or key.touch:
+            return self._ask_then_sign(key, session, peer, data, what)
         return self._sign(key, session, peer, data, what)
 
     def _find(self, blob: bytes, peer: Peer) -> tuple[SshKey, Session] | None:
@@ -184,12 +189,22 @@ class SshService:
         session.releases += 1
         return sshagent.sign_response(signature)
 
-    async def _confirm_then_sign(self, key: SshKey, session: Session, peer: Peer, data: bytes,
-                                 what: dict[str, str | int]) -> bytes:
+    async def _ask_then_sign(self, key: SshKey, session: Session, peer: Peer, data: bytes,
+                             what: dict[str, str | int]) -> bytes:
+        """A person first: the pinentry confirmation (``confirm``), then the token's touch (``touch``)."""
+        refused = await self._confirmed(key, peer, what) if key.confirm else None
+        if refused is None and key.touch:
+            refused = await self._touched(key, session)
+        if refused is not None:
+            self.audit(key, session, peer, what, refused)
+            return sshagent.failure()
+        return self._sign(key, session, peer, data, what)
+
+    async def _confirmed(self, key: SshKey, peer: Peer, what: dict[str, str | int]) -> str | None:
+        """None if the person said yes; else why not."""
         config = self.state.config
         if not config.pinentry:
-            self.audit(key, session, peer, what, "confirm needs a pinentry program (config [agent] pinentry)")
-            return sshagent.failure()
+            return "confirm needs a pinentry program (config [agent] pinentry)"
         text = (f"Allow {peer.exe or 'a program'} (pid {peer.pid}) to sign with the SSH key "
                 f"'{key.vault}/{key.label}'? ({_what_text(what)})")
         pinentry = Pinentry(config.pinentry, config.pinentry_tty, timeout=60.0)
@@ -197,10 +212,30 @@ class SshService:
             yes = await asyncio.to_thread(confirm, pinentry, text)
         except TokenAgentError:
             yes = False
-        if not yes:
-            self.audit(key, session, peer, what, "cancelled")
-            return sshagent.failure()
-        return self._sign(key, session, peer, data, what)
+        return None if yes else "cancelled"
+
+    async def _touched(self, key: SshKey, session: Session) -> str | None:
+        """None if the token that unlocked the vault opened it again now (its touch, and its PIN where
+        the slot needs one); else why not. The token proves it is there and a person touched it."""
+        reader = session.token
+        if reader is None:
+            return "touch needs the vault unlocked by a plugged token (it was unlocked by a client)"
+        loop = asyncio.get_running_loop()
+
+        def emit(name: str, **data: Any) -> None:
+            loop.call_soon_threadsafe(lambda: self.state.emit(name, **data))
+
+        config = self.state.config
+        pinentry = Pinentry(config.pinentry, config.pinentry_tty) if config.pinentry else None
+        opened = await asyncio.to_thread(open_with_token, self.state.store, key.vault, reader, emit,
+                                         config.touch_timeout, pinentry)
+        if not isinstance(opened, tuple):
+            return "no touch: the token did not open the vault"
+        try:
+            same = hmac.compare_digest(bytes(opened[1]), bytes(session.secret))
+        finally:
+            wipe(opened[1])
+        return None if same else "the token opened another secret"
 
     # --- audit ----------------------------------------------------------------------------------
     def audit(self, key: SshKey, session: Session, peer: Peer, what: dict[str, str | int], error: str | None) -> None:
