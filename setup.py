@@ -1,7 +1,8 @@
 """The native part of tokenagent: the agent's get socket (tokenagent/daemon/_getserver.c).
 
 Everything else is in pyproject.toml. The extension is optional: without a C compiler the
-agent serves every request, get included, on its Python socket (docs/agent.md).
+agent serves every request, get included, on its Python socket (docs/agent.md). It needs
+OpenSSL's headers and libcrypto (Debian: libssl-dev).
 """
 
 from setuptools import Extension, setup
@@ -12,7 +13,7 @@ setup(
             "tokenagent.daemon._getserver",
             ["tokenagent/daemon/_getserver.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-fvisibility=hidden"],
-            libraries=["pthread"],
+            libraries=["crypto", "pthread"],  # SHA-256, HMAC and HKDF from OpenSSL's libcrypto
             optional=True,
         )
     ]

@@ -10,9 +10,10 @@ someone else, or swapped in after the check, gets no byte. Errors from the agent
 the matching ``tokenagent.errors`` class; a connection lost or refused becomes an AgentError.
 
 ``get`` goes to the agent's get socket (``SOCKET.get``, docs/spec/protocol.md) when there is
-one: one binary request, no ``hello``, answered by the agent's native thread. Without it (an
-agent built without its C extension, or ``get_socket = false``), or for a locked vault that
-``wait`` should wait for, ``get`` uses the agent socket.
+one: one binary request, no ``hello``, answered by the agent's native thread with the key or
+"ask the agent socket". Then, and without a get socket (an agent built without its C
+extension, or ``get_socket = false``), ``get`` uses the agent socket, which gives the refusal
+and its message, or waits.
 """
 
 from __future__ import annotations
@@ -208,8 +209,8 @@ class AgentClient:
             body[i] = 0
         if key is not None:
             return key
-        if code == "locked" and wait:
-            return None  # the agent socket waits for the unlock
+        if not code or (code == "locked" and wait):
+            return None  # the agent socket answers: the refusal and its message, or it waits for the unlock
         raise error_for_code(code)(message)
 
     def _connect_get(self) -> socket.socket | None:

@@ -231,10 +231,12 @@ class Connection:
 # A binary form of one request, served next to the agent socket by a native thread:
 # request body  = 0x01 (version), 0x01 (get), u8 name length, name, u16 context length, context
 # answer body   = 0x01, 0x00, key            (success)
-#               = 0x01, 0x01, u8 code length, code, message (UTF-8)   (failure)
+#               = 0x01, 0x02                 (ask the agent socket: it answers, refuses or waits)
+#               = 0x01, 0x01, u8 code length, code, message (UTF-8)   (a refusal, from older agents)
 GET_VERSION: Final = 1
 GET_OP: Final = 1
 GET_MAX_BODY: Final = 2048
+GET_ASK: Final = 2
 
 
 def encode_get(vault: str, context: str | None) -> bytes | None:
@@ -253,11 +255,14 @@ def encode_get(vault: str, context: str | None) -> bytes | None:
 
 
 def decode_get_answer(body: bytearray) -> tuple[bytearray | None, str, str]:
-    """(key, "", "") for a success (the key copied out of ``body``), (None, code, message) for a failure."""
-    if len(body) < 2 or body[0] != GET_VERSION or body[1] not in (0, 1):
+    """(key, "", "") for a success (the key copied out of ``body``), (None, "", "") for "ask the agent
+    socket", (None, code, message) for a refusal (older agents)."""
+    if len(body) < 2 or body[0] != GET_VERSION or body[1] not in (0, 1, GET_ASK):
         return None, "protocol", "the agent's get socket sent a malformed answer"
     if body[1] == 0:
         return body[2:], "", ""
+    if body[1] == GET_ASK:
+        return None, "", ""
     if len(body) < 3 or len(body) < 3 + body[2]:
         return None, "protocol", "the agent's get socket sent a malformed answer"
     end = 3 + body[2]

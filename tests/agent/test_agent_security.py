@@ -415,7 +415,8 @@ def _low_fd_limit() -> None:
 
 
 def _get_socket_answers(agent: AgentProcess) -> bool:
-    """A get on the get socket gets an answer (here "locked"); True if there is no get socket."""
+    """A get on the get socket gets an answer (here "ask the agent socket": the vault is locked); True
+    if there is no get socket."""
     path = agent.get_socket
     if not path.exists():
         return True
@@ -423,7 +424,7 @@ def _get_socket_answers(agent: AgentProcess) -> bool:
         s.settimeout(10)
         s.connect(str(path))
         s.sendall(encode_get("v1", "restic:/x") or b"")
-        return b"locked" in s.recv(4096)
+        return s.recv(4096) == b"\x00\x00\x00\x02\x01\x02"
 
 
 def test_descriptor_exhaustion_then_new_client_is_served(agent_home: Path) -> None:

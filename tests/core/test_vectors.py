@@ -25,7 +25,7 @@ def read_vector(path: Path) -> tuple[dict[str, str], bytes]:
 
 def test_there_are_vectors_of_every_kind() -> None:
     kinds = {read_vector(p)[0]["kind"] for p in FILES}
-    assert kinds == {"derive", "kek", "vault", "keyfile", "shamir", "modhex", "identity"}
+    assert kinds == {"derive", "kek", "vault", "keyfile", "shamir", "modhex", "identity", "get-socket"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
@@ -65,5 +65,27 @@ def test_vector(path: Path, tmp_path: Path) -> None:
         assert agekeys.recipient(identities.age_public(mk, label)) == h["age-recipient"]
         assert agekeys.identity("work", label) == h["age-identity"]
         assert agekeys.parse_identity(h["age-identity"]) == ("work", label)
+    elif kind == "get-socket":  # the Python side; tests/agent/test_get_socket.py walks the native side
+        check_get_socket_cases(bytes.fromhex(h["secret"]), body)
     else:
         pytest.fail(f"unknown vector kind {kind!r}")
+
+
+def check_get_socket_cases(secret: bytes, body: bytes) -> None:
+    import json
+
+    from tokenagent.daemon.audit import audit_line
+    from tokenagent.protocol import encode_get
+
+    for case in map(json.loads, body.splitlines()):
+        if case["vault"] is None:  # a request no client encodes
+            continue
+        vault, context = case["vault"], case["context"]
+        assert encode_get(vault, context)[4:].hex() == case["request"]  # type: ignore[index]
+        if context is None and not case["allow_raw"]:
+            key, error = None, "denied"
+        else:
+            key, error = (crypto.derive_subkey(secret, context) if context else secret), None
+        assert (None if key is None else bytes(key).hex()) == case["key"] and error == case["error"]
+        line = audit_line(vault, context, case["pid"], case["uid"], case["exe"], case["parent_exe"], error, case["time"])
+        assert line.decode() == case["audit"]

@@ -112,11 +112,70 @@ def identities() -> None:
     })
 
 
+def get_socket() -> None:
+    """Requests to the get socket and what each implementation does with them: the native code
+    releases (with this key and this audit line) or asks the agent socket, whose Python gives the
+    key or the refusal with this line. Read by tests/core/test_vectors.py (the Python side) and
+    tests/agent/test_get_socket.py (the native side)."""
+    from tokenagent.daemon.audit import audit_line
+    from tokenagent.protocol import encode_get
+
+    secret = secrets.token_bytes(32)
+    python, restic = "/usr/bin/python3.11", "/usr/bin/restic"
+    asks = [  # vault, context, allow_raw, exe, parent_exe, why the native code asks the agent socket
+        ("backup", "restic:/srv/repo", False, python, restic, None),
+        ("backup", None, True, python, restic, None),
+        ("backup", None, False, python, restic, "raw"),
+        ("a" * 64, "x" * 256, False, None, None, None),
+        ("b.k_-9", "borg repo ~/x (1)", True, python, "/usr/bin/my tool", None),
+        ("backup", "é", False, python, restic, "request"),
+        ("backup", "tab\there", False, python, restic, "request"),
+        ("backup", 'say "hi"', False, python, restic, "request"),
+        ("backup", "back\\slash", False, python, restic, "request"),
+        ("backup", "\U0001f511", False, python, restic, "request"),
+        ("backup", "restic:/srv/repo", False, "/opt/prögram", restic, "peer"),
+        ("backup", "restic:/srv/repo", False, python, '/home/u/"x"', "peer"),
+    ]
+    lines = []
+    for i, (vault, context, allow_raw, exe, parent, why) in enumerate(asks):
+        request = encode_get(vault, context)
+        assert request is not None
+        when = 1764600000 + i + 0.25
+        if context is None and not allow_raw:
+            key, error = None, "denied"
+        else:
+            key, error = (crypto.derive_subkey(secret, context) if context else secret), None
+        lines.append({"vault": vault, "context": context, "request": request[4:].hex(), "allow_raw": allow_raw,
+                      "exe": exe, "parent_exe": parent, "pid": 4000 + i, "uid": 1000, "time": when,
+                      "native": "release" if why is None else "ask", "ask_because": why,
+                      "key": None if key is None else bytes(key).hex(), "error": error,
+                      "audit": audit_line(vault, context, 4000 + i, 1000, exe, parent, error, when).decode()})
+    name = b"backup".hex()
+    malformed = [
+        "02010" + "6" + name + "0000",        # version 2
+        "01020" + "6" + name + "0000",        # op 2
+        "01010" + "6" + name + "00",          # context length cut off
+        "01010" + "6" + name + "00014141",    # a byte more than the context length says
+        "01010" + "6" + name + "000241",      # a byte less
+        "010100" + "0000",                    # no name
+        "010141" + "61" * 65 + "0000",        # a 65-byte name
+        "", "01", "0101",
+    ]
+    for body in malformed:
+        lines.append({"vault": None, "context": None, "request": body, "native": "ask", "ask_because": "request"})
+    write("get-socket", {"kind": "get-socket", "secret": secret.hex(), "cases": str(len(lines))},
+          b"".join(json.dumps(line, sort_keys=True).encode() + b"\n" for line in lines))
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["identities"]:  # only the identity vectors (the others keep their values)
         identities()
         sys.exit(0)
+    if sys.argv[1:] == ["get-socket"]:  # only the get-socket vectors
+        get_socket()
+        sys.exit(0)
     identities()
+    get_socket()
     labels()
     vaults()
     keyfiles()

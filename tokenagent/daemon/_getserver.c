@@ -1,20 +1,35 @@
 /* The agent's get socket: key releases served by a native thread (docs/spec/protocol.md, "The get socket").
  *
- * Theory of operation. The Python agent owns every decision but one: it unlocks and locks
- * vaults, and mirrors each unlocked vault here with put() (its secret, its client rules and
- * deadlines) and drop() (wiped at once). A thread of this module, which never takes the GIL,
- * accepts clients on a second listening socket, checks SO_PEERCRED (our uid or root; anyone
- * else is closed before a byte is read), and answers binary `get` requests exactly as the
- * Python dispatcher answers the JSON `get`: the same deadlines on CLOCK_MONOTONIC (an expired
- * vault is never released, even before the agent's timer locks it), the same allow_uids and
- * allow_exe rules, the same HKDF-SHA256 subkey, the same audit line written before the key
- * leaves (fail closed), the same error codes and messages. Key releases push the idle deadline
- * here; the agent reads it back with usage().
+ * Theory of operation. This is the fast twin of the JSON `get` (AgentState._get), and it does only
+ * its success path. The Python agent decides everything: it mirrors here each unlocked vault whose
+ * client rules this code decides exactly as Python does (none, or allow_uids), with put() (the
+ * secret, the deadlines, allow_uids), and removes it on lock with drop() (wiped at once). A thread
+ * of this module, which never takes the GIL, accepts clients on a second listening socket, checks
+ * SO_PEERCRED (our uid or root; anyone else is closed before a byte is read), and gives each
+ * request one of two answers:
+ *   - the key, once its audit line is written whole (one write, its length checked); or
+ *   - "ask the agent socket", for anything else: a vault not mirrored here, locked, or past a
+ *     deadline the agent's timer has not acted on yet; a uid the rule refuses; a raw secret the vault
+ *     does not release; a context or program path the audit line would have to escape; a malformed
+ *     request; an audit log that cannot take the line or is due to rotate.
+ * The client then sends the same get as JSON to the agent socket, which answers the refusal with its
+ * code, its message and its audit line. So each refusal has one implementation, in Python, and this
+ * file holds no message, no JSON or UTF-8 encoder, no name rule: only what a release needs, with
+ * constants a test compares with the Python ones and vectors (tests/vectors/get-socket) both read.
+ * Key releases push the idle deadline here; the agent reads it back with usage().
  *
- * Secrets live in one mmap'd, mlocked, MADV_DONTDUMP page per vault and are wiped with
- * explicit_bzero on drop and at stop; answers holding a key are wiped once sent.
- * One server per process. All shared state is under one mutex; Python-facing calls hold the
- * GIL and then the mutex, the thread only ever takes the mutex, so the two cannot deadlock.
+ * The audit log has one writer in the process when this module is loaded: the function here that
+ * appends a line (one write, its length checked, a line cut short truncated away), used by the
+ * thread and, through audit_write(), by the agent socket's Python code (daemon/audit.py), under
+ * one mutex, with the file's size kept here. Only the Python side rotates: a line that would take
+ * the file past the cap is not written (the thread asks the agent socket instead); Python renames
+ * the files and calls audit_reopen(), and the next line starts the new file.
+ *
+ * SHA-256, HMAC and HKDF are libcrypto's. Secrets live in one mmap'd, mlocked, MADV_DONTDUMP page
+ * per vault (the secret and its HKDF pseudorandom key), wiped with explicit_bzero on drop and at
+ * stop; answers holding a key are wiped once sent. One server per process. All shared state is
+ * under one mutex; Python-facing calls hold the GIL and then the mutex, the thread only ever takes
+ * the mutex, so the two cannot deadlock.
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
@@ -25,7 +40,6 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,174 +48,82 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+
+/* Each of these equals its Python twin (tests/agent/test_get_socket.py compares them). */
 #define VERSION 1
 #define OP_GET 1
-#define MAX_BODY 2048          /* a request body; a larger length is `too-large` and ends the connection */
-#define MAX_NAME 64
-#define MAX_CONTEXT_CHARS 256
-#define KEY_LEN 32
-#define MAX_SECRET 4096
+#define MAX_BODY 2048          /* protocol.GET_MAX_BODY: a larger length is asked elsewhere and ends the connection */
+#define MAX_NAME 64            /* vault.check_name */
+#define MAX_CONTEXT 256        /* state.MAX_CONTEXT (characters; served here only as printable ASCII) */
+#define KEY_LEN 32             /* vault.crypto.KEY_LEN: a subkey */
+#define MAX_SECRET 4096        /* vault.format.MAX_SECRET_LEN */
+#define LABEL_CONTEXT "tokenagent/v1/context"  /* vault.crypto.LABEL_CONTEXT */
+
+#define STATUS_KEY 0
+#define STATUS_ASK 2           /* "ask the agent socket" (1 was a refusal with its message, answered by older agents) */
 #define BUCKETS 256            /* of the vault table */
-#define LABEL_CONTEXT "tokenagent/v1/context"
 
-/* ---------------------------------------------------------------- SHA-256 (FIPS 180-4) */
+/* ---------------------------------------------------------------- HKDF-SHA256 (libcrypto) */
 
-typedef struct {
-    uint32_t h[8];
-    uint64_t bytes;
-    uint8_t buf[64];
-    size_t used;
-} sha256_ctx;
-
-static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-
-#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-
-static void sha256_block(uint32_t h[8], const uint8_t p[64])
+/* The vault's pseudorandom key: HKDF-Extract with no salt. 0 on success. */
+static int hkdf_extract(const uint8_t *secret, size_t n, uint8_t prk[KEY_LEN])
 {
-    uint32_t w[64], a, b, c, d, e, f, g, k, t1, t2;
-    int i;
-    for (i = 0; i < 16; i++)
-        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (i = 16; i < 64; i++) {
-        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
-    for (i = 0; i < 64; i++) {
-        t1 = k + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
-        t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-        k = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
-    }
-    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
-    explicit_bzero(w, sizeof w);
+    int mode = EVP_KDF_HKDF_MODE_EXTRACT_ONLY, ok;
+    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+    EVP_KDF_CTX *ctx = kdf != NULL ? EVP_KDF_CTX_new(kdf) : NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)secret, n),
+        OSSL_PARAM_construct_end()};
+    ok = ctx != NULL && EVP_KDF_derive(ctx, prk, KEY_LEN, params) == 1;
+    EVP_KDF_CTX_free(ctx);
+    EVP_KDF_free(kdf);
+    return ok ? 0 : -1;
 }
 
-static void sha256_init(sha256_ctx *c)
+/* The subkey for a context: HKDF-Expand(PRK, LABEL || 0 || context, 32). The server thread keeps
+ * one context (`kdf`) for its expansions; `info` is a scratch buffer of the caller. 0 on success. */
+static int hkdf_expand(EVP_KDF_CTX *kdf, const uint8_t prk[KEY_LEN], const uint8_t *context, size_t n,
+                       uint8_t out[KEY_LEN])
 {
-    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    memcpy(c->h, iv, sizeof iv);
-    c->bytes = 0;
-    c->used = 0;
+    uint8_t info[sizeof LABEL_CONTEXT + MAX_CONTEXT];
+    int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY, ok;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)prk, KEY_LEN),
+        OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, sizeof LABEL_CONTEXT + n),
+        OSSL_PARAM_construct_end()};
+    if (n > MAX_CONTEXT)
+        return -1;
+    memcpy(info, LABEL_CONTEXT, sizeof LABEL_CONTEXT);  /* the label and its 0 separator */
+    memcpy(info + sizeof LABEL_CONTEXT, context, n);
+    ok = EVP_KDF_derive(kdf, out, KEY_LEN, params) == 1;
+    explicit_bzero(info, sizeof info);
+    return ok ? 0 : -1;
 }
 
-static void sha256_update(sha256_ctx *c, const uint8_t *p, size_t n)
+static EVP_KDF_CTX *new_expander(void)
 {
-    c->bytes += n;
-    while (n > 0) {
-        size_t take = 64 - c->used < n ? 64 - c->used : n;
-        memcpy(c->buf + c->used, p, take);
-        c->used += take, p += take, n -= take;
-        if (c->used == 64) {
-            sha256_block(c->h, c->buf);
-            c->used = 0;
-        }
-    }
-}
-
-static void sha256_final(sha256_ctx *c, uint8_t out[32])
-{
-    uint64_t bits = c->bytes * 8;
-    uint8_t pad = 0x80, zero = 0, len[8];
-    int i;
-    sha256_update(c, &pad, 1);
-    while (c->used != 56)
-        sha256_update(c, &zero, 1);
-    for (i = 0; i < 8; i++)
-        len[i] = (uint8_t)(bits >> (56 - 8 * i));
-    sha256_update(c, len, 8);
-    for (i = 0; i < 8; i++) {
-        out[4 * i] = (uint8_t)(c->h[i] >> 24), out[4 * i + 1] = (uint8_t)(c->h[i] >> 16);
-        out[4 * i + 2] = (uint8_t)(c->h[i] >> 8), out[4 * i + 3] = (uint8_t)c->h[i];
-    }
-    explicit_bzero(c, sizeof *c);
-}
-
-/* HMAC-SHA256 as two hash states keyed once (RFC 2104); `hmac_keyed` then costs two hashes. */
-typedef struct {
-    sha256_ctx inner, outer;
-} hmac_key;
-
-static void hmac_setkey(hmac_key *k, const uint8_t *key, size_t n)
-{
-    uint8_t block[64], pad[64];
-    int i;
-    memset(block, 0, sizeof block);
-    if (n > 64) {
-        sha256_ctx c;
-        sha256_init(&c);
-        sha256_update(&c, key, n);
-        sha256_final(&c, block);
-    } else {
-        memcpy(block, key, n);
-    }
-    for (i = 0; i < 64; i++)
-        pad[i] = block[i] ^ 0x36;
-    sha256_init(&k->inner);
-    sha256_update(&k->inner, pad, 64);
-    for (i = 0; i < 64; i++)
-        pad[i] = block[i] ^ 0x5c;
-    sha256_init(&k->outer);
-    sha256_update(&k->outer, pad, 64);
-    explicit_bzero(block, sizeof block);
-    explicit_bzero(pad, sizeof pad);
-}
-
-/* HMAC(key, a || b || c) */
-static void hmac_keyed(const hmac_key *k, const uint8_t *a, size_t an, const uint8_t *b, size_t bn,
-                       const uint8_t *c, size_t cn, uint8_t out[32])
-{
-    sha256_ctx ctx = k->inner;
-    uint8_t ih[32];
-    sha256_update(&ctx, a, an);
-    sha256_update(&ctx, b, bn);
-    sha256_update(&ctx, c, cn);
-    sha256_final(&ctx, ih);
-    ctx = k->outer;
-    sha256_update(&ctx, ih, 32);
-    sha256_final(&ctx, out);
-    explicit_bzero(ih, sizeof ih);
-}
-
-/* HKDF-SHA256 with no salt: PRK = HMAC(0^32, secret), kept keyed for the expand step. */
-static void hkdf_prk(hmac_key *prk, const uint8_t *secret, size_t n)
-{
-    hmac_key zero;
-    uint8_t salt[32], out[32];
-    memset(salt, 0, sizeof salt);
-    hmac_setkey(&zero, salt, sizeof salt);
-    hmac_keyed(&zero, secret, n, NULL, 0, NULL, 0, out);
-    hmac_setkey(prk, out, sizeof out);
-    explicit_bzero(out, sizeof out);
-    explicit_bzero(&zero, sizeof zero);
-}
-
-/* The subkey for a context: the first 32 bytes of HKDF-Expand(PRK, LABEL || 0 || context). */
-static void derive_subkey(const hmac_key *prk, const uint8_t *context, size_t n, uint8_t out[KEY_LEN])
-{
-    static const uint8_t label[] = LABEL_CONTEXT "\0"; /* the label and its 0 separator */
-    static const uint8_t counter = 1;
-    hmac_keyed(prk, label, sizeof label - 1, context, n, &counter, 1, out);
+    EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+    EVP_KDF_CTX *ctx = kdf != NULL ? EVP_KDF_CTX_new(kdf) : NULL;
+    EVP_KDF_free(kdf);  /* the context keeps its own reference */
+    return ctx;
 }
 
 /* ---------------------------------------------------------------- vaults (the agent's mirror) */
 
 typedef struct {           /* the locked page */
-    hmac_key prk;
+    uint8_t prk[KEY_LEN];
     size_t secret_len;
     uint8_t secret[MAX_SECRET];
 } vault_secret;
@@ -209,6 +131,7 @@ typedef struct {           /* the locked page */
 typedef struct vault {
     struct vault *next;
     char name[MAX_NAME + 1];
+    size_t name_len;
     int allow_raw;
     vault_secret *key;     /* mmap'd, mlocked where allowed */
     size_t key_size;
@@ -218,15 +141,16 @@ typedef struct vault {
     uint64_t releases;
     Py_ssize_t n_uids;     /* -1: no rule */
     unsigned long *uids;
-    Py_ssize_t n_exe;      /* -1: no rule */
-    char **exe;
 } vault;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static vault *vaults[BUCKETS];         /* under lock: the table */
-static char *audit_path;               /* NULL: no audit log; set before the thread starts */
-static int audit_fd = -1;              /* the thread's own */
-static int listen_fd = -1, wake_fd = -1, spare_fd = -1;
+static pthread_mutex_t audit_mutex = PTHREAD_MUTEX_INITIALIZER;  /* taken after `lock`, never before */
+static char *audit_path;               /* under audit_mutex; NULL: no audit log */
+static long long audit_cap;            /* bytes; 0: no cap */
+static int audit_fd = -1;
+static off_t audit_size;               /* of the open file: read at open, then counted */
+static int listen_fd = -1, wake_fd = -1, spare_fd = -1, epfd = -1;
 static int max_clients = 512;
 static double frame_timeout = 10.0;
 static pthread_t thread;
@@ -241,16 +165,12 @@ static double monotonic(void)
 
 static void vault_free(vault *v)
 {
-    Py_ssize_t i;
     if (v->key != NULL) {
         explicit_bzero(v->key, v->key_size);
         munlock(v->key, v->key_size);
         munmap(v->key, v->key_size);
     }
     free(v->uids);
-    for (i = 0; i < v->n_exe; i++)
-        free(v->exe[i]);
-    free(v->exe);
     explicit_bzero(v, sizeof *v);
     free(v);
 }
@@ -265,33 +185,31 @@ static unsigned bucket_of(const char *name, size_t n)
     return h % BUCKETS;
 }
 
-static vault *vault_find(const char *name, size_t n)
-{
-    vault *v;
-    for (v = vaults[bucket_of(name, n)]; v != NULL; v = v->next)
-        if (strlen(v->name) == n && memcmp(v->name, name, n) == 0)
-            return v;
-    return NULL;
-}
-
-static int vault_unlink(const char *name)
+static vault **vault_slot(const char *name, size_t n)
 {
     vault **p;
-    for (p = &vaults[bucket_of(name, strlen(name))]; *p != NULL; p = &(*p)->next) {
-        if (strcmp((*p)->name, name) == 0) {
-            vault *v = *p;
-            *p = v->next;
-            vault_free(v);
-            return 1;
-        }
-    }
-    return 0;
+    for (p = &vaults[bucket_of(name, n)]; *p != NULL; p = &(*p)->next)
+        if ((*p)->name_len == n && memcmp((*p)->name, name, n) == 0)
+            return p;
+    return p;
+}
+
+static vault *vault_find(const char *name, size_t n) { return *vault_slot(name, n); }
+
+static int vault_unlink(const char *name, size_t n)
+{
+    vault **p = vault_slot(name, n), *v = *p;
+    if (v == NULL)
+        return 0;
+    *p = v->next;
+    vault_free(v);
+    return 1;
 }
 
 static void vault_insert(vault *v)
 {
-    vault **head = &vaults[bucket_of(v->name, strlen(v->name))];
-    vault_unlink(v->name);
+    vault **head = &vaults[bucket_of(v->name, v->name_len)];
+    vault_unlink(v->name, v->name_len);
     v->next = *head;
     *head = v;
 }
@@ -308,138 +226,14 @@ static void vault_clear(void)
     }
 }
 
-/* ---------------------------------------------------------------- text helpers */
-
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int overflow;
-} text;
-
-static void put_bytes(text *t, const char *s, size_t n)
-{
-    if (t->n + n > t->cap) {
-        t->overflow = 1;
-        return;
-    }
-    memcpy(t->p + t->n, s, n);
-    t->n += n;
-}
-
-static void put_str(text *t, const char *s) { put_bytes(t, s, strlen(s)); }
-
-static void put_fmt(text *t, const char *fmt, ...)
-{
-    char buf[128];
-    va_list ap;
-    int n;
-    va_start(ap, fmt);
-    n = vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof buf)
-        t->overflow = 1;
-    else
-        put_bytes(t, buf, (size_t)n);
-}
-
-/* Decode one UTF-8 sequence at s[0..n); return its length and the code point, or 0 if invalid
- * (overlong forms, surrogates and values above U+10FFFF are invalid, as in Python's decoder). */
-static size_t utf8_next(const uint8_t *s, size_t n, uint32_t *cp)
-{
-    uint32_t c = s[0], min;
-    size_t len, i;
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    if ((c & 0xE0) == 0xC0)
-        len = 2, c &= 0x1F, min = 0x80;
-    else if ((c & 0xF0) == 0xE0)
-        len = 3, c &= 0x0F, min = 0x800;
-    else if ((c & 0xF8) == 0xF0)
-        len = 4, c &= 0x07, min = 0x10000;
-    else
-        return 0;
-    if (len > n)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        c = c << 6 | (s[i] & 0x3F);
-    }
-    if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-        return 0;
-    *cp = c;
-    return len;
-}
-
-/* Count the characters of valid UTF-8, or -1. */
-static long utf8_chars(const uint8_t *s, size_t n)
-{
-    long chars = 0;
-    uint32_t cp;
-    while (n > 0) {
-        size_t k = utf8_next(s, n, &cp);
-        if (k == 0)
-            return -1;
-        s += k, n -= k, chars++;
-    }
-    return chars;
-}
-
-/* A JSON string as Python's json.encoder.encode_basestring_ascii writes it. Bytes that are not
- * UTF-8 (a program path) appear as Python's surrogateescape decoding shows them: \udcXX. */
-static void put_json(text *t, const char *value, size_t n)
-{
-    const uint8_t *s = (const uint8_t *)value;
-    uint32_t cp;
-    if (value == NULL) {
-        put_str(t, "null");
-        return;
-    }
-    put_bytes(t, "\"", 1);
-    while (n > 0) {
-        size_t k = utf8_next(s, n, &cp);
-        if (k == 0)
-            cp = 0xDC00 | s[0], k = 1;
-        s += k, n -= k;
-        switch (cp) {
-        case '"': put_str(t, "\\\""); break;
-        case '\\': put_str(t, "\\\\"); break;
-        case '\n': put_str(t, "\\n"); break;
-        case '\r': put_str(t, "\\r"); break;
-        case '\t': put_str(t, "\\t"); break;
-        case '\b': put_str(t, "\\b"); break;
-        case '\f': put_str(t, "\\f"); break;
-        default:
-            if (cp >= 0x20 && cp < 0x7F) {
-                char ch = (char)cp;
-                put_bytes(t, &ch, 1);
-            } else if (cp < 0x10000) {
-                put_fmt(t, "\\u%04x", cp);
-            } else {
-                cp -= 0x10000;
-                put_fmt(t, "\\u%04x\\u%04x", 0xD800 | (cp >> 10), 0xDC00 | (cp & 0x3FF));
-            }
-        }
-    }
-    put_bytes(t, "\"", 1);
-}
-
-static int valid_name(const uint8_t *s, size_t n)
+/* Text the audit line carries as it is: printable ASCII without '"' and '\\', which Python's
+ * JSON encoder writes unchanged. Anything else is left to the agent socket. */
+static int plain(const uint8_t *s, size_t n)
 {
     size_t i;
-    if (n < 1 || n > MAX_NAME || !((s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z') ||
-                                   (s[0] >= '0' && s[0] <= '9')))
-        return 0;
-    for (i = 1; i < n; i++) {
-        uint8_t c = s[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-              c == '-'))
+    for (i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e || s[i] == '"' || s[i] == '\\')
             return 0;
-    }
-    if ((n >= 4 && memcmp(s + n - 4, ".bak", 4) == 0) || (n >= 5 && memcmp(s + n - 5, ".lock", 5) == 0))
-        return 0;
     return 1;
 }
 
@@ -452,58 +246,121 @@ typedef struct {
     size_t context_len;
 } get_request;
 
-/* Parse a request body. Returns NULL, or the error code with *message set. */
-static const char *parse_request(const uint8_t *b, size_t n, get_request *r, const char **message)
+/* 1 for a request this code may serve (version 1, get, a name of 1 to MAX_NAME bytes, no context
+ * or a plain one of 1 to MAX_CONTEXT bytes, lengths adding up); 0: ask the agent socket. */
+static int parse_request(const uint8_t *b, size_t n, get_request *r)
 {
     size_t pos;
-    long chars;
-    if (n < 2) {
-        *message = "a get-socket request needs a version and an op";
-        return "protocol";
-    }
-    if (b[0] != VERSION) {
-        *message = "get-socket version not supported (this agent speaks 1)";
-        return "unsupported";
-    }
-    if (b[1] != OP_GET) {
-        *message = "the get socket answers only get (op 1); use the agent socket";
-        return "unsupported";
-    }
-    if (n < 3 || n < (size_t)3 + b[2] + 2) {
-        *message = "get request truncated";
-        return "protocol";
-    }
+    if (n < 5 || b[0] != VERSION || b[1] != OP_GET || b[2] < 1 || b[2] > MAX_NAME || n < (size_t)5 + b[2])
+        return 0;
     r->name = b + 3;
     r->name_len = b[2];
     pos = 3 + r->name_len;
     r->context_len = (size_t)b[pos] << 8 | b[pos + 1];
     pos += 2;
-    if (pos + r->context_len != n) {
-        *message = "get request length does not match its fields";
-        return "protocol";
-    }
+    if (pos + r->context_len != n || r->context_len > MAX_CONTEXT || !plain(b + pos, r->context_len))
+        return 0;
     r->context = r->context_len ? b + pos : NULL;
-    if (!valid_name(r->name, r->name_len)) {
-        *message = "invalid vault name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit";
-        return "usage";
-    }
-    if (r->context != NULL) {
-        chars = utf8_chars(r->context, r->context_len);
-        if (chars < 1 || chars > MAX_CONTEXT_CHARS) {
-            *message = "context must be a string of 1 to 256 characters";
-            return "usage";
-        }
-    }
-    return NULL;
+    return 1;
 }
+
+/* ---------------------------------------------------------------- the audit line */
+
+typedef struct {
+    long pid;
+    unsigned long uid;
+    const char *exe, *parent_exe;   /* NULL: unknown (null in the line) */
+} peer_info;
+
+#define LINE_MAX_LEN (2 * PATH_MAX + MAX_CONTEXT + MAX_NAME + 256)
+
+static int put_field(char *buf, size_t cap, size_t *n, const char *fmt, const char *value)
+{
+    int k;
+    if (value == NULL)
+        k = snprintf(buf + *n, cap - *n, fmt, "null", "", "");
+    else
+        k = snprintf(buf + *n, cap - *n, fmt, "\"", value, "\"");
+    if (k < 0 || (size_t)k >= cap - *n)
+        return -1;
+    *n += (size_t)k;
+    return 0;
+}
+
+/* The line of a release, as daemon/audit.py's audit_line() writes it (keys sorted; every string
+ * plain, so no escaping). Its length, or 0 if it does not fit. */
+static size_t release_line(char *buf, size_t cap, const get_request *r, const peer_info *p, double when)
+{
+    char context[MAX_CONTEXT + 1];
+    size_t n = 0;
+    int k;
+    memcpy(context, r->context ? (const char *)r->context : "", r->context_len);
+    context[r->context_len] = 0;
+    if (put_field(buf, cap, &n, "{\"context\": %s%s%s, \"error\": null", r->context ? context : NULL) ||
+        put_field(buf, cap, &n, ", \"exe\": %s%s%s, \"ok\": true, \"op\": \"get\"", p->exe) ||
+        put_field(buf, cap, &n, ", \"parent_exe\": %s%s%s", p->parent_exe))
+        return 0;
+    k = snprintf(buf + n, cap - n, ", \"pid\": %ld, \"time\": %.3f, \"uid\": %lu, \"vault\": \"%.*s\"}\n", p->pid,
+                 when, p->uid, (int)r->name_len, (const char *)r->name);
+    if (k < 0 || (size_t)k >= cap - n)
+        return 0;
+    return n + (size_t)k;
+}
+
+/* Under audit_mutex. */
+static void audit_close(void)
+{
+    if (audit_fd >= 0)
+        close(audit_fd);
+    audit_fd = -1;
+}
+
+/* Under audit_mutex: append one whole line. 0: written; 1: not written, it would take the file past
+ * the cap (the agent socket's writer rotates first); -1: not written, errno says why, nothing of it
+ * left in the file. */
+static int audit_append(const char *line, size_t n)
+{
+    struct stat st;
+    ssize_t k;
+    off_t end;
+    int err;
+    if (audit_path == NULL)
+        return 0;
+    if (audit_fd < 0) {
+        audit_fd = open(audit_path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (audit_fd < 0)
+            return -1;
+        if (fstat(audit_fd, &st) != 0) {
+            err = errno;
+            audit_close();
+            errno = err;
+            return -1;
+        }
+        audit_size = st.st_size;
+    }
+    if (audit_cap > 0 && audit_size > 0 && audit_size + (off_t)n > audit_cap)
+        return 1;
+    k = write(audit_fd, line, n);
+    if (k == (ssize_t)n) {
+        audit_size += (off_t)n;
+        return 0;
+    }
+    err = k < 0 ? errno : ENOSPC;
+    /* cut short (a full disk): our bytes end at the offset O_APPEND left; take them out again */
+    if (k > 0 && (end = lseek(audit_fd, 0, SEEK_CUR)) >= k && ftruncate(audit_fd, end - k) != 0) { /* closed below */ }
+    audit_close();  /* reopened, and its size read again, by the next line */
+    errno = err;
+    return -1;
+}
+
+/* ---------------------------------------------------------------- connections */
 
 #define OUT_SIZE (2 * (4 + 2 + MAX_SECRET) + 1024)
 
 typedef struct conn {
     int fd;
-    long pid;
-    unsigned long uid;
-    char *exe, *parent_exe;          /* NULL: unknown */
+    peer_info peer;
+    int plain_peer;                  /* exe and parent_exe can go in the audit line unescaped */
     uint8_t in[4 + MAX_BODY];
     size_t in_len;
     double pending_since;            /* a frame started and is not complete yet */
@@ -515,7 +372,7 @@ typedef struct conn {
 } conn;
 
 /* Room for one more answer of any kind (a raw secret is the longest). */
-#define ROOM(c) (sizeof (c)->out - (c)->out_len >= 4 + 2 + MAX_SECRET + 1024)
+#define ROOM(c) (sizeof (c)->out - (c)->out_len >= 4 + 2 + MAX_SECRET)
 
 static conn *conns;
 static int n_conns;
@@ -555,80 +412,22 @@ static long parent_of(long pid)
     return ppid;
 }
 
-/* Write the audit line; 0 on success. Reopens the log once on failure, like the agent. */
-static int audit(const conn *c, const char *name, size_t name_len, const get_request *r, const char *error)
-{
-    char buf[8192 + 2 * PATH_MAX * 6];
-    text t = {buf, 0, sizeof buf, 0};
-    struct timespec now;
-    int attempt;
-    if (audit_path == NULL)
-        return 0;
-    clock_gettime(CLOCK_REALTIME, &now);
-    put_str(&t, "{\"context\": ");
-    put_json(&t, (const char *)r->context, r->context_len);
-    put_str(&t, ", \"error\": ");
-    put_json(&t, error, error ? strlen(error) : 0);
-    put_str(&t, ", \"exe\": ");
-    put_json(&t, c->exe, c->exe ? strlen(c->exe) : 0);
-    put_str(&t, error ? ", \"ok\": false" : ", \"ok\": true");
-    put_str(&t, ", \"op\": \"get\", \"parent_exe\": ");
-    put_json(&t, c->parent_exe, c->parent_exe ? strlen(c->parent_exe) : 0);
-    put_fmt(&t, ", \"pid\": %ld, \"time\": %.3f, \"uid\": %lu, \"vault\": ", c->pid,
-            (double)now.tv_sec + (double)now.tv_nsec / 1e9, c->uid);
-    put_json(&t, name, name_len);
-    put_str(&t, "}\n");
-    if (t.overflow)
-        return -1;
-    for (attempt = 1; attempt <= 2; attempt++) {
-        if (audit_fd < 0)
-            audit_fd = open(audit_path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-        if (audit_fd >= 0 && write(audit_fd, buf, t.n) == (ssize_t)t.n)
-            return 0;
-        if (audit_fd >= 0)
-            close(audit_fd);
-        audit_fd = -1;
-    }
-    return -1;
-}
+static int plain_or_null(const char *s) { return s == NULL || plain((const uint8_t *)s, strlen(s)); }
 
-static void answer_error(conn *c, const char *code, const char *message)
-{
-    size_t cl = strlen(code), ml = strlen(message), body = 2 + 1 + cl + ml;
-    uint8_t *o = c->out + c->out_len;
-    if (c->out_len + 4 + body > sizeof c->out)
-        return;
-    o[0] = (uint8_t)(body >> 24), o[1] = (uint8_t)(body >> 16), o[2] = (uint8_t)(body >> 8), o[3] = (uint8_t)body;
-    o[4] = VERSION, o[5] = 1, o[6] = (uint8_t)cl;
-    memcpy(o + 7, code, cl);
-    memcpy(o + 7 + cl, message, ml);
-    c->out_len += 4 + body;
-}
-
-static void answer_key(conn *c, const uint8_t *key, size_t n)
+static void answer(conn *c, int status, const uint8_t *key, size_t n)
 {
     size_t body = 2 + n;
     uint8_t *o = c->out + c->out_len;
     if (c->out_len + 4 + body > sizeof c->out)
         return;
     o[0] = (uint8_t)(body >> 24), o[1] = (uint8_t)(body >> 16), o[2] = (uint8_t)(body >> 8), o[3] = (uint8_t)body;
-    o[4] = VERSION, o[5] = 0;
-    memcpy(o + 6, key, n);
+    o[4] = VERSION, o[5] = (uint8_t)status;
+    if (n > 0)
+        memcpy(o + 6, key, n);
     c->out_len += 4 + body;
 }
 
-static int exe_allowed(const vault *v, const char *exe)
-{
-    Py_ssize_t i;
-    if (v->n_exe < 0)
-        return 1;
-    if (exe == NULL)
-        return 0;
-    for (i = 0; i < v->n_exe; i++)
-        if (strcmp(v->exe[i], exe) == 0)
-            return 1;
-    return 0;
-}
+static void ask_agent(conn *c) { answer(c, STATUS_ASK, NULL, 0); }
 
 static int uid_allowed(const vault *v, unsigned long uid)
 {
@@ -641,72 +440,60 @@ static int uid_allowed(const vault *v, unsigned long uid)
     return 0;
 }
 
-/* Answer one complete request body (the twin of AgentState._get). */
+static EVP_KDF_CTX *expander;  /* the thread's */
+
+/* Answer one complete request body: the key, or ask the agent socket. */
 static void serve_get(conn *c, const uint8_t *body, size_t n)
 {
     get_request r;
-    const char *message = NULL, *code;
-    char text_buf[512], name[MAX_NAME + 1];
+    char line[LINE_MAX_LEN];
     uint8_t key[MAX_SECRET];
-    size_t key_len = 0;
+    size_t key_len, line_len;
+    struct timespec wall;
     vault *v;
     double now;
+    int ok;
 
-    code = parse_request(body, n, &r, &message);
-    if (code != NULL) {
-        answer_error(c, code, message);
+    if (!c->plain_peer || !parse_request(body, n, &r)) {
+        ask_agent(c);
         return;
     }
-    memcpy(name, r.name, r.name_len);
-    name[r.name_len] = 0;
     pthread_mutex_lock(&lock);
     now = monotonic();
-    v = vault_find(name, r.name_len);
+    v = vault_find((const char *)r.name, r.name_len);
     if (v == NULL || (v->hard_deadline >= 0 && now >= v->hard_deadline) ||
-        (v->idle_deadline >= 0 && now >= v->idle_deadline)) {
-        code = "locked";
-        snprintf(text_buf, sizeof text_buf, "vault '%s' is locked: plug in its token or run 'tokenagent unlock %s'",
-                 name, name);
-    } else if (!uid_allowed(v, c->uid)) {
-        code = "access-denied";
-        snprintf(text_buf, sizeof text_buf, "uid %lu may not get keys of vault '%s' (config allow_uids)", c->uid, name);
-    } else if (!exe_allowed(v, c->exe)) {
-        code = "access-denied";
-        snprintf(text_buf, sizeof text_buf, "%.300s may not get keys of vault '%s' (config allow_exe)",
-                 c->exe ? c->exe : "this program", name);
-    } else if (r.context == NULL && !v->allow_raw) {
-        code = "denied";
-        snprintf(text_buf, sizeof text_buf, "vault '%s' releases only subkeys: ask with --context LABEL", name);
-    }
-    if (code != NULL) {
+        (v->idle_deadline >= 0 && now >= v->idle_deadline) || !uid_allowed(v, c->peer.uid) ||
+        (r.context == NULL && !v->allow_raw)) {
         pthread_mutex_unlock(&lock);
-        if (audit(c, name, r.name_len, &r, code) != 0) {
-            snprintf(text_buf, sizeof text_buf, "cannot write the audit log %.300s: %s", audit_path, strerror(errno));
-            code = "agent";
-        }
-        answer_error(c, code, text_buf);
+        ask_agent(c);  /* a refusal: the agent socket gives it, its message and its audit line */
         return;
     }
     if (r.context != NULL) {
-        derive_subkey(&v->key->prk, r.context, r.context_len, key);
+        ok = hkdf_expand(expander, v->key->prk, r.context, r.context_len, key) == 0;
         key_len = KEY_LEN;
     } else {
         key_len = v->key->secret_len;
         memcpy(key, v->key->secret, key_len);
+        ok = 1;
     }
-    if (audit(c, name, r.name_len, &r, NULL) != 0) {
-        int err = errno;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    line_len = release_line(line, sizeof line, &r, &c->peer, (double)wall.tv_sec + (double)wall.tv_nsec / 1e9);
+    if (ok && line_len > 0) {
+        pthread_mutex_lock(&audit_mutex);
+        ok = audit_append(line, line_len) == 0;
+        pthread_mutex_unlock(&audit_mutex);
+    }
+    if (!ok || line_len == 0) {
         pthread_mutex_unlock(&lock);
         explicit_bzero(key, sizeof key);
-        snprintf(text_buf, sizeof text_buf, "cannot write the audit log %.300s: %s", audit_path, strerror(err));
-        answer_error(c, "agent", text_buf); /* fail closed: no key leaves without its audit line */
+        ask_agent(c);  /* no audit line, no key: the agent socket writes it, or says why it cannot */
         return;
     }
     if (v->idle_ttl > 0)
         v->idle_deadline = now + v->idle_ttl;
     v->releases++;
     pthread_mutex_unlock(&lock);
-    answer_key(c, key, key_len);
+    answer(c, STATUS_KEY, key, key_len);
     explicit_bzero(key, sizeof key);
 }
 
@@ -721,16 +508,21 @@ static void conn_close(conn *c)
             break;
         }
     }
+    /* Deregister before closing: epoll watches the open file, not the descriptor, and a child
+     * forked at this moment (fork + exec of any helper, by any thread) holds the file open after
+     * our close. Without this, epoll went on reporting the closed connection, and its freed
+     * struct was used again: the "double free or corruption" in conn_close. */
+    epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
-    free(c->exe);
-    free(c->parent_exe);
+    free((char *)c->peer.exe);
+    free((char *)c->peer.parent_exe);
     explicit_bzero(c, sizeof *c);
     free(c);
     n_conns--;
 }
 
 /* Send what is queued; wipe it once sent. Returns 0, or -1 when the connection is gone. */
-static int conn_flush(conn *c, int epfd)
+static int conn_flush(conn *c)
 {
     struct epoll_event ev;
     while (c->out_pos < c->out_len) {
@@ -780,16 +572,13 @@ static void conn_frames(conn *c)
         uint8_t *p = c->in + pos;
         size_t len = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
         if (len > MAX_BODY) {
-            answer_error(c, "too-large", "get-socket request above 2048 bytes; the connection is closed");
+            ask_agent(c);  /* its JSON twin is within the agent socket's limits */
             c->closing = 1;
             break;
         }
         if (c->in_len - pos < 4 + len)
             break;
-        if (len == 0)
-            answer_error(c, "protocol", "empty get-socket request");
-        else
-            serve_get(c, p + 4, len);
+        serve_get(c, p + 4, len);
         pos += 4 + len;
     }
     if (pos > 0) {
@@ -807,7 +596,7 @@ static void conn_frames(conn *c)
 /* Read and answer until the client has nothing more to say for now. A short read means the
  * socket is drained: epoll (level-triggered) says when there is more, without a recv that
  * would only fail with EAGAIN. */
-static void conn_readable(conn *c, int epfd)
+static void conn_readable(conn *c)
 {
     int drained = 0;
     for (;;) {
@@ -815,7 +604,7 @@ static void conn_readable(conn *c, int epfd)
         ssize_t k;
         conn_frames(c);
         if (c->out_len > 0) {
-            if (conn_flush(c, epfd) < 0) {
+            if (conn_flush(c) < 0) {
                 conn_close(c);
                 return;
             }
@@ -841,7 +630,7 @@ static void conn_readable(conn *c, int epfd)
     }
 }
 
-static void accept_clients(int epfd)
+static void accept_clients(void)
 {
     for (;;) {
         struct ucred cred;
@@ -874,17 +663,18 @@ static void accept_clients(int epfd)
             continue;
         }
         c->fd = fd;
-        c->pid = cred.pid;
-        c->uid = cred.uid;
-        c->exe = read_exe(cred.pid);
-        c->parent_exe = read_exe(parent_of(cred.pid));
+        c->peer.pid = cred.pid;
+        c->peer.uid = cred.uid;
+        c->peer.exe = read_exe(cred.pid);
+        c->peer.parent_exe = read_exe(parent_of(cred.pid));
+        c->plain_peer = plain_or_null(c->peer.exe) && plain_or_null(c->peer.parent_exe);
         c->pending_since = -1;
         ev.events = EPOLLIN | EPOLLRDHUP;
         ev.data.ptr = c;
         if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
             close(fd);
-            free(c->exe);
-            free(c->parent_exe);
+            free((char *)c->peer.exe);
+            free((char *)c->peer.parent_exe);
             free(c);
             continue;
         }
@@ -920,10 +710,8 @@ static void close_stalled(void)
 static void *serve(void *unused)
 {
     struct epoll_event ev, events[64];
-    int epfd = epoll_create1(EPOLL_CLOEXEC), i, n;
+    int i, n;
     (void)unused;
-    if (epfd < 0)
-        return NULL;
     ev.events = EPOLLIN;
     ev.data.ptr = &listen_fd;
     epoll_ctl(epfd, EPOLL_CTL_ADD, listen_fd, &ev);
@@ -938,60 +726,90 @@ static void *serve(void *unused)
             if (who == &wake_fd)
                 goto out;
             if (who == &listen_fd) {
-                accept_clients(epfd);
+                accept_clients();
                 continue;
             }
             conn *c = who;
             if (events[i].events & EPOLLOUT) {
-                if (conn_flush(c, epfd) < 0) {
+                if (conn_flush(c) < 0) {
                     conn_close(c);
                     continue;
                 }
                 if (c->out_len == 0)
-                    conn_readable(c, epfd);  /* requests that waited for the answers to go */
+                    conn_readable(c);  /* requests that waited for the answers to go */
             } else {
-                conn_readable(c, epfd);
+                conn_readable(c);
             }
-            /* a closed connection is freed: later events of this batch cannot name it, as each fd
-             * appears once per epoll_wait */
+            /* a connection closed above is deregistered and freed: no later event names it (each
+             * registration appears at most once per epoll_wait, and none outlives its connection) */
         }
         close_stalled();
     }
 out:
     while (conns != NULL)
         conn_close(conns);
-    close(epfd);
-    if (audit_fd >= 0)
-        close(audit_fd);
-    audit_fd = -1;
+    pthread_mutex_lock(&audit_mutex);
+    audit_close();
+    pthread_mutex_unlock(&audit_mutex);
     return NULL;
 }
 
 /* ---------------------------------------------------------------- the Python interface */
 
+static void close_fds(void)
+{
+    if (wake_fd >= 0)
+        close(wake_fd);
+    if (spare_fd >= 0)
+        close(spare_fd);
+    if (epfd >= 0)
+        close(epfd);
+    wake_fd = spare_fd = epfd = -1;
+    EVP_KDF_CTX_free(expander);
+    expander = NULL;
+}
+
+/* The log both writers append to (None: none); 1, or 0 with an exception set. */
+static int set_audit_log(PyObject *path, long long cap)
+{
+    char *copy = NULL;
+    if (path != Py_None) {
+        PyObject *encoded;
+        if (!PyUnicode_FSConverter(path, &encoded))
+            return 0;
+        copy = strdup(PyBytes_AS_STRING(encoded));
+        Py_DECREF(encoded);
+        if (copy == NULL) {
+            PyErr_NoMemory();
+            return 0;
+        }
+    }
+    pthread_mutex_lock(&audit_mutex);
+    audit_close();
+    free(audit_path);
+    audit_path = copy;
+    audit_cap = cap;
+    pthread_mutex_unlock(&audit_mutex);
+    return 1;
+}
+
 static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"listen_fd", "audit_path", "max_clients", "frame_timeout", NULL};
+    static char *names[] = {"listen_fd", "audit_path", "max_clients", "frame_timeout", "audit_max_size", NULL};
     int fd, clients = 512, created;
     double timeout = 10.0;
+    long long cap = 0;
     PyObject *path = Py_None;
     sigset_t all, old;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|Oid", names, &fd, &path, &clients, &timeout))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|OidL", names, &fd, &path, &clients, &timeout, &cap))
         return NULL;
     if (running) {
         PyErr_SetString(PyExc_RuntimeError, "the get socket is already served");
         return NULL;
     }
-    free(audit_path);
-    audit_path = NULL;
-    if (path != Py_None) {
-        PyObject *encoded;
-        if (!PyUnicode_FSConverter(path, &encoded))
-            return NULL;
-        audit_path = strdup(PyBytes_AS_STRING(encoded));
-        Py_DECREF(encoded);
-    }
+    if (!set_audit_log(path, cap))
+        return NULL;
     if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0)  /* accept until EAGAIN */
         return PyErr_SetFromErrno(PyExc_OSError);
     listen_fd = fd;
@@ -999,16 +817,14 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kw)
     frame_timeout = timeout;
     wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    expander = new_expander();
     sigfillset(&all);  /* the thread takes no signal: they stay with the agent's event loop */
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    created = wake_fd >= 0 && pthread_create(&thread, NULL, serve, NULL) == 0;
+    created = wake_fd >= 0 && epfd >= 0 && expander != NULL && pthread_create(&thread, NULL, serve, NULL) == 0;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (!created) {
-        if (wake_fd >= 0)
-            close(wake_fd);
-        if (spare_fd >= 0)
-            close(spare_fd);
-        wake_fd = spare_fd = -1;
+        close_fds();
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     running = 1;
@@ -1024,15 +840,52 @@ static PyObject *py_stop(PyObject *self, PyObject *unused)
         Py_BEGIN_ALLOW_THREADS
         pthread_join(thread, NULL);
         Py_END_ALLOW_THREADS
-        close(wake_fd);
-        if (spare_fd >= 0)
-            close(spare_fd);
-        wake_fd = spare_fd = -1;
+        close_fds();
         running = 0;
     }
     pthread_mutex_lock(&lock);
     vault_clear();
     pthread_mutex_unlock(&lock);
+    Py_RETURN_NONE;
+}
+
+/* audit_write(line) -> 0 written whole, 1 due to rotate (not written); OSError: not written. */
+static PyObject *py_audit_write(PyObject *self, PyObject *args)
+{
+    Py_buffer line;
+    int result, err = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*", &line))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&audit_mutex);
+    result = audit_path == NULL ? -2 : audit_append(line.buf, (size_t)line.len);
+    err = errno;
+    pthread_mutex_unlock(&audit_mutex);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&line);
+    if (result == -2) {
+        PyErr_SetString(PyExc_RuntimeError, "no audit log is configured (start)");
+        return NULL;
+    }
+    if (result < 0) {
+        errno = err;
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, audit_path);
+    }
+    return PyLong_FromLong(result);
+}
+
+/* audit_reopen(): the files were renamed (rotated): sync and close this one; the next line opens the path. */
+static PyObject *py_audit_reopen(PyObject *self, PyObject *unused)
+{
+    (void)self, (void)unused;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&audit_mutex);
+    if (audit_fd >= 0)
+        fdatasync(audit_fd);
+    audit_close();
+    pthread_mutex_unlock(&audit_mutex);
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
@@ -1046,107 +899,94 @@ static int deadline_arg(PyObject *o, double *out)
     return !(*out == -1.0 && PyErr_Occurred());
 }
 
+static int uids_arg(PyObject *o, vault *v)
+{
+    PyObject *seq;
+    Py_ssize_t i;
+    if (o == Py_None)
+        return 1;
+    seq = PySequence_Fast(o, "allow_uids must be a sequence");
+    if (seq == NULL)
+        return 0;
+    v->n_uids = PySequence_Fast_GET_SIZE(seq);
+    v->uids = calloc((size_t)v->n_uids + 1, sizeof *v->uids);
+    if (v->uids == NULL)
+        PyErr_NoMemory();
+    for (i = 0; v->uids != NULL && i < v->n_uids && !PyErr_Occurred(); i++)
+        v->uids[i] = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
+    Py_DECREF(seq);
+    return !PyErr_Occurred();
+}
+
 static PyObject *py_put(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"name", "secret", "allow_raw", "idle_ttl", "idle_deadline", "hard_deadline",
-                            "allow_uids", "allow_exe", NULL};
+                            "allow_uids", NULL};
     const char *name;
-    Py_ssize_t name_len, i;
+    Py_ssize_t name_len;
     Py_buffer secret;
     int allow_raw;
     double idle_ttl;
-    PyObject *idle_o, *hard_o, *uids_o, *exe_o;
+    PyObject *idle_o, *hard_o, *uids_o;
     vault *v;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "s#y*pdOOOO", names, &name, &name_len, &secret, &allow_raw,
-                                     &idle_ttl, &idle_o, &hard_o, &uids_o, &exe_o))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s#y*pdOOO", names, &name, &name_len, &secret, &allow_raw,
+                                     &idle_ttl, &idle_o, &hard_o, &uids_o))
         return NULL;
-    if (!valid_name((const uint8_t *)name, (size_t)name_len) || secret.len < 1 || secret.len > MAX_SECRET) {
+    /* names are checked by the agent (vault.check_name) before a vault is unlocked */
+    if (name_len < 1 || name_len > MAX_NAME || secret.len < 1 || secret.len > MAX_SECRET) {
         PyBuffer_Release(&secret);
         PyErr_SetString(PyExc_ValueError, "bad vault name or secret size");
         return NULL;
     }
     v = calloc(1, sizeof *v);
-    if (v == NULL)
-        goto nomem;
+    if (v == NULL) {
+        PyBuffer_Release(&secret);
+        return PyErr_NoMemory();
+    }
     memcpy(v->name, name, (size_t)name_len);
+    v->name_len = (size_t)name_len;
     v->allow_raw = allow_raw;
     v->idle_ttl = idle_ttl;
-    v->n_uids = v->n_exe = -1;
-    if (!deadline_arg(idle_o, &v->idle_deadline) || !deadline_arg(hard_o, &v->hard_deadline))
+    v->n_uids = -1;
+    if (!deadline_arg(idle_o, &v->idle_deadline) || !deadline_arg(hard_o, &v->hard_deadline) || !uids_arg(uids_o, v))
         goto fail;
-    if (uids_o != Py_None) {
-        PyObject *seq = PySequence_Fast(uids_o, "allow_uids must be a sequence");
-        if (seq == NULL)
-            goto fail;
-        v->n_uids = PySequence_Fast_GET_SIZE(seq);
-        v->uids = calloc((size_t)v->n_uids + 1, sizeof *v->uids);
-        for (i = 0; v->uids != NULL && i < v->n_uids; i++)
-            v->uids[i] = PyLong_AsUnsignedLong(PySequence_Fast_GET_ITEM(seq, i));
-        Py_DECREF(seq);
-        if (v->uids == NULL)
-            goto nomem;
-        if (PyErr_Occurred())
-            goto fail;
-    }
-    if (exe_o != Py_None) {
-        PyObject *seq = PySequence_Fast(exe_o, "allow_exe must be a sequence");
-        if (seq == NULL)
-            goto fail;
-        v->n_exe = 0;
-        v->exe = calloc((size_t)PySequence_Fast_GET_SIZE(seq) + 1, sizeof *v->exe);
-        for (i = 0; v->exe != NULL && i < PySequence_Fast_GET_SIZE(seq); i++) {
-            PyObject *encoded;
-            if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(seq, i), &encoded))
-                break;
-            v->exe[i] = strdup(PyBytes_AS_STRING(encoded));
-            Py_DECREF(encoded);
-            if (v->exe[i] == NULL) {
-                PyErr_NoMemory();
-                break;
-            }
-            v->n_exe = i + 1;
-        }
-        Py_DECREF(seq);
-        if (v->exe == NULL)
-            goto nomem;
-        if (PyErr_Occurred())
-            goto fail;
-    }
     v->key_size = (sizeof(vault_secret) + 4095) & ~(size_t)4095;
     v->key = mmap(NULL, v->key_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (v->key == MAP_FAILED) {
         v->key = NULL;
-        goto nomem;
+        PyErr_NoMemory();
+        goto fail;
     }
     madvise(v->key, v->key_size, MADV_DONTDUMP);
     mlock(v->key, v->key_size); /* best effort, as for the agent's own copy */
     v->key->secret_len = (size_t)secret.len;
     memcpy(v->key->secret, secret.buf, (size_t)secret.len);
-    hkdf_prk(&v->key->prk, v->key->secret, v->key->secret_len);
+    if (hkdf_extract(v->key->secret, v->key->secret_len, v->key->prk) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "libcrypto's HKDF failed");
+        goto fail;
+    }
     PyBuffer_Release(&secret);
     pthread_mutex_lock(&lock);
     vault_insert(v);
     pthread_mutex_unlock(&lock);
     Py_RETURN_NONE;
-nomem:
-    PyErr_NoMemory();
 fail:
     PyBuffer_Release(&secret);
-    if (v != NULL)
-        vault_free(v);
+    vault_free(v);
     return NULL;
 }
 
 static PyObject *py_drop(PyObject *self, PyObject *args)
 {
     const char *name;
+    Py_ssize_t n;
     int found;
     (void)self;
-    if (!PyArg_ParseTuple(args, "s", &name))
+    if (!PyArg_ParseTuple(args, "s#", &name, &n))
         return NULL;
     pthread_mutex_lock(&lock);
-    found = vault_unlink(name);
+    found = vault_unlink(name, (size_t)n);
     pthread_mutex_unlock(&lock);
     return PyBool_FromLong(found);
 }
@@ -1154,14 +994,15 @@ static PyObject *py_drop(PyObject *self, PyObject *args)
 static PyObject *py_usage(PyObject *self, PyObject *args)
 {
     const char *name;
+    Py_ssize_t n;
     vault *v;
     double idle;
     unsigned long long releases;
     (void)self;
-    if (!PyArg_ParseTuple(args, "s", &name))
+    if (!PyArg_ParseTuple(args, "s#", &name, &n))
         return NULL;
     pthread_mutex_lock(&lock);
-    v = vault_find(name, strlen(name));
+    v = vault_find(name, (size_t)n);
     if (v == NULL) {
         pthread_mutex_unlock(&lock);
         Py_RETURN_NONE;
@@ -1177,51 +1018,32 @@ static PyObject *py_usage(PyObject *self, PyObject *args)
 static PyObject *py_extend(PyObject *self, PyObject *args)
 {
     const char *name;
+    Py_ssize_t n;
     double deadline;
     vault *v;
     (void)self;
-    if (!PyArg_ParseTuple(args, "sd", &name, &deadline))
+    if (!PyArg_ParseTuple(args, "s#d", &name, &n, &deadline))
         return NULL;
     pthread_mutex_lock(&lock);
-    v = vault_find(name, strlen(name));
+    v = vault_find(name, (size_t)n);
     if (v != NULL && v->idle_deadline >= 0 && deadline > v->idle_deadline)
         v->idle_deadline = deadline;
     pthread_mutex_unlock(&lock);
     Py_RETURN_NONE;
 }
 
-/* Test hooks: the derivation and the parser as served, for comparison with the Python ones. */
-static PyObject *py_derive(PyObject *self, PyObject *args)
-{
-    Py_buffer secret, context;
-    hmac_key prk;
-    uint8_t out[KEY_LEN];
-    PyObject *result;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*", &secret, &context))
-        return NULL;
-    hkdf_prk(&prk, secret.buf, (size_t)secret.len);
-    derive_subkey(&prk, context.buf, (size_t)context.len, out);
-    PyBuffer_Release(&secret);
-    PyBuffer_Release(&context);
-    explicit_bzero(&prk, sizeof prk);
-    result = PyBytes_FromStringAndSize((const char *)out, KEY_LEN);
-    explicit_bzero(out, sizeof out);
-    return result;
-}
-
+/* Test hooks: the parser, the derivation and the audit line as served, for the shared vectors and
+ * the comparisons with the Python twins. */
 static PyObject *py_parse(PyObject *self, PyObject *args)
 {
     Py_buffer body;
     get_request r;
-    const char *message = NULL, *code;
     PyObject *result;
     (void)self;
     if (!PyArg_ParseTuple(args, "y*", &body))
         return NULL;
-    code = parse_request(body.buf, (size_t)body.len, &r, &message);
-    if (code != NULL)
-        result = Py_BuildValue("(ss)", code, message);
+    if (!parse_request(body.buf, (size_t)body.len, &r))
+        result = Py_NewRef(Py_None);
     else if (r.context == NULL)
         result = Py_BuildValue("(y#O)", r.name, (Py_ssize_t)r.name_len, Py_None);
     else
@@ -1230,40 +1052,88 @@ static PyObject *py_parse(PyObject *self, PyObject *args)
     return result;
 }
 
-static PyObject *py_json_string(PyObject *self, PyObject *args)
+static PyObject *py_derive(PyObject *self, PyObject *args)
 {
-    Py_buffer value;
-    char buf[8 * 4096];
-    text t = {buf, 0, sizeof buf, 0};
+    Py_buffer secret, context;
+    uint8_t prk[KEY_LEN], out[KEY_LEN];
+    EVP_KDF_CTX *kdf;
+    PyObject *result = NULL;
+    int ok;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*", &value))
+    if (!PyArg_ParseTuple(args, "y*y*", &secret, &context))
         return NULL;
-    if (value.len > 4096) {
-        PyBuffer_Release(&value);
-        PyErr_SetString(PyExc_ValueError, "at most 4096 bytes");
+    kdf = new_expander();
+    ok = kdf != NULL && secret.len >= 1 && secret.len <= MAX_SECRET && context.len >= 1 &&
+         context.len <= MAX_CONTEXT && hkdf_extract(secret.buf, (size_t)secret.len, prk) == 0 &&
+         hkdf_expand(kdf, prk, context.buf, (size_t)context.len, out) == 0;
+    EVP_KDF_CTX_free(kdf);
+    PyBuffer_Release(&secret);
+    PyBuffer_Release(&context);
+    if (ok)
+        result = PyBytes_FromStringAndSize((const char *)out, KEY_LEN);
+    else
+        PyErr_SetString(PyExc_ValueError, "a secret of 1-4096 bytes and a context of 1-256 bytes");
+    explicit_bzero(prk, sizeof prk);
+    explicit_bzero(out, sizeof out);
+    return result;
+}
+
+static PyObject *py_release_line(PyObject *self, PyObject *args)
+{
+    Py_buffer body;
+    const char *exe, *parent_exe;
+    long pid;
+    unsigned long uid;
+    double when;
+    get_request r;
+    peer_info p;
+    char line[LINE_MAX_LEN];
+    size_t n = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*zzlkd", &body, &exe, &parent_exe, &pid, &uid, &when))
         return NULL;
-    }
-    put_json(&t, value.buf, (size_t)value.len);
-    PyBuffer_Release(&value);
-    return PyUnicode_FromStringAndSize(buf, (Py_ssize_t)t.n);
+    p.pid = pid, p.uid = uid, p.exe = exe, p.parent_exe = parent_exe;
+    if (plain_or_null(exe) && plain_or_null(parent_exe) && parse_request(body.buf, (size_t)body.len, &r))
+        n = release_line(line, sizeof line, &r, &p, when);
+    PyBuffer_Release(&body);
+    if (n == 0)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize(line, (Py_ssize_t)n);
 }
 
 static PyMethodDef methods[] = {
     {"start", (PyCFunction)(void (*)(void))py_start, METH_VARARGS | METH_KEYWORDS,
-     "start(listen_fd, audit_path=None, max_clients=512, frame_timeout=10.0): serve the get socket in a thread"},
+     "start(listen_fd, audit_path=None, max_clients=512, frame_timeout=10.0, audit_max_size=0): serve in a thread"},
     {"stop", py_stop, METH_NOARGS, "stop(): end the thread, close its clients, wipe every vault"},
     {"put", (PyCFunction)(void (*)(void))py_put, METH_VARARGS | METH_KEYWORDS,
-     "put(name, secret, allow_raw, idle_ttl, idle_deadline, hard_deadline, allow_uids, allow_exe)"},
+     "put(name, secret, allow_raw, idle_ttl, idle_deadline, hard_deadline, allow_uids)"},
     {"drop", py_drop, METH_VARARGS, "drop(name) -> bool: wipe and forget a vault"},
     {"extend", py_extend, METH_VARARGS, "extend(name, idle_deadline): a release on the agent socket pushed it"},
     {"usage", py_usage, METH_VARARGS, "usage(name) -> (idle_deadline or None, releases) or None"},
+    {"audit_write", py_audit_write, METH_VARARGS, "audit_write(line) -> 0 written, 1 due to rotate; OSError"},
+    {"audit_reopen", py_audit_reopen, METH_NOARGS, "audit_reopen(): rotated: the next line opens the path anew"},
+    {"parse", py_parse, METH_VARARGS, "parse(body) -> (name, context or None), or None: ask the agent socket"},
     {"derive", py_derive, METH_VARARGS, "derive(secret, context) -> the subkey the get socket releases"},
-    {"parse", py_parse, METH_VARARGS, "parse(body) -> (name, context or None) or (error code, message)"},
-    {"json_string", py_json_string, METH_VARARGS, "json_string(bytes) -> the audit log's JSON for it"},
+    {"release_line", py_release_line, METH_VARARGS,
+     "release_line(body, exe, parent_exe, pid, uid, time) -> the audit line of a release, or None"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_getserver",
                                     "The agent's get socket, served by a native thread.", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__getserver(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__getserver(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "VERSION", VERSION) || PyModule_AddIntConstant(m, "MAX_BODY", MAX_BODY) ||
+        PyModule_AddIntConstant(m, "MAX_NAME", MAX_NAME) || PyModule_AddIntConstant(m, "MAX_CONTEXT", MAX_CONTEXT) ||
+        PyModule_AddIntConstant(m, "KEY_LEN", KEY_LEN) || PyModule_AddIntConstant(m, "MAX_SECRET", MAX_SECRET) ||
+        PyModule_AddIntConstant(m, "STATUS_ASK", STATUS_ASK) ||
+        PyModule_AddObject(m, "LABEL_CONTEXT", PyBytes_FromString(LABEL_CONTEXT))) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -6,6 +6,8 @@
     lock_on_remove = true   # lock vaults opened by a token when that token is removed
     removal_grace = 2.0     # seconds a removed token has to come back before the lock
     audit = true            # JSON lines of every key release in DATA/audit.log
+    audit_max_size = 16777216  # bytes; the log is rotated to audit.log.1 ... before it grows past (0: never)
+    audit_keep = 4          # rotated files kept (audit.log.1 to audit.log.4)
     watch_tokens = true     # watch PC/SC readers and USB HID keys: unlock on plug, lock on removal
     touch_timeout = 30      # seconds a plugged token has to be touched
     pinentry = "pinentry-gnome3"   # ask PINs of plugged tokens with this program (default: none)
@@ -85,6 +87,8 @@ class AgentConfig:
     lock_on_remove: bool = True
     removal_grace: float = 2.0
     audit: bool = True
+    audit_max_size: int = 16 * 1024 * 1024
+    audit_keep: int = 4
     watch_tokens: bool = True
     touch_timeout: float = 30.0
     pinentry: str | None = None
@@ -116,6 +120,7 @@ _AGENT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "lock_on_remov
                "pinentry": str, "pinentry_tty": str, "notify": bool,
                "get_socket": bool}
 _AGENT_KEYS["client_idle_timeout"] = (int, float)
+_AGENT_KEYS.update(audit_max_size=int, audit_keep=int)
 _DEVICE_KEYS = {"pkcs11_modules": list}
 _PASSWORD_KEYS = {"min_length": int, "min_bits": (int, float)}
 _SSH_KEYS = {"socket": bool, "keys": list}
@@ -150,6 +155,8 @@ def load_config(path: Path | None = None) -> AgentConfig:
     if raw:
         raise UsageError(f"config {path}: unknown tables {sorted(raw)}")
     _check(agent, _AGENT_KEYS, "[agent]")
+    if agent.get("audit_max_size", 0) < 0 or agent.get("audit_keep", 1) < 1:
+        raise UsageError(f"config {path}: [agent] audit_max_size must be 0 or more, audit_keep 1 or more")
     _check(devices, _DEVICE_KEYS, "[devices]")
     _check(passwords, _PASSWORD_KEYS, "[passwords]")
     if any(v < 0 for v in passwords.values()):

@@ -2,24 +2,32 @@
 
 Theory of operation. ``get`` is the one request clients make often (every backup run, every
 password command), and a Python event loop costs several times what ssh-agent spends on a
-request. So the agent listens on a second socket next to its own, ``agent.sock.get``, and
-serves there only ``get``, in a small binary form, from a thread of the C extension
-``_getserver`` that never takes the GIL. The agent stays the only one to decide: it mirrors
-each unlocked vault into the thread (``put``: the secret, the deadlines, the vault's
-allow_uids/allow_exe rules) and removes it on lock (``drop``: wiped at once). The thread
-applies the same checks as ``AgentState._get`` in the same order, writes the same audit line
-before the key leaves, and answers with the same error codes and messages; the agent reads
-back its idle-deadline pushes and release counts (``usage``) for ``expire`` and ``status``.
+request. So the agent listens on a second socket next to its own, ``agent.sock.get``, where a
+thread of the C extension ``_getserver`` that never takes the GIL serves the success path of
+``get`` in a small binary form: the key, once its audit line is written whole, or "ask the
+agent socket", for everything else. The client then asks the agent socket, whose
+``AgentState._get`` gives the refusal, its message and its audit line: each rule and each
+message has one implementation, in Python.
+
+The agent stays the only one to decide. It mirrors into the thread each unlocked vault whose
+client rules the C code decides exactly as Python does (``served_natively``: no rules, or
+``allow_uids`` only) with ``put`` (the secret, the deadlines, allow_uids), and removes it on lock
+(``drop``: wiped at once); a vault with any other rule is not mirrored, so all its gets go to the
+agent socket. It reads back the thread's idle-deadline pushes and release counts (``usage``) for
+``expire`` and ``status``. Where it runs, its writer of the audit log is the process's one
+writer: the agent socket's lines go through ``audit_write`` too (daemon/audit.py).
 
 The socket gets the same protection as the agent's: same private directory, bound under
 umask 0177 and chmod 0600, peers other than our uid and root closed before a byte is read.
-Where the extension was not built (no C compiler at install time) or ``get_socket = false``
-is configured, there is no get socket and clients use the agent socket for ``get`` too.
+Where the extension was not built (no C compiler or no libcrypto headers at install time) or
+``get_socket = false`` is configured, there is no get socket and clients use the agent socket
+for ``get`` too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -38,6 +46,16 @@ except ImportError:  # built without a C compiler
 
 log = logging.getLogger("tokenagent.agent")
 MAX_SUN_PATH = 107  # sockaddr_un's sun_path less its terminating 0
+# The VaultPolicy fields the C code applies as Python does (lifetimes are mirrored as deadlines;
+# unlock_on_plug is not a client rule). Any other field away from its default keeps a vault off it.
+_NATIVE_FIELDS = frozenset({"idle_ttl", "max_ttl", "allow_uids", "unlock_on_plug"})
+_DEFAULT_POLICY = VaultPolicy()
+
+
+def served_natively(policy: VaultPolicy) -> bool:
+    """Whether the get socket may serve this vault: it decides each of its rules exactly as Python."""
+    return all(getattr(policy, f.name) == getattr(_DEFAULT_POLICY, f.name)
+               for f in dataclasses.fields(policy) if f.name not in _NATIVE_FIELDS)
 
 
 def available() -> bool:
@@ -50,7 +68,6 @@ class GetSocket:
     def __init__(self, sock: socket.socket, path: Path) -> None:
         self.sock = sock
         self.path = path
-        self.running = False
 
     @classmethod
     def bind(cls, agent_socket: Path) -> GetSocket | None:
@@ -71,18 +88,17 @@ class GetSocket:
         sock.listen(MAX_BACKLOG)
         return cls(sock, path)
 
-    def start(self, audit_path: os.PathLike[str] | str | None, max_clients: int, frame_timeout: float) -> None:
+    def start(self, audit_path: os.PathLike[str] | str | None, max_clients: int, frame_timeout: float,
+              audit_max_size: int = 0) -> None:
         assert _getserver is not None
         _getserver.start(self.sock.fileno(), None if audit_path is None else os.fspath(audit_path),
-                         max_clients, frame_timeout)
-        self.running = True
+                         max_clients, frame_timeout, audit_max_size)
         log.info("get socket on %s", self.path)
 
     def stop(self) -> None:
         """End the thread, wipe every mirrored vault, remove the socket file."""
         if _getserver is not None:
             _getserver.stop()
-        self.running = False
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
@@ -90,8 +106,11 @@ class GetSocket:
     # --- the mirror of AgentState.sessions (state.KeyMirror) ----------------------------------
     def put(self, session: Session, policy: VaultPolicy) -> None:
         assert _getserver is not None
+        if not served_natively(policy):
+            _getserver.drop(session.vault)
+            return
         _getserver.put(session.vault, session.secret, session.allow_raw, session.idle_ttl,
-                       session.idle_deadline, session.hard_deadline, policy.allow_uids, policy.allow_exe)
+                       session.idle_deadline, session.hard_deadline, policy.allow_uids)
 
     def drop(self, vault: str) -> None:
         assert _getserver is not None
@@ -104,3 +123,12 @@ class GetSocket:
     def usage(self, vault: str) -> tuple[float | None, int] | None:
         assert _getserver is not None
         return _getserver.usage(vault)
+
+    # --- the audit log's one writer in this process (daemon/audit.py) --------------------------
+    def audit_write(self, line: bytes) -> int:
+        assert _getserver is not None
+        return _getserver.audit_write(line)
+
+    def audit_reopen(self) -> None:
+        assert _getserver is not None
+        _getserver.audit_reopen()

@@ -9,7 +9,6 @@ of copies it makes itself; docs/agent.md says what this does and does not protec
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import resource
 
@@ -18,8 +17,16 @@ PR_GET_DUMPABLE = 3
 log = logging.getLogger("tokenagent.agent")
 
 
+LIBC_SONAME = "libc.so.6"  # glibc's soname on Linux; ctypes.util.find_library would run /sbin/ldconfig (a fork)
+_libc_handle: ctypes.CDLL | None = None
+
+
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    """libc, loaded once by its soname: no process is started to find it (every lock and unlock mlocks)."""
+    global _libc_handle
+    if _libc_handle is None:
+        _libc_handle = ctypes.CDLL(LIBC_SONAME, use_errno=True)
+    return _libc_handle
 
 
 def harden_process() -> dict[str, bool]:

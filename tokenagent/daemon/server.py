@@ -134,7 +134,7 @@ class AgentServer:
         self._server = await loop.create_unix_server(self._protocol, sock=self.sock, backlog=MAX_CLIENTS)
         if self.get_socket is not None:
             self.get_socket.start(self.state.audit_path if self.state.config.audit else None, MAX_CLIENTS,
-                                  FRAME_TIMEOUT)
+                                  FRAME_TIMEOUT, self.state.config.audit_max_size)
             self.state.mirror = self.get_socket
         if self.ssh_socket is not None:
             await self.ssh_socket.start()

@@ -104,6 +104,7 @@ def inherited_socket() -> socket.socket | None:
     if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
         return None
     sock = socket.socket(fileno=3)
+    sock.set_inheritable(False)  # systemd passes it inheritable: no program the agent runs gets it
     sock.setblocking(False)
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(var, None)

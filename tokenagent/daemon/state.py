@@ -15,14 +15,12 @@ tokenagent.errors. Waiting (``get`` with ``wait``) and the event stream are the 
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import os
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Protocol
 
 from .. import __version__
@@ -39,6 +37,7 @@ from ..errors import (
 from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Response
 from ..vault import Vault, VaultStore, check_name, derive_subkey, verify, wipe
 from ..vault.operations import is_token_slot
+from .audit import AuditLog, audit_line
 from .config import AgentConfig, VaultPolicy, check_seconds
 from .hardening import lock_in_memory, unlock_memory
 
@@ -87,6 +86,8 @@ class KeyMirror(Protocol):
     def drop(self, vault: str) -> None: ...
     def extend(self, vault: str, idle_deadline: float) -> None: ...
     def usage(self, vault: str) -> tuple[float | None, int] | None: ...
+    def audit_write(self, line: bytes) -> int: ...  # the audit log's writer there (daemon/audit.py)
+    def audit_reopen(self) -> None: ...
 
 
 @dataclass
@@ -99,7 +100,7 @@ class AgentState:
     listeners: list[Callable[[Event], None]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     mirror: KeyMirror | None = None  # the get socket's copy of the sessions (must use time.monotonic)
-    _audit_fd: int | None = field(default=None, repr=False)
+    _audit_log: AuditLog | None = field(default=None, repr=False)
     _policies: dict[str, VaultPolicy] = field(default_factory=dict, repr=False)  # cleared by reload()
     # The highest seq seen per vault file, and what looked wrong with it: a file that goes backwards
     # (an older copy put back: a rollback) or was read from its backup is logged and shown in status.
@@ -359,39 +360,23 @@ class AgentState:
             raise AccessDenied(f"{peer.exe or 'this program'} may not get keys of vault {vault!r} (config allow_exe)")
 
     def _audit(self, vault: str, context: str | None, peer: Peer, error: str | None) -> None:
+        """One line in the audit log, whole, or AgentError: no key leaves without it (daemon/audit.py)."""
         if not self.config.audit or self.audit_path is None:
             return
-        line = _AUDIT_LINE % (_json_str(context), _json_str(error), _json_str(peer.exe),
-                              "true" if error is None else "false", _json_str(peer.parent_exe), peer.pid,
-                              time.time(), peer.uid, _json_str(vault))
-        for attempt in (1, 2):
-            try:
-                if self._audit_fd is None:
-                    self._audit_fd = os.open(self.audit_path, _AUDIT_FLAGS, 0o600)
-                os.write(self._audit_fd, line.encode())
-                return
-            except OSError as err:
-                self.close_audit()  # disk trouble, or a descriptor gone bad: reopen once
-                if attempt == 2:  # fail closed: no key leaves without its audit line
-                    raise AgentError(f"cannot write the audit log {self.audit_path}: {err.strerror}") from None
+        if self._audit_log is None:
+            self._audit_log = AuditLog(self.audit_path, self.config.audit_max_size, self.config.audit_keep,
+                                       self.mirror)
+        try:
+            self._audit_log.write(audit_line(vault, context, peer.pid, peer.uid, peer.exe, peer.parent_exe, error,
+                                             time.time()))
+        except OSError as err:
+            raise AgentError(f"cannot write the audit log {self.audit_path}: {err.strerror or err};"
+                             " no key is released without its audit line") from None
 
     def close_audit(self) -> None:
-        if self._audit_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._audit_fd)
-            self._audit_fd = None
-
-
-# One JSON object per line, keys sorted; built with the C string encoder (one line per key release).
-_AUDIT_LINE = ('{"context": %s, "error": %s, "exe": %s, "ok": %s, "op": "get", "parent_exe": %s, "pid": %d,'
-               ' "time": %.3f, "uid": %d, "vault": %s}\n')
-
-
-def _json_str(value: str | None) -> str:
-    return "null" if value is None else encode_basestring_ascii(value)
-
-
-_AUDIT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        if self._audit_log is not None:
+            self._audit_log.close()
+            self._audit_log = None
 
 
 _B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
