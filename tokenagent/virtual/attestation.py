@@ -12,7 +12,8 @@ root -> F9 certificate -> attestation certificate and read those extensions.
 
 The virtual token cannot have Yubico's root, so each token makes its own root CA ("tokenagent
 virtual PIV attestation root CA, serial N") on first use, keeps it in its state file
-(``piv.attestation.root_cert``, PEM), and issues its F9 certificate under it. A verifier that
+(``piv.attestation.root_cert``, PEM), and issues its F9 certificate under it (and the
+certificate of the Security Domain's SCP11b key, tokenagent.virtual.scp). A verifier that
 trusts that root verifies this token's attestations as it would a YubiKey's under Yubico's.
 """
 
@@ -63,6 +64,7 @@ def make_attestation(serial: int) -> dict[str, str]:
     f9 = _ca_certificate(_name(f"tokenagent virtual PIV attestation, serial {serial}"), root_name,
                          f9_key.public_key(), root_key, 0)
     return {"root_cert": root.public_bytes(serialization.Encoding.PEM).decode(),
+            "root_key": base64.b64encode(_der(root_key)).decode(),
             "key": base64.b64encode(_der(f9_key)).decode(),
             "cert": base64.b64encode(f9.public_bytes(serialization.Encoding.DER)).decode()}
 
@@ -84,6 +86,13 @@ def attest(attestation: dict[str, str], slot: int, public: Any, version: tuple[i
                               critical=False)
                .add_extension(x509.UnrecognizedExtension(OID_FORM_FACTOR, bytes([form_factor])), critical=False))
     return builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def root_signer(attestation: dict[str, str]) -> tuple[ec.EllipticCurvePrivateKey, x509.Name]:
+    """The root CA's key and name (it also issues the Security Domain's SCP11b certificate)."""
+    key = serialization.load_der_private_key(base64.b64decode(attestation["root_key"]), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # noqa: S101 - made by make_attestation
+    return key, x509.load_pem_x509_certificate(attestation["root_cert"].encode()).subject
 
 
 def _der_integer(value: int) -> bytes:

@@ -13,6 +13,11 @@ set ``own_chaining``.
 
 A power cycle (vpcd power off/on or reset) deselects the applet and calls
 ``Applet.power_cycle``: CTAP's "3 wrong PINs until power cycle" rule lives there.
+
+Secure channels (SCP03, SCP11b; tokenagent.virtual.scp) are opened on the selected applet by
+the Security Domain's handshake commands (CLA 80/84, INS 50, 82, 88) and checked here: inside
+one, each whole command (after chaining) is unwrapped before its applet sees it and a 9000
+answer is wrapped before response chaining; a SELECT or power cycle closes the channel.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, Protocol
 
 # Status words (ISO 7816-4)
 SW_OK = 0x9000
@@ -45,6 +51,8 @@ SW_UNKNOWN = 0x6F00
 INS_SELECT = 0xA4
 INS_GET_RESPONSE = 0xC0
 CLA_CHAINING = 0x10
+CLA_PROPRIETARY, CLA_SECURE_MESSAGING = 0x80, 0x04
+SCP_HANDSHAKE = frozenset({0x50, 0x82, 0x88})  # INITIALIZE UPDATE, EXTERNAL / INTERNAL AUTHENTICATE
 
 
 class ApduStatus(Exception):
@@ -131,11 +139,18 @@ class Applet:
         raise ApduStatus(SW_INS_NOT_SUPPORTED)
 
 
+class SecureChannels(Protocol):
+    def handshake(self, apdu: Apdu, current: Any) -> tuple[bytes, Any]: ...
+
+
 class VirtualCard:
     """A card with several applets; thread-safe: one APDU at a time."""
 
-    def __init__(self, applets: list[Applet], atr: bytes, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, applets: list[Applet], atr: bytes, on_change: Callable[[], None] | None = None,
+                 secure_channels: SecureChannels | None = None) -> None:
         self.applets = applets
+        self.secure_channels = secure_channels
+        self.channel: Any = None  # the open secure channel (tokenagent.virtual.scp.Channel)
         self.atr = atr
         self.selected: Applet | None = None
         self._chain: bytes | None = None
@@ -158,6 +173,7 @@ class VirtualCard:
         self.selected = None
         self._chain = None
         self._pending = b""
+        self.channel = None
         for applet in self.applets:
             applet.power_cycle()
 
@@ -193,7 +209,27 @@ class VirtualCard:
             self._chain = None
         if applet is None:
             raise ApduStatus(SW_CONDITIONS_NOT_SATISFIED if apdu.ins != INS_GET_RESPONSE else SW_WRONG_P1P2)
+        if self.secure_channels is not None and apdu.cla & CLA_PROPRIETARY and apdu.ins in SCP_HANDSHAKE:
+            data, self.channel = self.secure_channels.handshake(apdu, self.channel)
+            return self._answer(data, apdu)
+        if self.channel is not None:
+            return self._secure(applet, apdu)
+        if apdu.cla & CLA_SECURE_MESSAGING and not applet.own_chaining:
+            raise ApduStatus(SW_SECURITY_STATUS_NOT_SATISFIED)  # secure messaging, but no channel open
         return self._answer(applet.process(apdu), apdu)
+
+    def _secure(self, applet: Applet, apdu: Apdu) -> tuple[bytes, int]:
+        channel = self.channel
+        if not apdu.cla & CLA_SECURE_MESSAGING or not channel.authenticated:
+            self.channel = None  # a plain command inside a channel ends it
+            raise ApduStatus(SW_SECURITY_STATUS_NOT_SATISFIED)
+        try:
+            plain = channel.unwrap(apdu)
+        except ApduStatus:
+            self.channel = None
+            raise
+        data = applet.process(plain)  # an error status goes back unwrapped, as GlobalPlatform has it
+        return self._answer(channel.wrap(data, SW_OK), plain)
 
     def _select(self, apdu: Apdu) -> tuple[bytes, int]:
         aid = apdu.data
@@ -203,6 +239,7 @@ class VirtualCard:
                     self.selected.deselect()
                 self._chain = None
                 self._pending = b""
+                self.channel = None
                 self.selected = applet
                 return self._answer(applet.select(apdu.p2), apdu)
         raise ApduStatus(SW_FILE_NOT_FOUND)

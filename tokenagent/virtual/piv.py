@@ -10,23 +10,25 @@ driver send, over ISO 7816 APDUs (AID A000000308):
   power cycle also forget it (libykpiv relies on this to read the retry counter).
 * CHANGE REFERENCE DATA (24) for PIN (80) and PUK (81), RESET RETRY COUNTER (2C) with the
   PUK; each wrong old value spends a try of that reference.
-* GENERAL AUTHENTICATE (87): with the management key (P2 9B; 3DES by default, AES-128/192/256
-  after SET MANAGEMENT KEY) as the two-step witness/challenge exchange; with a key slot:
-  raw RSA (tag 81), ECDSA over a given digest (tag 81), ECDH (tag 85, answers the shared x
-  coordinate). PIN policy (never/once/always) and touch policy (never/always/cached for
-  15 s) are enforced per key.
-* GENERATE ASYMMETRIC KEY PAIR (47) for RSA 1024/2048/3072/4096, P-256 and P-384, with PIN
-  and touch policy; IMPORT KEY (FE); MOVE/DELETE KEY (F6): all need the management key.
-* GET DATA (CB) / PUT DATA (DB) of the data objects (certificates per slot, CHUID, CCC...)
-  and the read-only discovery object; writing needs the management key.
+* GENERAL AUTHENTICATE (87): with the management key (P2 9B; AES-192 by default on 5.7, 3DES
+  or AES-128/192/256 after SET MANAGEMENT KEY) as the two-step witness/challenge exchange; with
+  a key slot: raw RSA (tag 81), ECDSA over a digest of any length (tag 81; cut or padded to the
+  curve size), Ed25519 over the message (tag 81), ECDH with P-256/P-384/X25519 (tag 85). PIN
+  policy (never/once/always) and touch policy (never/always/cached for 15 s) per key.
+* GENERATE ASYMMETRIC KEY PAIR (47) for RSA 1024/2048/3072/4096, P-256, P-384, Ed25519 and
+  X25519, with PIN and touch policy; IMPORT KEY (FE); MOVE/DELETE KEY (F6): all need the
+  management key.
+* GET DATA (CB) / PUT DATA (DB) of the object ids a YubiKey takes (7E, read only; 7F61; any
+  5F0000-5FFFFF); writing needs the management key.
+* ATTEST (F9) of a generated key under the slot F9 attestation key (tokenagent.virtual.attestation).
 * Yubico's GET VERSION (FD), GET SERIAL (F8), GET METADATA (F7) of PIN, PUK, management key
   and key slots, SET PIN RETRIES (FA; management key and PIN; resets PIN and PUK to the
   defaults), RESET (FB; only when PIN and PUK are both blocked), SET MANAGEMENT KEY (FF).
 
 Defaults are a new YubiKey's: PIN 123456, PUK 12345678, 3 tries each, management key
-010203040506070801020304050607080102030405060708 (3DES, as on firmware before 5.7, which
-the libykpiv in Debian 12 expects). Not implemented: attestation (F9), Ed25519/X25519,
-biometric verification, secure messaging (SCP03/11).
+010203040506070801020304050607080102030405060708 (AES-192 from firmware 5.7, 3DES before).
+Not implemented: importing into F9, biometric verification. Secure channels (SCP03/SCP11b)
+are the card's (tokenagent.virtual.card, tokenagent.virtual.scp).
 """
 
 from __future__ import annotations
@@ -561,7 +563,7 @@ class PivApplet(Applet):
 
     def _attestation(self) -> dict[str, str]:
         """This token's attestation CA and F9 key (tokenagent.virtual.attestation), made on first use."""
-        if self.attestation is None:
+        if self.attestation is None or "root_key" not in self.attestation:
             self.attestation = make_attestation(self.serial)
             self.changed()
         return self.attestation

@@ -1,6 +1,7 @@
 """A virtual token: a card with its applets, its state file, its touch model and transports.
 
-Theory of operation. ``VirtualToken`` owns one ``VirtualCard`` (FIDO2, OTP, PIV and management applets) and a JSON
+Theory of operation. ``VirtualToken`` owns one ``VirtualCard`` (FIDO2, OTP, PIV, Security Domain and management
+applets) and a JSON
 state file (serial, firmware version, each applet's ``state_dict``), rewritten atomically
 after every persistent change, so a token keeps its keys, PIN and counters across plugs and
 processes. Transports only move APDUs: ``DirectConnection`` looks like a pyscard connection
@@ -24,6 +25,7 @@ from .ctaphid import HidFrontEnd, hid_device
 from .management import ManagementApplet
 from .otp import OtpApplet
 from .piv import PivApplet
+from .scp import SecurityDomain
 
 # The ATR of a YubiKey 5 NFC held to an NFC reader ("YubiKey" in its historical bytes). The token
 # speaks CTAP over the NFC framing, so clients that tell USB from NFC by the ATR (ykman, yubikit)
@@ -41,7 +43,8 @@ class VirtualToken:
         self.fido2 = Fido2Applet(self.presence)
         self.otp = OtpApplet(self.presence, 0, VERSION)
         self.piv = PivApplet(self.presence, 0, VERSION)
-        self.applets: list[Applet] = [self.fido2, self.otp, self.piv]
+        self.security_domain = SecurityDomain(self.piv._attestation)
+        self.applets: list[Applet] = [self.fido2, self.otp, self.piv, self.security_domain]
         self._lock = threading.Lock()
         state = self._read()
         if state is None:
@@ -57,7 +60,11 @@ class VirtualToken:
         self.otp.serial = self.piv.serial = self.serial
         for applet in self.applets:
             applet.changed = self.save
-        self.card = VirtualCard([*self.applets, ManagementApplet(self.serial, VERSION)], ATR)
+        # the factory keys a YubiKey leaves with: PIV attestation (under this token's root CA) and SCP11b
+        self.piv._attestation()
+        self.security_domain._scp11b_key()
+        self.card = VirtualCard([*self.applets, ManagementApplet(self.serial, VERSION)], ATR,
+                                secure_channels=self.security_domain)
         self.card.power_on()
         self.hid = HidFrontEnd(self.fido2, VERSION)
 

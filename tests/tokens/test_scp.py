@@ -1,0 +1,113 @@
+"""The virtual token's Security Domain and secure channels (SCP03, SCP11b) against yubikit's
+own SCP code (PivSession, YubiOtpSession, ManagementSession, SecurityDomainSession with key
+parameters) and the ykman CLI's --scp options through the private pcscd."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from pcscd import PrivatePcscd, TokenProcess
+from test_piv_virtual import first_reader, tool  # type: ignore[import-not-found]
+from ykman.pcsc import ScardSmartCardConnection
+from yubikit.core.smartcard import ApduError
+from yubikit.core.smartcard.scp import KeyRef, Scp03KeyParams, Scp11KeyParams, StaticKeys
+from yubikit.management import ManagementSession
+from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, SLOT, PivSession
+from yubikit.securitydomain import SecurityDomainSession
+from yubikit.yubiotp import SLOT as OTP_SLOT
+from yubikit.yubiotp import HmacSha1SlotConfiguration, YubiOtpSession
+
+from tokenagent.virtual.token import VirtualToken
+
+SCP11B = KeyRef(0x13, 0x01)
+
+
+@pytest.fixture
+def token(tmp_path: Path) -> VirtualToken:
+    return VirtualToken(tmp_path / "token.json", serial=9901)
+
+
+def connection(token: VirtualToken) -> ScardSmartCardConnection:
+    return ScardSmartCardConnection(token.connection())
+
+
+def scp11b_params(token: VirtualToken) -> Scp11KeyParams:
+    chain = SecurityDomainSession(connection(token)).get_certificate_bundle(SCP11B)
+    public = chain[-1].public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    return Scp11KeyParams(SCP11B, public)
+
+
+def test_security_domain_lists_its_factory_keys(token: VirtualToken) -> None:
+    sd = SecurityDomainSession(connection(token))
+    assert set(sd.get_key_information()) == {KeyRef(0x01, 0xFF), SCP11B}
+    chain = sd.get_certificate_bundle(SCP11B)
+    root = x509.load_pem_x509_certificate(
+        json.loads(token.state_path.read_text())["piv"]["attestation"]["root_cert"].encode())
+    chain[-1].verify_directly_issued_by(root)  # the token's own CA, as a YubiKey's is Yubico's
+    assert sd.get_certificate_bundle(KeyRef(0x13, 0x02)) == []
+
+
+@pytest.mark.parametrize("kind", ["scp03", "scp11b"])
+def test_piv_otp_and_management_over_a_secure_channel(token: VirtualToken, kind: str) -> None:
+    params = Scp03KeyParams() if kind == "scp03" else scp11b_params(token)
+    piv = PivSession(connection(token), params)
+    piv.authenticate(DEFAULT_MANAGEMENT_KEY)
+    public = piv.generate_key(SLOT.KEY_MANAGEMENT, KEY_TYPE.ECCP384)
+    piv.verify_pin("123456")
+    peer = ec.generate_private_key(ec.SECP384R1())
+    assert piv.calculate_secret(SLOT.KEY_MANAGEMENT, peer.public_key()) == peer.exchange(ec.ECDH(), public)
+    assert piv.get_certificate(SLOT.ATTESTATION)  # a long answer: encrypted, then chained
+    otp = YubiOtpSession(connection(token), params)
+    otp.put_configuration(OTP_SLOT.ONE, HmacSha1SlotConfiguration(b"k" * 20))
+    assert otp.calculate_hmac_sha1(OTP_SLOT.ONE, b"abc") == hmac.new(b"k" * 20, b"abc", hashlib.sha1).digest()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - another program's SELECT closed the channel
+        YubiOtpSession(connection(token))
+        otp.calculate_hmac_sha1(OTP_SLOT.ONE, b"abc")
+    assert ManagementSession(connection(token), params).read_device_info().serial == 9901
+
+
+def test_wrong_keys_and_plain_commands_are_refused(token: VirtualToken) -> None:
+    with pytest.raises(ValueError, match="Incorrect SCP parameters"):  # yubikit sees a wrong card cryptogram
+        PivSession(connection(token), Scp03KeyParams(keys=StaticKeys(*(os.urandom(16) for _ in range(3)))))
+    piv = PivSession(connection(token), Scp03KeyParams())
+    plain = piv.protocol.connection
+    _, sw = plain.send_and_receive(bytes.fromhex("00FD000000"))  # GET VERSION without secure messaging
+    assert sw == 0x6982
+    version, sw = plain.send_and_receive(bytes.fromhex("00FD000000"))  # that ended the channel
+    assert sw == 0x9000 and version == bytes([5, 7, 2])
+    with pytest.raises(ApduError):  # a forged MAC
+        piv = PivSession(connection(token), Scp03KeyParams())
+        state = piv.protocol._processor.state  # type: ignore[attr-defined]
+        state._mac_chain = os.urandom(16)
+        piv.verify_pin("123456")
+
+
+def test_ykman_cli_over_scp11b_and_scp03(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:
+    state = tmp_path / "a.json"
+    tokens.append(TokenProcess(pcscd, state, 6808))
+    reader = first_reader(pcscd)
+    def ykman(*args: str) -> subprocess.CompletedProcess[str]:
+        return tool(pcscd, sys.executable, "-m", "ykman._cli.__main__", *args)
+
+    info = ykman("--reader", reader, "sd", "info")
+    assert info.returncode == 0, info.stderr
+    assert "Default key set" in info.stdout and "tokenagent virtual SD SCP11b key" in info.stdout, info.stdout
+    root = tmp_path / "root.pem"
+    root.write_text(json.loads(state.read_text())["piv"]["attestation"]["root_cert"])
+    over_scp11b = ykman("--scp-ca", str(root), "--scp-sd", "scp11b", "1", "--reader", reader, "piv", "info")
+    assert over_scp11b.returncode == 0 and "PIV version:              5.7.2" in over_scp11b.stdout, over_scp11b
+    default = "404142434445464748494a4b4c4d4e4f"
+    over_scp03 = ykman("--scp", f"{default}:{default}:{default}", "--reader", reader, "otp", "info")
+    assert over_scp03.returncode == 0 and "Slot 1: empty" in over_scp03.stdout, over_scp03
+    wrong = ykman("--scp", f"{'00' * 16}:{'00' * 16}", "--reader", reader, "otp", "info")
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr, wrong
