@@ -25,6 +25,7 @@ from .client import AgentClient
 from .errors import TokenAgentError, VaultLocked, VaultNotFound
 
 DEFAULT_WAIT = 30.0
+MAX_STANZAS = 64  # per age-unwrap request (docs/spec/protocol.md)
 
 
 class Plugin:
@@ -79,7 +80,11 @@ class Plugin:
                 continue
             for index, parsed in enumerate(self.identities):
                 assert parsed is not None
-                found = self.ask(index, parsed, stanzas)
+                found: bytes | bool | None = None
+                for start in range(0, len(stanzas), MAX_STANZAS):  # the agent takes 64 per request
+                    found = self.ask(index, parsed, stanzas[start : start + MAX_STANZAS])
+                    if found is not None:
+                        break
                 if found is False:
                     self.done()
                     return

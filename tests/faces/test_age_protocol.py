@@ -116,6 +116,17 @@ def test_not_mine_sends_nothing_so_age_tries_the_next_identity(state: AgentState
     assert sent == [("done", [], b"")] and len(agent.requests) == 2
 
 
+def test_a_file_with_many_recipients_is_asked_in_parts(state: AgentState) -> None:
+    file_key = os.urandom(16)
+    others = [wrap(file_key, X25519PrivateKey.generate().public_key().public_bytes_raw()) for _ in range(99)]
+    ours = wrap(file_key, age_public(SECRET, "backup"))
+    inp = phase1(agekeys.write_stanza("add-identity", (agekeys.identity("v1", "backup"),)),
+                 *(agekeys.write_stanza("recipient-stanza", ("0", "X25519", s), b) for s, b in [*others, ours]))
+    sent, agent = run_plugin(state, inp.getvalue(), answers(1))
+    assert sent == [("file-key", ["0"], file_key), ("done", [], b"")]
+    assert [len(r["stanzas"]) for r in agent.requests] == [64, 36]
+
+
 def test_a_file_without_x25519_stanzas_asks_nothing(state: AgentState) -> None:
     inp = phase1(agekeys.write_stanza("add-identity", (agekeys.identity("v1", "backup"),)),
                  agekeys.write_stanza("recipient-stanza", ("0", "piv-p256", "abc", "def"), os.urandom(32))).getvalue()

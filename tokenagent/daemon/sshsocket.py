@@ -447,7 +447,11 @@ class _SshProtocol(asyncio.Protocol):
 
     async def _answer_later(self, answer: Awaitable[bytes]) -> None:
         try:
-            data = await answer
+            try:
+                data = await answer
+            except Exception as err:  # a bug, or the audit log gone: answer all the same, never hang a client
+                log.error("internal error in an ssh-agent signature: %s", type(err).__name__)
+                data = sshagent.failure()
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.write(data)
         finally:
