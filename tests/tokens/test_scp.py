@@ -67,6 +67,9 @@ def test_piv_otp_and_management_over_a_secure_channel(token: VirtualToken, kind:
     peer = ec.generate_private_key(ec.SECP384R1())
     assert piv.calculate_secret(SLOT.KEY_MANAGEMENT, peer.public_key()) == peer.exchange(ec.ECDH(), public)
     assert piv.get_certificate(SLOT.ATTESTATION)  # a long answer: encrypted, then chained
+    blob = os.urandom(1500)  # a long command: MAC over the extended length form, then chained
+    piv.put_object(0x5F0001, blob)
+    assert piv.get_object(0x5F0001) == blob
     otp = YubiOtpSession(connection(token), params)
     otp.put_configuration(OTP_SLOT.ONE, HmacSha1SlotConfiguration(b"k" * 20))
     assert otp.calculate_hmac_sha1(OTP_SLOT.ONE, b"abc") == hmac.new(b"k" * 20, b"abc", hashlib.sha1).digest()
@@ -111,3 +114,23 @@ def test_ykman_cli_over_scp11b_and_scp03(pcscd: PrivatePcscd, tokens: list[Token
     assert over_scp03.returncode == 0 and "Slot 1: empty" in over_scp03.stdout, over_scp03
     wrong = ykman("--scp", f"{'00' * 16}:{'00' * 16}", "--reader", reader, "otp", "info")
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr, wrong
+    before = json.loads(state.read_text())["sd"]["scp11b"]["key"]
+    reset = ykman("--reader", reader, "sd", "reset", "--force")  # blocks every key, so the card resets
+    assert reset.returncode == 0, reset.stderr
+    assert json.loads(state.read_text())["sd"]["scp11b"]["key"] != before  # a new SCP11b key
+    again = ykman("--scp", f"{default}:{default}:{default}", "--reader", reader, "otp", "info")
+    assert again.returncode == 0, again.stderr  # the default SCP03 keys work again
+
+
+def test_a_blocked_key_and_the_reset_after_all_are(token: VirtualToken) -> None:
+    sd = SecurityDomainSession(connection(token))
+    for _ in range(65):  # INITIALIZE UPDATE without EXTERNAL AUTHENTICATE: failed authentications
+        sd.protocol.send_apdu(0x80, 0x50, 0, 0, bytes(8))
+    with pytest.raises(ApduError) as blocked:
+        sd.protocol.send_apdu(0x80, 0x50, 0, 0, bytes(8))
+    assert blocked.value.sw == 0x6983
+    with pytest.raises(ApduError) as refused:
+        PivSession(connection(token), Scp03KeyParams())
+    assert refused.value.sw == 0x6983
+    PivSession(connection(token), scp11b_params(token))  # the other key still opens a channel
+    assert json.loads(token.state_path.read_text())["sd"]["tries"]["scp11b"] == 65

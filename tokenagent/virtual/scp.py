@@ -23,8 +23,11 @@ management or the Security Domain itself) and lasts until the next SELECT or pow
 The Security Domain applet (AID A000000151000000) answers GET DATA of the key information
 (the default SCP03 key set, KVN FF, and the SCP11b key, KID 13 KVN 01), of the SCP11b key's
 certificate chain (issued by the token's PIV attestation root CA, tokenagent.virtual.attestation)
-and of the card recognition data. Managing keys (PUT KEY, GENERATE KEY, DELETE, STORE DATA,
-reset by blocking) is not implemented: those answer 6D00.
+and of the card recognition data. Each key has 65 authentication tries (an INITIALIZE UPDATE
+not followed by a good EXTERNAL AUTHENTICATE, a malformed INTERNAL AUTHENTICATE); at 0 it
+answers 6983, and with all keys blocked the Security Domain is reset to the factory state:
+the default SCP03 keys and a new SCP11b key (this is how ``ykman sd reset`` works). Managing
+keys (PUT KEY, GENERATE KEY, DELETE, STORE DATA) is not implemented: those answer 6D00.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ INS_GET_DATA = 0xCA
 CLA_SECURE = 0x04
 DEFAULT_KEY = bytes(range(0x40, 0x50))
 SCP03_KVN, SCP11B_KID, SCP11B_KVN = 0xFF, 0x13, 0x01
+AUTH_TRIES = 65  # failed authentications that block a key; all keys blocked = factory reset (ykman sd reset)
+SW_BLOCKED = 0x6983
 LEVEL_ALL = 0x33  # C-MAC, C-DECRYPTION, R-MAC, R-ENCRYPTION
 KEY_USAGE, KEY_TYPE_AES, KEY_LENGTH = b"\x3c", b"\x88", b"\x10"
 
@@ -142,12 +147,31 @@ class SecurityDomain(Applet):
         self._attestation = attestation  # the PIV attestation CA, which issues the SCP11b certificate
         self.scp11b: dict[str, Any] | None = None  # {"key": b64 PKCS#8, "certs": [b64 DER]}
         self._pending: tuple[bytes, bytes, bytes] | None = None  # SCP03 keys and cryptogram context
+        self.tries = {"scp03": AUTH_TRIES, "scp11b": AUTH_TRIES}
 
     def state_dict(self) -> dict[str, object]:
-        return {"scp11b": self.scp11b}
+        return {"scp11b": self.scp11b, "tries": self.tries}
 
     def load_state(self, state: dict[str, object]) -> None:
         self.scp11b = state.get("scp11b")  # type: ignore[assignment]
+        self.tries = dict(state.get("tries") or self.tries)  # type: ignore[call-overload]
+
+    def _spend(self, key: str) -> None:
+        """An authentication begun or failed with ``key``; blocked at 0, and with every key blocked
+        the Security Domain goes back to the factory: default SCP03 keys, a new SCP11b key."""
+        if self.tries[key] <= 0:
+            raise ApduStatus(SW_BLOCKED)
+        self.tries[key] -= 1
+        if all(left <= 0 for left in self.tries.values()):
+            self.scp11b = None
+            self.tries = {name: AUTH_TRIES for name in self.tries}
+            self._scp11b_key()
+        self.changed()
+
+    def _succeeded(self, key: str) -> None:
+        if self.tries[key] != AUTH_TRIES:
+            self.tries[key] = AUTH_TRIES
+            self.changed()
 
     def _scp11b_key(self) -> tuple[ec.EllipticCurvePrivateKey, list[bytes]]:
         if self.scp11b is None:
@@ -170,6 +194,7 @@ class SecurityDomain(Applet):
     def _initialize_update(self, apdu: Apdu) -> tuple[bytes, Channel | None]:
         if apdu.p1 not in (0, SCP03_KVN) or len(apdu.data) != 8:
             raise ApduStatus(SW_REFERENCE_DATA_NOT_FOUND if len(apdu.data) == 8 else SW_INCORRECT_PARAMETERS)
+        self._spend("scp03")  # given back by a good EXTERNAL AUTHENTICATE
         card_challenge = os.urandom(8)
         context = apdu.data + card_challenge
         channel = Channel(_derive(DEFAULT_KEY, 0x04, context), _derive(DEFAULT_KEY, 0x06, context),
@@ -189,22 +214,26 @@ class SecurityDomain(Applet):
         if apdu.p1 != LEVEL_ALL or not hmac.compare_digest(host_cryptogram, expected):
             raise ApduStatus(SW_SECURITY_STATUS_NOT_SATISFIED)
         current.authenticated = True
+        self._succeeded("scp03")
         return b"", current
 
     def _internal_authenticate(self, apdu: Apdu) -> tuple[bytes, Channel | None]:
         if (apdu.p1, apdu.p2) not in ((SCP11B_KVN, SCP11B_KID), (0, SCP11B_KID)):
             raise ApduStatus(SW_REFERENCE_DATA_NOT_FOUND)
-        items = tlv_parse(apdu.data)
-        fields = dict(items)
-        control = dict(tlv_parse(fields.get(0xA6, b"")))
-        if (control.get(0x90) != b"\x11\x00" or control.get(0x95) != KEY_USAGE or control.get(0x80) != KEY_TYPE_AES
-                or control.get(0x81) != KEY_LENGTH or 0x5F49 not in fields):
-            raise ApduStatus(SW_INCORRECT_PARAMETERS)
-        static, _ = self._scp11b_key()
+        if self.tries["scp11b"] <= 0:
+            raise ApduStatus(SW_BLOCKED)
         try:
+            fields = dict(tlv_parse(apdu.data))
+            control = dict(tlv_parse(fields.get(0xA6, b"")))
+            if (control.get(0x90) != b"\x11\x00" or control.get(0x95) != KEY_USAGE
+                    or control.get(0x80) != KEY_TYPE_AES or control.get(0x81) != KEY_LENGTH):
+                raise ApduStatus(SW_INCORRECT_PARAMETERS)
             host = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), fields[0x5F49])
-        except ValueError:
+        except (ApduStatus, KeyError, ValueError):
+            self._spend("scp11b")
             raise ApduStatus(SW_INCORRECT_PARAMETERS) from None
+        self._succeeded("scp11b")
+        static, _ = self._scp11b_key()
         ephemeral = ec.generate_private_key(ec.SECP256R1())
         card_tlv = tlv(0x5F49, ephemeral.public_key().public_bytes(serialization.Encoding.X962,
                                                                     serialization.PublicFormat.UncompressedPoint))
