@@ -155,26 +155,28 @@ class PrivatePcscd:
         stop_process(self.proc)
 
 
+# Cards are counted from pcscd's reader states (present, not mute), never by connecting: a
+# connection's disconnect powers the card off (pyscard's default disposition), which would
+# break a session another process (the agent under test) has open on the same card.
 _WAIT_CARDS = """
 import sys, time
-from smartcard.System import readers
+from smartcard import scard
 want, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
+_, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
 while True:
+    _, names = scard.SCardListReaders(context, [])
     present = 0
-    for reader in readers():
-        connection = reader.createConnection()
-        try:
-            connection.connect()
-            present += 1
-            connection.disconnect()
-        except Exception:
-            pass
+    if names:
+        rc, states = scard.SCardGetStatusChange(context, 0, [(n, scard.SCARD_STATE_UNAWARE) for n in names])
+        for _, state, _ in states if rc == scard.SCARD_S_SUCCESS else []:
+            if state & scard.SCARD_STATE_PRESENT and not state & scard.SCARD_STATE_MUTE:
+                present += 1
     if present == want:
         sys.exit(0)
     if time.monotonic() > deadline:
         print(f"{present} card(s) present")
         sys.exit(1)
-    time.sleep(0.2)
+    time.sleep(0.1)
 """
 
 

@@ -50,8 +50,9 @@ MAX_CLIENTS = 512
 MAX_WAITS = 128  # get --wait requests waiting at once (each holds a connection)
 MAX_STREAMS = 64  # events streams at once
 MAX_WAIT = 300.0
-PLUG_SETTLE = 0.5
-PLUG_RETRY = 1.0  # before the second round of plug-in unlocks
+# A just-plugged token is tried at once; one that is not ready yet (pcscd may power-cycle a card
+# just inserted) fails with a transport error, and such vaults get a second round this much later.
+PLUG_RETRY = 1.0
 
 
 class AgentServer:
@@ -221,7 +222,6 @@ class AgentServer:
             return
         self._plugging.add(reader)
         try:
-            await asyncio.sleep(PLUG_SETTLE)  # pcscd may power-cycle a card just inserted
             loop = asyncio.get_running_loop()
 
             def emit(name: str, **data: Any) -> None:
