@@ -19,9 +19,10 @@ TOKENAGENT = str(Path(sys.executable).parent / "tokenagent")
 
 
 class Agent:
-    """``tokenagent agent`` in a temporary TOKENAGENT_HOME with ``vaults`` vaults, ``v0`` unlocked."""
+    """``tokenagent agent`` in a temporary TOKENAGENT_HOME with ``vaults`` vaults, ``v0`` unlocked
+    (unless ``unlocked`` is false)."""
 
-    def __init__(self, vaults: int = 1, config: str | None = None) -> None:
+    def __init__(self, vaults: int = 1, config: str | None = None, unlocked: bool = True) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="tokenagent-bench-")
         self.home = Path(self.tmp.name) / "home"
         self.home.mkdir(mode=0o700)
@@ -58,6 +59,8 @@ class Agent:
                 break
             except OSError:
                 time.sleep(0.05)
+        if not unlocked:
+            return
         with FramedClient(self.socket) as c:
             c.call(frame_json({"op": "unlock", "vault": "v0", "key": base64.b64encode(self.secret).decode(),
                                "idle_ttl": 0, "max_ttl": 0}))

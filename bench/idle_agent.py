@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""An idle agent: how often it wakes up and how much memory it holds, against an idle ssh-agent.
+
+Both run with nothing to do (the agent: one vault, locked; no token). After a settling pause
+the wake-ups of every thread are counted for ``-s`` seconds from /proc (voluntary context
+switches: each is a thread going to sleep again after it woke), and the resident memory is read.
+Without pcscd running, the agent's PC/SC watcher looks for it every few seconds; with udev it
+gets HID changes as events.
+
+    .venv/bin/python bench/idle_agent.py [-s 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from _common import Agent, SshAgent, machine
+
+
+def wakeups(pid: int) -> int:
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended
+    return total
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def idle_figures(pid: int, seconds: float) -> tuple[float, float]:
+    time.sleep(3.0)
+    before = wakeups(pid)
+    time.sleep(seconds)
+    return (wakeups(pid) - before) / seconds, rss_mib(pid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-s", "--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    agent = Agent(unlocked=False)
+    ssh = SshAgent()
+    try:
+        ours = idle_figures(agent.proc.pid, args.seconds)
+        theirs = idle_figures(ssh.proc.pid, args.seconds)
+    finally:
+        agent.close()
+        ssh.close()
+    print(f"idle, nothing unlocked, {args.seconds:.0f} s, {machine()}")
+    print(f"  tokenagent agent  {ours[0]:6.2f} wake-ups/s   {ours[1]:6.1f} MiB resident")
+    print(f"  ssh-agent         {theirs[0]:6.2f} wake-ups/s   {theirs[1]:6.1f} MiB resident"
+          f"   (memory: agent = {ours[1] / theirs[1]:.1f}x)")
+    print("  goals: no periodic wake-up with udev (at most 1/s without), at most 25 MiB before a token is seen")
+
+
+if __name__ == "__main__":
+    main()
