@@ -31,7 +31,8 @@
     idle_ttl = 60
     max_ttl = 3600
     allow_uids = [1000]     # only peers with these uids (default: the agent's own uid)
-    allow_exe = ["/usr/bin/restic"]   # only these executables may get keys of this vault
+    allow_exe = ["/usr/bin/restic"]   # only these programs may get keys of this vault ("tokenagent get": its parent)
+    refuse_preload = true   # with allow_exe: refuse a program with LD_PRELOAD or code not root's alone (default)
     unlock_on_plug = true
 """
 
@@ -66,6 +67,7 @@ class VaultPolicy:
     allow_uids: tuple[int, ...] | None = None
     allow_exe: tuple[str, ...] | None = None
     unlock_on_plug: bool = True
+    refuse_preload: bool = True  # with allow_exe: refuse a program with preloaded code (daemon/peers.py)
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class AgentConfig:
             allow_uids=tuple(int(u) for u in uids) if uids is not None else None,
             allow_exe=tuple(str(e) for e in exes) if exes is not None else None,
             unlock_on_plug=bool(raw.get("unlock_on_plug", True)),
+            refuse_preload=bool(raw.get("refuse_preload", True)),
         )
 
 
@@ -126,7 +129,7 @@ _PASSWORD_KEYS = {"min_length": int, "min_bits": (int, float)}
 _SSH_KEYS = {"socket": bool, "keys": list}
 _SSH_KEY_KEYS = {"vault": str, "label": str, "comment": str, "type": str, "confirm": bool, "touch": bool}
 _VAULT_KEYS = {"idle_ttl": (int, float), "max_ttl": (int, float), "allow_uids": list, "allow_exe": list,
-               "unlock_on_plug": bool}
+               "unlock_on_plug": bool, "refuse_preload": bool}
 
 
 def _check(table: dict[str, Any], allowed: dict[str, Any], where: str) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .. import _locations, paths
 from ..errors import AgentError, UnsafePath
+from .peers import identify
 from .state import Peer
 
 _UCRED = struct.Struct("=iII")
@@ -113,24 +114,10 @@ def inherited_socket() -> socket.socket | None:
 
 def peer_of(sock: socket.socket) -> Peer:
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    return Peer(pid, uid, gid, _exe(pid), _exe(_parent(pid)))
-
-
-def _exe(pid: int | None) -> str | None:
     if not pid:
-        return None
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])  # field 4, after the (comm)
-    except (OSError, IndexError, ValueError):
-        return None
+        return Peer(pid, uid, gid)
+    who = identify(pid)
+    return Peer(pid, uid, gid, who.exe, who.parent_exe, who.start, who.program, who.program_pid)
 
 
 def peer_allowed(peer: Peer) -> bool:

@@ -37,6 +37,7 @@ from ..errors import (
 from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Response
 from ..vault import Vault, VaultStore, check_name, derive_subkey, verify, wipe
 from ..vault.operations import is_token_slot
+from . import peers
 from .audit import AuditLog, audit_line
 from .config import AgentConfig, VaultPolicy, check_seconds
 from .hardening import lock_in_memory, unlock_memory
@@ -52,6 +53,9 @@ class Peer:
     gid: int
     exe: str | None = None
     parent_exe: str | None = None  # the program that ran the client (restic for "tokenagent get")
+    start: int | None = None  # the process's start time (daemon/peers.py): with pid, one process
+    program: str | None = None  # what allow_exe matches: exe, or parent_exe for "tokenagent get"
+    program_pid: int | None = None
 
 
 @dataclass
@@ -356,8 +360,31 @@ class AgentState:
         policy = self._policy(vault)
         if policy.allow_uids is not None and peer.uid not in policy.allow_uids:
             raise AccessDenied(f"uid {peer.uid} may not get keys of vault {vault!r} (config allow_uids)")
-        if policy.allow_exe is not None and peer.exe not in policy.allow_exe:
-            raise AccessDenied(f"{peer.exe or 'this program'} may not get keys of vault {vault!r} (config allow_exe)")
+        if policy.allow_exe is not None:
+            self._check_program(vault, peer, policy)
+
+    def _check_program(self, vault: str, peer: Peer, policy: VaultPolicy) -> None:
+        """allow_exe and refuse_preload, read again now from /proc (daemon/peers.py): the program must be
+        allowed, the same process as at connect, and (where asked) free of preloaded code."""
+        assert policy.allow_exe is not None
+        if peer.start is None:  # not read from /proc (a peer made in process): its exe is all there is
+            if peer.exe not in policy.allow_exe:
+                raise AccessDenied(f"{peer.exe or 'this program'} may not get keys of vault {vault!r}"
+                                   " (config allow_exe)")
+            return
+        program = peer.program
+        if program not in policy.allow_exe:
+            raise AccessDenied(f"{program or 'this program'} may not get keys of vault {vault!r} (config allow_exe)")
+        now = peers.identify(peer.pid)
+        if (now.start, now.program, now.program_pid) != (peer.start, program, peer.program_pid):
+            raise AccessDenied(f"the program that connected for vault {vault!r} is no longer {program}"
+                               " (it exec'd another or exited); refused (config allow_exe)")
+        if policy.refuse_preload:
+            for pid in dict.fromkeys((peer.program_pid, peer.pid)):
+                why = peers.preload(pid, unreadable_ok=pid == peer.pid != peer.program_pid) if pid else None
+                if why:
+                    raise AccessDenied(f"{program} may not get keys of vault {vault!r}: {why}"
+                                       " (config refuse_preload)")
 
     def _audit(self, vault: str, context: str | None, peer: Peer, error: str | None) -> None:
         """One line in the audit log, whole, or AgentError: no key leaves without it (daemon/audit.py)."""
