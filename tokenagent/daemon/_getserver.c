@@ -96,10 +96,8 @@ static int hkdf_expand(EVP_KDF_CTX *kdf, const uint8_t prk[KEY_LEN], const uint8
                        uint8_t out[KEY_LEN])
 {
     uint8_t info[sizeof LABEL_CONTEXT + MAX_CONTEXT];
-    int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY, ok;
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, "SHA256", 0),
-        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+    int ok;
+    OSSL_PARAM params[] = {  /* the digest and the mode were set once (new_expander) */
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, (void *)prk, KEY_LEN),
         OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, sizeof LABEL_CONTEXT + n),
         OSSL_PARAM_construct_end()};
@@ -112,11 +110,21 @@ static int hkdf_expand(EVP_KDF_CTX *kdf, const uint8_t prk[KEY_LEN], const uint8
     return ok ? 0 : -1;
 }
 
+/* A context for hkdf_expand: HKDF-SHA256, expand only (the digest is looked up once, here). */
 static EVP_KDF_CTX *new_expander(void)
 {
+    int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+        OSSL_PARAM_construct_end()};
     EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
     EVP_KDF_CTX *ctx = kdf != NULL ? EVP_KDF_CTX_new(kdf) : NULL;
     EVP_KDF_free(kdf);  /* the context keeps its own reference */
+    if (ctx != NULL && EVP_KDF_CTX_set_params(ctx, params) != 1) {
+        EVP_KDF_CTX_free(ctx);
+        ctx = NULL;
+    }
     return ctx;
 }
 
