@@ -21,6 +21,7 @@ choose it instead.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -295,8 +296,19 @@ def fido_hid_paths() -> list[str]:
         return []
 
 
+UDEV_CONTROL = "/run/udev/control"  # systemd-udevd's socket: udev events come only while it runs
+
+
+def udev_running() -> bool:
+    return os.path.exists(UDEV_CONTROL)
+
+
 def udev_hidraw_monitor() -> Any | None:
-    """A started pyudev monitor of the hidraw subsystem, or None (no pyudev, no udev)."""
+    """A started pyudev monitor of the hidraw subsystem, or None (no pyudev, or no udev daemon:
+    a monitor would then stay silent, so the caller polls)."""
+    if not udev_running():
+        log.info("udev is not running (no %s): HID keys are looked for by polling", UDEV_CONTROL)
+        return None
     try:
         import pyudev
 

@@ -1,6 +1,6 @@
 """``tokenagent virtual-token``: run a virtual token in a real pcscd, and plug, unplug or touch it.
 
-    tokenagent virtual-token run --state FILE [--serial N] [--vpcd HOST:PORT] [--touch MODE]
+    tokenagent virtual-token run --state FILE [--serial N] [--vpcd HOST:PORT] [--uhid] [--touch MODE]
     tokenagent virtual-token plug|unplug|touch|status --state FILE
 
 ``run`` keeps the token in the foreground (state in FILE, created on first run) and listens
@@ -23,6 +23,7 @@ from ..errors import TokenError, UsageError
 from .util import emit, json_option
 
 TOUCH_MODES = ("auto", "delay", "explicit", "refuse")
+DEFAULT_VPCD = "127.0.0.1:35963"
 
 
 def control_path(state: Path) -> Path:
@@ -46,20 +47,24 @@ def virtual_token() -> None:
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="The token's state file (keys, PIN, counters); created on first run.")
 @click.option("--serial", type=int, help="Serial number of a new token.")
-@click.option("--vpcd", default="127.0.0.1:35963", show_default=True, help="Where pcscd's vpcd driver listens.")
+@click.option("--vpcd", help="Where pcscd's vpcd driver listens [default: 127.0.0.1:35963, none with --uhid].")
+@click.option("--uhid", is_flag=True,
+              help="Also (or, without --vpcd, only) be a USB YubiKey's FIDO and OTP HID interfaces through"
+                   " /dev/uhid (Linux, root or access to /dev/uhid).")
 @click.option("--touch", type=click.Choice(TOUCH_MODES), default="auto", show_default=True,
               help="auto: touched at once; delay: after --touch-delay; explicit: 'touch' command; refuse: never.")
 @click.option("--touch-delay", type=float, default=1.0, show_default=True)
 @click.option("--unplugged", is_flag=True, help="Start unplugged (plug it with 'virtual-token plug').")
-def run(state: Path, serial: int | None, vpcd: str, touch: str, touch_delay: float, unplugged: bool) -> None:
+def run(state: Path, serial: int | None, vpcd: str | None, uhid: bool, touch: str, touch_delay: float,
+        unplugged: bool) -> None:
     """Run a virtual token in the foreground until SIGTERM or Ctrl-C."""
     from ..daemon.sockets import bind_private
     from ..virtual.token import VirtualToken
     from ..virtual.vpcd import VpcdClient
 
-    host, port = _parse_vpcd(vpcd)
     token = VirtualToken(state, serial, touch, touch_delay)
-    client = VpcdClient(token.card, host, port)
+    transports = _Transports(token, None if vpcd is None and uhid else _parse_vpcd(vpcd or DEFAULT_VPCD), uhid,
+                             VpcdClient)
     ctl = control_path(state)
     with contextlib.suppress(FileNotFoundError):
         ctl.unlink()
@@ -68,11 +73,7 @@ def run(state: Path, serial: int | None, vpcd: str, touch: str, touch_delay: flo
     stop = threading.Event()
 
     def plug() -> dict[str, Any]:
-        try:
-            client.plug()
-        except OSError as err:
-            raise TokenError(f"cannot reach vpcd at {host}:{port} ({err.strerror or err}): is pcscd running with"
-                             " the vsmartcard-vpcd driver?") from None
+        transports.plug()
         return {"plugged": True}
 
     def handle(conn: socket.socket) -> None:
@@ -82,7 +83,7 @@ def run(state: Path, serial: int | None, vpcd: str, touch: str, touch_delay: flo
                 if command == "plug":
                     answer = plug()
                 elif command == "unplug":
-                    client.unplug()
+                    transports.unplug()
                     answer = {"plugged": False}
                 elif command == "touch":
                     token.touch()
@@ -91,7 +92,7 @@ def run(state: Path, serial: int | None, vpcd: str, touch: str, touch_delay: flo
                     answer = {}
                 else:
                     raise UsageError(f"unknown command {command!r}")
-                answer = {"ok": True, "serial": token.serial, "plugged": client.plugged, **answer}
+                answer = {"ok": True, "serial": token.serial, "plugged": transports.plugged, **answer}
             except (TokenError, UsageError) as err:
                 answer = {"ok": False, "error": err.code, "message": err.message}
             conn.sendall(json.dumps(answer).encode() + b"\n")
@@ -108,17 +109,55 @@ def run(state: Path, serial: int | None, vpcd: str, touch: str, touch_delay: flo
         signal.signal(sig, lambda *_: stop.set())
     if not unplugged:
         plug()
-    click.echo(f"virtual token {token.serial} {'plugged into' if client.plugged else 'ready for'} vpcd at"
-               f" {host}:{port}; control: {ctl}", err=True)
+    click.echo(f"virtual token {token.serial} {'plugged into' if transports.plugged else 'ready for'}"
+               f" {transports.describe()}; control: {ctl}", err=True)
     threading.Thread(target=serve, daemon=True).start()
     try:
         while not stop.wait(0.2):
             pass
     finally:
-        client.unplug()
+        transports.unplug()
         server.close()
         with contextlib.suppress(FileNotFoundError):
             ctl.unlink()
+
+
+class _Transports:
+    """The transports a running virtual token is plugged into: vpcd (a card in pcscd), uhid (USB HID)."""
+
+    def __init__(self, token: Any, vpcd: tuple[str, int] | None, uhid: bool, vpcd_client: Any) -> None:
+        self.vpcd = vpcd
+        self.parts: list[Any] = []
+        if vpcd is not None:
+            self.parts.append(vpcd_client(token.card, *vpcd))
+        if uhid:
+            from ..virtual.uhid import UhidToken
+
+            self.parts.append(UhidToken(token))
+
+    @property
+    def plugged(self) -> bool:
+        return any(part.plugged for part in self.parts)
+
+    def describe(self) -> str:
+        names = [f"vpcd at {self.vpcd[0]}:{self.vpcd[1]}" if type(part).__name__ == "VpcdClient" else "USB HID (uhid)"
+                 for part in self.parts]
+        return " and ".join(names)
+
+    def plug(self) -> None:
+        for part in self.parts:
+            try:
+                part.plug()
+            except OSError as err:
+                if self.vpcd is not None and type(part).__name__ == "VpcdClient":
+                    raise TokenError(f"cannot reach vpcd at {self.vpcd[0]}:{self.vpcd[1]} ({err.strerror or err}):"
+                                     " is pcscd running with the vsmartcard-vpcd driver?") from None
+                raise TokenError(f"cannot create the USB HID device ({err.strerror or err}): is the uhid module"
+                                 " loaded (modprobe uhid) and /dev/uhid writable?") from None
+
+    def unplug(self) -> None:
+        for part in self.parts:
+            part.unplug()
 
 
 def _control(state: Path, command: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Theory of operation. ``PcscWatcher`` runs one thread that asks pcscd which readers hold a card
 (``SCardGetStatusChange``, half-second timeout, readers re-listed each round; when pcscd is
 not running it retries every few seconds); ``HidWatcher`` runs another that lists the FIDO
-keys on USB HID (/dev/hidraw*) when udev reports a change and every second. Each reports
+keys on USB HID (/dev/hidraw*) when udev reports a hidraw change (every second without udev). Each reports
 every change to the event loop with ``loop.call_soon_threadsafe``, naming the token by its
 reader or by "hid:" and its hidraw path; the devices of one such token are reached through
 ``tokenagent.discovery.ReaderDevices`` (discovery keeps every platform import). The agent then:
@@ -149,9 +149,9 @@ class HidWatcher(_Watcher):
     """Reports ("added" | "removed", "hid:PATH") for FIDO keys on USB HID (/dev/hidraw*).
 
     The list is python-fido2's (``list_descriptors``: hidraw devices whose report descriptor
-    has the FIDO usage page), taken again whenever udev reports a hidraw change (pyudev) and
-    at least every ``HID_POLL`` seconds, so it works without udev too (containers, no
-    /run/udev). Keys that also have a PC/SC interface show up in both watchers; a vault
+    has the FIDO usage page), taken once at start and again whenever udev reports a hidraw
+    add or remove (pyudev's netlink monitor; nothing is polled then). Without udev
+    (containers, no /run/udev) it is taken every ``HID_POLL`` seconds instead. Keys that also have a PC/SC interface show up in both watchers; a vault
     opened through one is tied to that one.
     """
 
@@ -164,22 +164,31 @@ class HidWatcher(_Watcher):
 
     def _run(self) -> None:
         monitor = udev_hidraw_monitor()
+        if monitor is not None:
+            log.info("HID keys: following udev's hidraw events")
+        self._list()
         while not self._stop.is_set():
-            try:
-                self._publish({HID_PREFIX + path for path in self.list_paths()})
-            except Exception as err:  # noqa: BLE001 - a device vanishing while listed
-                log.debug("HID watch: %s", err)
             if monitor is None:
                 self._stop.wait(HID_POLL)
+                self._list()
                 continue
             try:
-                if monitor.poll(timeout=HID_POLL) is not None:
-                    time.sleep(HID_SETTLE)  # let the node get its permissions (udev rules)
-                    while monitor.poll(timeout=0) is not None:
-                        pass
+                # the timeout only lets the thread notice stop(): nothing is listed without an event
+                if monitor.poll(timeout=HID_POLL) is None:
+                    continue
+                time.sleep(HID_SETTLE)  # let the node get its permissions (udev rules)
+                while monitor.poll(timeout=0) is not None:
+                    pass
             except Exception as err:  # noqa: BLE001 - udev went away: fall back to polling
-                log.debug("udev monitor: %s", err)
+                log.info("udev monitor failed (%s): HID keys are looked for by polling", err)
                 monitor = None
+            self._list()
+
+    def _list(self) -> None:
+        try:
+            self._publish({HID_PREFIX + path for path in self.list_paths()})
+        except Exception as err:  # noqa: BLE001 - a device vanishing while listed
+            log.debug("HID watch: %s", err)
 
 
 class PlugPins:

@@ -1,0 +1,27 @@
+#!/bin/bash
+# The desk guest's first command (tests/desk/guest.py boots it with virtme-ng): put the Python
+# image over the interpreter's and the venv's paths, load uhid and loop, start systemd-udevd with
+# the project's rules, and run the tier's tests (their results go to $DESK_OUT/results.json).
+set -u
+echo "guest: up at $(cut -d' ' -f1 /proc/uptime) s"
+modprobe -a virtio_scsi sd_mod ext4 uhid loop 2>&1
+for _ in $(seq 50); do [ -b /dev/sda ] && break; sleep 0.2; done
+mkdir -p /run/desk-py
+mount -o ro /dev/sda /run/desk-py || { echo "guest: cannot mount the Python image"; exit 1; }
+mount --bind /run/desk-py/base "$DESK_BASE"
+mount --bind /run/desk-py/venv "$DESK_VENV"
+
+# udev with the project's rules (and systemd's own: 60-fido-id, 70-uaccess, 99-systemd)
+cp "$DESK_REPO"/udev/*.rules /etc/udev/rules.d/
+/lib/systemd/systemd-udevd --daemon
+udevadm trigger --action=add
+udevadm settle --timeout=60
+echo "guest: udev ready at $(cut -d' ' -f1 /proc/uptime) s"
+
+export DESK_RESULTS="$DESK_OUT/results.json" HOME=/tmp/desk-home TOKENAGENT_DESK_GUEST=1 TOKENAGENT_STRICT_SKIPS="$DESK_STRICT" PYTHONDONTWRITEBYTECODE=1
+mkdir -p "$HOME"
+cd "$DESK_REPO" || exit 1
+mapfile -t ids < "$DESK_OUT/nodeids"
+"$DESK_VENV/bin/python" -m pytest -q -p no:cacheprovider -m desk \
+    --timeout 900 "${ids[@]}"
+echo "guest: pytest exited $? at $(cut -d' ' -f1 /proc/uptime) s"

@@ -1,0 +1,127 @@
+"""The desk tier's guest: Debian's kernel under QEMU (TCG) through virtme-ng, booted once for all its tests.
+
+Theory of operation. The host side of ``pytest -m desk`` does not run the tier's tests itself:
+the first desk test boots one guest (``vng``) whose root is the host's own filesystem (9p, read
+only, with virtme's overlays on /etc, /var, /tmp...), and in it ``guest-init.sh`` loads uhid,
+starts systemd-udevd with the project's rules and runs pytest on the same test ids with
+TOKENAGENT_DESK_GUEST=1; each test's outcome is written to a JSON file in a shared directory
+(``--rwdir``), and the host reports every test with the guest's outcome and output.
+
+Python over 9p under TCG is slow (a bare ``python -c pass`` took 7 s, importing fido2 and
+ykman over 30 s, almost all of it in 9p lookups), so the interpreter and the virtual
+environment travel as an ext4 image on a virtio disk (``mkfs.ext4 -d``, made here from
+hard links, no copy) that the guest mounts over the same paths.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_INIT = REPO / "tests" / "desk" / "guest-init.sh"
+BOOT_TIMEOUT = 25 * 60  # the whole guest run; CI's budget for the tier is well under 30 minutes
+SKIP_DIRS = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "__phello__", "lib2to3", "mypy",
+             "mypyc", "ruff", "IPython", "pip", "setuptools", "pkg_resources", "_distutils_hack"}
+
+
+def missing() -> str | None:
+    """Why the guest cannot boot here (None: it can)."""
+    if not sys.platform.startswith("linux"):
+        return "the desk tier needs Linux"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
+    if not kernels():
+        return "no kernel in /boot (apt-get install linux-image-amd64)"
+    if vng() is None:
+        return "virtme-ng's vng is missing (pip install -e '.[test]')"
+    if not os.path.exists("/bin/busybox") and not os.path.exists("/usr/bin/busybox"):
+        return "busybox is missing (apt-get install busybox-static), virtme-ng needs it"
+    if shutil.which("mkfs.ext4") is None:
+        return "mkfs.ext4 is missing (apt-get install e2fsprogs)"
+    if os.geteuid() != 0:
+        return "the desk tier boots its guest as root (vng --user root)"
+    return None
+
+
+def kernels() -> list[str]:
+    return sorted(p for p in glob.glob("/boot/vmlinuz-*") if os.access(p, os.R_OK))
+
+
+def vng() -> str | None:
+    here = Path(sys.executable).parent / "vng"
+    return str(here) if here.exists() else shutil.which("vng")
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """``dst`` as a copy of ``src`` made of hard links where the filesystem allows, without the
+    parts the tests never import (test suites, IDLE, linters)."""
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        return {n for n in names if n in SKIP_DIRS or n.startswith("config-3") or n.endswith(".a")}
+
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, symlinks=True, ignore=ignore, copy_function=link)
+
+
+def python_image(work: Path) -> Path:
+    """An ext4 image with the interpreter (``base/``) and the virtual environment (``venv/``)."""
+    stage = work / "stage"
+    stage.mkdir()
+    _link_tree(Path(sys.base_prefix), stage / "base")
+    _link_tree(Path(sys.prefix), stage / "venv")
+    size = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file() and not f.is_symlink())
+    image = work / "python.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "deskpy", "-N", "200000", "-d", str(stage), str(image),
+                    f"{int(size * 1.4 / 1048576) + 64}M"], check=True, capture_output=True)
+    shutil.rmtree(stage)
+    return image
+
+
+def run_guest(nodeids: list[str], out: Path, work: Path) -> dict[str, dict[str, object]]:
+    """Boot the guest once, run ``nodeids`` in it; their results by id (also written to out/)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "tokenagent"), str(REPO / "tests")],
+                   capture_output=True)  # the guest's root is read-only: no bytecode written there
+    started = time.monotonic()
+    image = python_image(work)
+    (out / "image-seconds").write_text(f"{time.monotonic() - started:.0f}\n")
+    (out / "nodeids").write_text("\n".join(nodeids) + "\n")
+    env_prefix = (f"DESK_OUT={out} DESK_REPO={REPO} DESK_BASE={sys.base_prefix} DESK_VENV={sys.prefix}"
+                  f" DESK_STRICT={os.environ.get('TOKENAGENT_STRICT_SKIPS', '0')}")
+    command = f"{env_prefix} bash {GUEST_INIT} > {out}/guest.log 2>&1"
+    args = [str(vng()), "-r", kernels()[-1], "--user", "root", "--disable-kvm", "--cpus", str(os.cpu_count() or 2),
+            "--memory", "3G", "--rwdir", str(out), "--disk", str(image), "--", command]
+    with open(out / "vng.log", "wb") as log:
+        try:
+            env = {**os.environ, "PATH": f"{Path(str(vng())).parent}:{os.environ.get('PATH', '')}"}  # virtme-run
+            subprocess.run(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                           timeout=BOOT_TIMEOUT, cwd=str(work), env=env)
+        except subprocess.TimeoutExpired:
+            pass
+    image.unlink(missing_ok=True)
+    (out / "wall-seconds").write_text(f"{time.monotonic() - started:.0f}\n")
+    try:
+        results: dict[str, dict[str, object]] = json.loads((out / "results.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        results = {}
+    return results
+
+
+def guest_log(out: Path) -> str:
+    text = ""
+    for name in ("guest.log", "vng.log"):
+        try:
+            text += f"--- {name}\n" + (out / name).read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            continue
+    return text
