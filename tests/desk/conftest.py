@@ -118,7 +118,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
                 entry["longrepr"] = str(report.longrepr[-1])
             else:
                 entry["longrepr"] = str(report.longrepr)
-    for name, text in report.sections:
+    for name, text in report.sections if report.when == "call" else []:
         if "stdout" in name or "stderr" in name:
             entry["output"] += f"[{report.when} {name}]\n{text}"
     Path(path).write_text(json.dumps(_RESULTS, indent=1))

@@ -5,16 +5,21 @@
 set -u
 echo "guest: up at $(cut -d' ' -f1 /proc/uptime) s"
 modprobe -a virtio_scsi sd_mod ext4 uhid loop 2>&1
-for _ in $(seq 50); do [ -b /dev/sda ] && break; sleep 0.2; done
+disk=""
+for _ in $(seq 300); do  # the virtio-scsi disk (vng --disk) shows up a while after the module loads
+    disk=$(ls /dev/disk/by-id/*virtme* /dev/sd? /dev/vd? 2>/dev/null | head -1)
+    [ -n "$disk" ] && break
+    sleep 0.2
+done
 mkdir -p /run/desk-py
-mount -o ro /dev/sda /run/desk-py || { echo "guest: cannot mount the Python image"; exit 1; }
+mount -t ext4 -o ro "$disk" /run/desk-py || { echo "guest: cannot mount the Python image ($disk)"; ls -l /dev/disk/by-id /sys/block; dmesg | tail -30; exit 1; }
 mount --bind /run/desk-py/base "$DESK_BASE"
 mount --bind /run/desk-py/venv "$DESK_VENV"
 
 # udev with the project's rules (and systemd's own: 60-fido-id, 70-uaccess, 99-systemd)
 cp "$DESK_REPO"/udev/*.rules /etc/udev/rules.d/
 /lib/systemd/systemd-udevd --daemon
-udevadm trigger --action=add
+# no "udevadm trigger": the devices the tests use are all made after udevd starts
 udevadm settle --timeout=60
 echo "guest: udev ready at $(cut -d' ' -f1 /proc/uptime) s"
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 GUEST_INIT = REPO / "tests" / "desk" / "guest-init.sh"
 BOOT_TIMEOUT = 25 * 60  # the whole guest run; CI's budget for the tier is well under 30 minutes
 SKIP_DIRS = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "__phello__", "lib2to3", "mypy",
-             "mypyc", "ruff", "IPython", "pip", "setuptools", "pkg_resources", "_distutils_hack"}
+             "mypyc", "ruff", "IPython", "pip"}
 
 
 def missing() -> str | None:
@@ -74,8 +74,29 @@ def _link_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, symlinks=True, ignore=ignore, copy_function=link)
 
 
+CACHE = Path("/var/tmp/tokenagent-desk")  # the image is kept between runs while the environment is unchanged
+
+
+def _image_key() -> str:
+    import hashlib
+
+    digest = hashlib.sha256(f"{sys.base_prefix}\0{sys.prefix}\0{sorted(SKIP_DIRS)}".encode())
+    for root in (Path(sys.base_prefix), Path(sys.prefix)):
+        for site in sorted(root.glob("lib/python3*/site-packages")) + [root / "bin"]:
+            for entry in sorted(site.iterdir()):
+                info = entry.lstat()
+                digest.update(f"{entry}\0{info.st_mtime_ns}\0{info.st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def python_image(work: Path) -> Path:
     """An ext4 image with the interpreter (``base/``) and the virtual environment (``venv/``)."""
+    CACHE.mkdir(mode=0o700, exist_ok=True)
+    cached = CACHE / f"python-{_image_key()}.ext4"
+    if cached.exists():
+        return cached
+    for old in CACHE.glob("python-*.ext4"):
+        old.unlink()
     stage = work / "stage"
     stage.mkdir()
     _link_tree(Path(sys.base_prefix), stage / "base")
@@ -85,7 +106,8 @@ def python_image(work: Path) -> Path:
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "deskpy", "-N", "200000", "-d", str(stage), str(image),
                     f"{int(size * 1.4 / 1048576) + 64}M"], check=True, capture_output=True)
     shutil.rmtree(stage)
-    return image
+    os.replace(image, cached)
+    return cached
 
 
 def run_guest(nodeids: list[str], out: Path, work: Path) -> dict[str, dict[str, object]]:
@@ -108,7 +130,6 @@ def run_guest(nodeids: list[str], out: Path, work: Path) -> dict[str, dict[str, 
                            timeout=BOOT_TIMEOUT, cwd=str(work), env=env)
         except subprocess.TimeoutExpired:
             pass
-    image.unlink(missing_ok=True)
     (out / "wall-seconds").write_text(f"{time.monotonic() - started:.0f}\n")
     try:
         results: dict[str, dict[str, object]] = json.loads((out / "results.json").read_text())

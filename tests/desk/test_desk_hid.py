@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from conftest import SERIAL, UhidToken, fido_hidraw, run, tokenagent
 
-pytestmark = pytest.mark.desk
+pytestmark = [pytest.mark.desk, pytest.mark.timeout(1800)]  # the host side waits for the whole guest
+YKMAN = str(Path(sys.executable).parent / "ykman")  # the console script, as a user runs it
 
 
 def _properties(node: str) -> dict[str, str]:
@@ -79,18 +80,18 @@ def test_python_fido2_finds_it_on_hidraw(uhid_token: UhidToken) -> None:
 
 
 def test_ykman_fido_info_over_usb(uhid_token: UhidToken) -> None:
-    out = run(sys.executable, "-m", "ykman", "fido", "info").stdout
+    out = run(YKMAN, "fido", "info").stdout
     assert re.search(r"AAGUID:\s+[0-9a-f-]{36}", out), out
     assert "PIN" in out
 
 
 def test_ykman_otp_info_over_usb(uhid_token: UhidToken) -> None:
-    out = run(sys.executable, "-m", "ykman", "otp", "info").stdout
+    out = run(YKMAN, "otp", "info").stdout
     assert re.search(r"Slot 1:\s+(empty|programmed)", out) and re.search(r"Slot 2:\s+(empty|programmed)", out), out
 
 
 def test_ykman_lists_the_key_with_its_serial(uhid_token: UhidToken) -> None:
-    out = run(sys.executable, "-m", "ykman", "list", "--serials").stdout
+    out = run(YKMAN, "list", "--serials").stdout
     assert out.split() == [str(SERIAL)], out
 
 
@@ -104,8 +105,10 @@ def test_tokenagent_devices_lists_it_over_hid(uhid_token: UhidToken, home: Path)
 
 
 def test_init_enroll_and_open_over_hid(uhid_token: UhidToken, home: Path) -> None:
+    """init makes the FIDO2 credential over hidraw; enroll opens the vault with it (a second
+    credential on the same key is refused, rightly); drill opens every slot again."""
     tokenagent(home, "init", "v", "--fido2", "--json")
-    tokenagent(home, "enroll", "v", "--fido2", "--label", "second credential", "--json")
+    tokenagent(home, "enroll", "v", "--recovery", "--label", "paper", "--json")
     slots = json.loads(tokenagent(home, "slots", "v", "--json").stdout)
     assert len(slots["slots"]) == 2, slots
     drilled = json.loads(tokenagent(home, "drill", "v", "--json").stdout)
@@ -118,7 +121,7 @@ def test_otp_challenge_response_over_hid(uhid_token: UhidToken, home: Path) -> N
     tokenagent(home, "init", "o", "--otp", "--otp-program", "--otp-slot", "2", "--json", "--force")
     drilled = json.loads(tokenagent(home, "drill", "o", "--json").stdout)
     print(json.dumps(drilled))
-    out = run(sys.executable, "-m", "ykman", "otp", "info").stdout
+    out = run(YKMAN, "otp", "info").stdout
     assert re.search(r"Slot 2:\s+programmed", out), out
 
 

@@ -140,8 +140,8 @@ class _Transports:
         return any(part.plugged for part in self.parts)
 
     def describe(self) -> str:
-        names = [f"vpcd at {self.vpcd[0]}:{self.vpcd[1]}" if type(part).__name__ == "VpcdClient" else "USB HID (uhid)"
-                 for part in self.parts]
+        where = f"vpcd at {self.vpcd[0]}:{self.vpcd[1]}" if self.vpcd is not None else ""
+        names = [where if type(part).__name__ == "VpcdClient" else "USB HID (uhid)" for part in self.parts]
         return " and ".join(names)
 
     def plug(self) -> None:
