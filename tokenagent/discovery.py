@@ -385,3 +385,52 @@ def _smartcard(reader: Any, serial: int | None) -> Any | None:
 
 def default_provider() -> SystemDevices:
     return SystemDevices()
+
+
+# --- key disks: filesystems named by UUID (udev's /dev/disk/by-uuid links) -------------------
+
+BY_UUID = "/dev/disk/by-uuid"
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def _mounts() -> dict[str, str]:
+    """Mounted block filesystems: "major:minor" -> the first mount point (mountinfo order)."""
+    out: dict[str, str] = {}
+    try:
+        with open(MOUNTINFO) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4:
+                    point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+                    out.setdefault(fields[2], point)
+    except OSError as err:
+        log.debug("no mount table: %s", err)
+    return out
+
+
+def _uuid_devices() -> dict[str, str]:
+    """Filesystem UUID (lower case) -> "major:minor" of its block device."""
+    out: dict[str, str] = {}
+    try:
+        names = os.listdir(BY_UUID)
+    except OSError:
+        return out
+    for name in names:
+        try:
+            rdev = os.stat(os.path.join(BY_UUID, name)).st_rdev
+        except OSError:
+            continue
+        out[name.lower()] = f"{os.major(rdev)}:{os.minor(rdev)}"
+    return out
+
+
+def filesystem_mount(uuid: str) -> str | None:
+    """Where the filesystem with ``uuid`` is mounted (None: absent or not mounted)."""
+    device = _uuid_devices().get(uuid.lower())
+    return _mounts().get(device) if device else None
+
+
+def mounted_filesystems() -> set[str]:
+    """The UUIDs of the mounted filesystems udev knows."""
+    mounts = _mounts()
+    return {uuid for uuid, device in _uuid_devices().items() if device in mounts}

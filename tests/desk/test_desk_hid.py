@@ -108,12 +108,12 @@ def test_init_enroll_and_open_over_hid(uhid_token: UhidToken, home: Path) -> Non
     """init makes the FIDO2 credential over hidraw; enroll opens the vault with it (a second
     credential on the same key is refused, rightly); drill opens every slot again."""
     tokenagent(home, "init", "v", "--fido2", "--json")
-    tokenagent(home, "enroll", "v", "--recovery", "--label", "paper", "--json")
+    enrolled = json.loads(tokenagent(home, "enroll", "v", "--recovery", "--label", "paper", "--json").stdout)
+    assert enrolled["unlocked_with"] == "1", enrolled  # opened with the FIDO2 slot, over hidraw
     slots = json.loads(tokenagent(home, "slots", "v", "--json").stdout)
     assert len(slots["slots"]) == 2, slots
-    drilled = json.loads(tokenagent(home, "drill", "v", "--json").stdout)
-    print(json.dumps(drilled))
-    assert drilled and all(r.get("ok") for r in drilled.get("results", drilled.get("slots", []))), drilled
+    drilled = json.loads(tokenagent(home, "drill", "v", "1", "--json").stdout)
+    assert drilled["results"] == [{"ok": True, "slot": "1"}], drilled
 
 
 def test_otp_challenge_response_over_hid(uhid_token: UhidToken, home: Path) -> None:

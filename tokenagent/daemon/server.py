@@ -42,7 +42,7 @@ from .pinentry import Pinentry
 from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
 from .sshsocket import SshSocket
 from .state import AgentState, Peer
-from .watch import RETRY, HidWatcher, PcscWatcher, PlugPins, open_with_token
+from .watch import RETRY, HidWatcher, KeyDiskWatcher, PcscWatcher, PlugPins, key_disks, open_with_token
 
 log = logging.getLogger("tokenagent.agent")
 FRAME_TIMEOUT = 10.0
@@ -71,7 +71,7 @@ class AgentServer:
         self._stopping = asyncio.Event()
         self._unlocked: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}  # vault -> waits on its _unlocked event (the entry goes with the last)
-        self.watchers: list[PcscWatcher | HidWatcher] = []
+        self.watchers: list[PcscWatcher | HidWatcher | KeyDiskWatcher] = []
         self._plugging: set[str] = set()
         self.notifier = Notifier(state.config.notify)
         self._touch_notices: dict[str, int] = {}  # vault -> the "touch your key" notification shown
@@ -141,7 +141,8 @@ class AgentServer:
             await self.ssh_socket.start()
         timer = asyncio.create_task(self._expiry_timer())
         if self.state.config.watch_tokens:
-            self.watchers = [PcscWatcher(loop, self._token_changed), HidWatcher(loop, self._token_changed)]
+            self.watchers = [PcscWatcher(loop, self._token_changed), HidWatcher(loop, self._token_changed),
+                             KeyDiskWatcher(loop, self._token_changed, lambda: key_disks(self.state.store))]
             for watcher in self.watchers:
                 watcher.start()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,7 +36,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..discovery import HID_PREFIX, ReaderDevices, fido_hid_paths, udev_hidraw_monitor
+from ..discovery import (
+    HID_PREFIX,
+    MOUNTINFO,
+    ReaderDevices,
+    fido_hid_paths,
+    mounted_filesystems,
+    udev_hidraw_monitor,
+)
 from ..errors import (
     Cancelled,
     NotMine,
@@ -61,6 +68,7 @@ POLL_TIMEOUT_MS = 500
 RETRY_SECONDS = 3.0
 HID_POLL = 1.0
 HID_SETTLE = 0.3
+DISK_PREFIX = "disk:"  # a key disk, named by its filesystem UUID
 
 
 class _Watcher:
@@ -219,6 +227,66 @@ class PlugPins:
             self.forget(prompt)
 
 
+class KeyDiskWatcher(_Watcher):
+    """Reports ("added" | "removed", "disk:UUID") for filesystems being mounted and unmounted.
+
+    The kernel marks /proc/self/mountinfo readable-with-priority (POLLPRI) whenever the mount
+    table changes; the watcher waits for that (the timeout only lets it notice stop()) and then
+    lists the mounted filesystems by the UUIDs of udev's /dev/disk/by-uuid links. A key disk
+    is a filesystem named in a key-file slot's hint (``UUID=…:/path``): the agent opens those
+    slots when it is mounted and locks the vaults it opened when it is unmounted or pulled.
+    """
+
+    thread_name = "disk-watch"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, report: Callable[[str, str], None],
+                 wanted: Callable[[], set[str]], list_uuids: Callable[[], set[str]] | None = None) -> None:
+        super().__init__(loop, report)
+        self.wanted = wanted  # the UUIDs some vault's key-file slot names: other filesystems are no news
+        self.list_uuids = list_uuids or mounted_filesystems
+
+    def _run(self) -> None:
+        import select
+
+        try:
+            table = open(MOUNTINFO, "rb")  # noqa: SIM115 - held for the thread's life
+        except OSError as err:
+            log.info("no mount table (%s): key disks are not watched", err)
+            return
+        with table:
+            poller = select.poll()
+            poller.register(table.fileno(), select.POLLPRI | select.POLLERR)
+            while not self._stop.is_set():
+                table.seek(0)
+                table.read()  # the event is re-armed by reading the table
+                try:
+                    mounted = self.list_uuids()
+                    self._publish({DISK_PREFIX + uuid for uuid in mounted & self.wanted()} if mounted else set())
+                except Exception as err:  # noqa: BLE001 - a device vanishing while listed
+                    log.debug("key disk watch: %s", err)
+                while not self._stop.is_set() and not poller.poll(int(HID_POLL * 1000)):
+                    pass
+                time.sleep(HID_SETTLE)  # udev may still be making the by-uuid link
+
+
+def key_disks(store: VaultStore) -> set[str]:
+    """The filesystem UUIDs that key-file slots of the vaults in ``store`` name."""
+    load_factor_types()
+    found: set[str] = set()
+    for name in store.list():
+        try:
+            vault = store.load(name)
+        except Exception as err:  # noqa: BLE001 - a damaged vault is reported when it is used
+            log.debug("vault %s not read for key disks: %s", name, err)
+            continue
+        for slot in vault.slots:
+            for factor in slot.factors:
+                uuid = getattr(factor, "disk_uuid", lambda: None)()
+                if uuid:
+                    found.add(uuid)
+    return found
+
+
 class AgentInteraction(Interaction):
     """The agent has no terminal: PINs come from pinentry (if configured); notices become events."""
 
@@ -251,9 +319,14 @@ class AgentInteraction(Interaction):
             self.emit("touch", vault=self.vault, reader=self.reader, message=message)
 
 
-def plug_slots(slots: tuple[Slot, ...], with_pin: bool = False) -> list[str]:
+def plug_slots(slots: tuple[Slot, ...], with_pin: bool = False, reader: str = "") -> list[str]:
     """Slots that open with the plugged token alone (a touch at most; a PIN too when pinentry can
-    ask for it): each factor type says whether it can (``Factor.opens_unattended``)."""
+    ask for it): each factor type says whether it can (``Factor.opens_unattended``). For a key
+    disk ("disk:UUID"): the slots made only of key files on that filesystem (``disk_uuid``)."""
+    if reader.startswith(DISK_PREFIX):
+        uuid = reader[len(DISK_PREFIX):]
+        return [slot.id for slot in slots if slot.factors and all(
+            getattr(f, "disk_uuid", lambda: None)() == uuid for f in slot.factors)]
     return [slot.id for slot in slots if slot.factors and all(f.opens_unattended(with_pin) for f in slot.factors)]
 
 
@@ -286,7 +359,7 @@ def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Calla
 def _open_once(store: VaultStore, vault_name: str, reader: str, ui: AgentInteraction, touch_timeout: float,
                pinentry: Pinentry | None) -> tuple[str, bytearray] | None:
     vault = store.load(vault_name)
-    slot_ids = plug_slots(vault.slots, with_pin=pinentry is not None)
+    slot_ids = plug_slots(vault.slots, with_pin=pinentry is not None, reader=reader)
     if not slot_ids:
         return None
     ctx = FactorContext(ui=ui, devices=ReaderDevices(reader), options={"touch_timeout": touch_timeout})

@@ -9,7 +9,10 @@ A key file's key (32 bytes) is, as KeePass and KeePassXC compute it:
 * anything else: SHA-256 of the whole file.
 
 The slot stores a path hint (where the file was at enrolment, e.g. on a USB stick) and a
-4-byte check value (HKDF of the key), so a wrong file is reported as "not this key file"
+4-byte check value. A hint ``UUID=<filesystem uuid>:<path inside it>`` names a key disk:
+the file is looked for on that filesystem wherever it is mounted (``--keyfile
+UUID=…:/pwsafe.key`` at enrolment; the agent unlocks such slots when the filesystem is
+mounted and locks them when it goes, as with a token). The check value (HKDF of the key), so a wrong file is reported as "not this key file"
 and the unlock moves on instead of failing the whole slot. Key files made by tokenagent
 carry 256 random bits; for low-entropy "any file" keys the check value lowers the search
 space by 32 bits, which docs/spec/vault.md states.
@@ -125,6 +128,33 @@ def generate_keyfile(path: Path) -> None:
     os.close(fd)
 
 
+DISK_PREFIX = "UUID="
+
+
+def parse_disk_hint(hint: str) -> tuple[str, str] | None:
+    """``UUID=<uuid>:<path inside the filesystem>`` as (uuid, path), else None."""
+    if not hint.startswith(DISK_PREFIX) or ":" not in hint:
+        return None
+    uuid, _, inside = hint[len(DISK_PREFIX):].partition(":")
+    if not uuid or not re.fullmatch(r"[0-9A-Za-z-]{4,64}", uuid):
+        return None
+    return uuid.lower(), "/" + inside.lstrip("/")
+
+
+def resolve_hint(hint: str) -> str:
+    """Where the key file of ``hint`` is now: the path itself, or its place on the named key
+    disk; raises NotMine when that filesystem is not mounted."""
+    disk = parse_disk_hint(hint)
+    if disk is None:
+        return hint
+    from ..discovery import filesystem_mount
+
+    mount = filesystem_mount(disk[0])
+    if mount is None:
+        raise NotMine(f"the key disk with filesystem {disk[0]} is not mounted (insert and mount it)")
+    return str(Path(mount) / disk[1].lstrip("/"))
+
+
 def read_keyfile(path: str | Path) -> bytearray:
     """The KeePass key of the key file at ``path``: a regular file (never a FIFO or a device) of at
     most MAX_KEYFILE_BYTES, so a path planted in a vault file cannot make the reader hang."""
@@ -173,13 +203,26 @@ class KeyFileFactor(Factor):
         path = options.get("path")
         if not path:
             raise UsageError("--keyfile needs the path of the key file")
+        disk = parse_disk_hint(str(path))
+        if disk is not None:
+            try:
+                key = read_keyfile(resolve_hint(str(path)))
+            except NotMine as err:
+                raise UsageError(err.message) from None
+            return cls(f"{DISK_PREFIX}{disk[0]}:{disk[1]}", _check(key)), key
         key = read_keyfile(path)
         return cls(str(Path(path).resolve()), _check(key)), key
 
     def unlock(self, ctx: FactorContext) -> bytearray:
         offered = [str(p) for p in ctx.options.get("keyfiles", ())]
-        candidates = offered or ([self.hint] if self.hint else [])  # paths given win over the hint
         problems = []
+        hinted = []
+        if self.hint and not offered:
+            try:
+                hinted = [resolve_hint(self.hint)]
+            except NotMine as err:
+                problems.append(err.message)
+        candidates = offered or hinted  # paths given win over the hint
         for path in candidates:
             if not offered and not os.path.exists(path):
                 problems.append(f"{path} is not there (insert the medium or pass --keyfile PATH)")
@@ -195,5 +238,13 @@ class KeyFileFactor(Factor):
             problems.append(f"{path} is not the key file of this slot")
         raise NotMine("; ".join(problems) or "no key file given (pass --keyfile PATH)")
 
+    def disk_uuid(self) -> str | None:
+        """The filesystem UUID of the key disk this factor's file lives on (None: a plain path)."""
+        disk = parse_disk_hint(self.hint)
+        return disk[0] if disk else None
+
     def describe(self) -> str:
+        disk = parse_disk_hint(self.hint)
+        if disk is not None:
+            return f"key file {disk[1]} on the key disk {disk[0]}"
         return f"key file ({self.hint})" if self.hint else "key file"

@@ -22,6 +22,7 @@ import os
 import queue
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from fido2.hid import CtapHidDevice
@@ -53,6 +54,8 @@ class HidFrontEnd:
         self._running: tuple[int, threading.Thread] | None = None
         self._lock = threading.RLock()
         self._plugs = 0  # answers of a command begun before a replug are dropped, as the USB bus would
+        # vendor commands (0x40-0x7F) a transport adds, e.g. the YubiKey's READ CONFIG (0x42) over USB
+        self.vendor_commands: dict[int, Callable[[bytes], bytes]] = {}
 
     # --- packets in ----------------------------------------------------------------------
 
@@ -116,6 +119,8 @@ class HidFrontEnd:
             return self._send(cid, CMD_PING, data)
         if cmd == CMD_WINK:
             return self._send(cid, CMD_WINK, b"")
+        if cmd in self.vendor_commands:
+            return self._send(cid, cmd, self.vendor_commands[cmd](data))
         if cmd == CMD_CBOR:
             self.applet.start_request()
             worker = threading.Thread(target=self._cbor, args=(cid, data), daemon=True, name="virtual-ctaphid")

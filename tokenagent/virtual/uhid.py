@@ -87,6 +87,7 @@ SLOT_CONFIG = {0x01: 1, 0x03: 2}
 SLOT_CHAL_HMAC = {0x30: 1, 0x38: 2}
 SLOT_DEVICE_SERIAL, SLOT_YK4_CAPABILITIES = 0x10, 0x13
 OTP_INS_CONFIG, MANAGEMENT_INS_READ_CONFIG = 0x01, 0x1D
+CTAPHID_YUBIKEY_READ_CONFIG = 0x42  # CTAPHID vendor command: the management applet's device information
 
 
 def crc16(data: bytes) -> int:
@@ -296,8 +297,11 @@ class UhidToken:
 
         self.token = token
         serial = str(token.serial)
-        self.otp_front = OtpHidFrontEnd(token.otp, ManagementApplet(token.serial, tuple(token.otp.version)),
-                                        tuple(token.otp.version))
+        management = ManagementApplet(token.serial, tuple(token.otp.version))
+        self.otp_front = OtpHidFrontEnd(token.otp, management, tuple(token.otp.version))
+        # a YubiKey answers READ CONFIG on its FIDO interface too (yubikit reads the device info there)
+        token.hid.vendor_commands[CTAPHID_YUBIKEY_READ_CONFIG] = lambda data: management.process(
+            Apdu(0, MANAGEMENT_INS_READ_CONFIG, data[0] if data else 0, 0))
         self.fido = UhidDevice("Yubico YubiKey OTP+FIDO", serial, FIDO_REPORT_DESCRIPTOR, on_output=self._output)
         self.otp_device = UhidDevice("Yubico YubiKey OTP+FIDO", serial, OTP_REPORT_DESCRIPTOR,
                                      on_get_feature=self.otp_front.get_feature,
