@@ -205,6 +205,56 @@ class UhidToken:
         stop_process(self.proc)
 
 
+class Agent:
+    """``tokenagent agent`` as a process on ``home``, with its event stream collected in ``events``."""
+
+    def __init__(self, home: Path, log: Path, config: str = "[agent]\nremoval_grace = 0.5\n") -> None:
+        (home / "config").mkdir(mode=0o700, exist_ok=True)
+        (home / "config" / "config.toml").write_text(config)
+        self.home, self.log = home, log
+        self.events: list[dict[str, Any]] = []
+        env = {**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1"}
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "tokenagent._cli.entry", "agent"], env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.socket = home / "run" / "agent.sock"
+        deadline = time.monotonic() + SETTLE
+        while "agent ready" not in log.read_text(errors="replace"):
+            assert self.proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        import threading
+
+        self._listener = threading.Thread(target=self._listen, daemon=True)
+        self._listener.start()
+        self.wait_for(lambda: self._listening, "the event stream did not start")
+        time.sleep(3)  # the stream's request reaches the agent; the watchers list what is there at start
+
+    _listening = False
+
+    def _listen(self) -> None:
+        from tokenagent.client import AgentClient
+
+        client = AgentClient(self.socket, timeout=None)
+        stream = client.events()
+        self._listening = True
+        for event in stream:
+            self.events.append(event)
+
+    def wait_for(self, condition: Any, what: str) -> None:
+        deadline = time.monotonic() + SETTLE
+        while not condition():
+            assert time.monotonic() < deadline, f"{what}: {self.events} {self.log.read_text(errors='replace')}"
+            time.sleep(0.2)
+
+    def wait_event(self, name: str, count: int = 1) -> None:
+        self.wait_for(lambda: sum(e["event"] == name for e in self.events) >= count, f"no {name} event")
+
+    def stop(self) -> None:
+        from agentkit import stop_process
+
+        stop_process(self.proc)
+
+
 @pytest.fixture(scope="session")
 def uhid_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UhidToken]:
     if not IN_GUEST:
