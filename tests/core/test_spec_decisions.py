@@ -74,6 +74,8 @@ def test_an_empty_context_is_refused_not_the_raw_secret(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     with pytest.raises(UsageError, match="must not be empty"):
         AgentClient(str(tmp_path / "none.sock")).get("v", "")
+    r = run(home, "open", "v", "--password-file", str(pw), "--reveal", "--context", "\udcff")  # undecodable argv
+    assert r.returncode == 2 and "context label must be text" in r.stderr
 
 
 @pytest.mark.parametrize("fmt", ["tokenagent-vault/", "tokenagent-vault/01", "tokenagent-vault/1.0", "tokenagent-vault/x",

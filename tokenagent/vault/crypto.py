@@ -110,7 +110,11 @@ def derive_subkey(masterkey: bytes | bytearray, context: str, length: int = KEY_
     """The key a client gets for ``get --context LABEL``: independent per label."""
     if not context:
         raise UsageError("a context label must not be empty (leave --context out for the key itself, where allowed)")
-    return hkdf(masterkey, None, LABEL_CONTEXT + b"\x00" + context.encode("utf-8"), length)
+    try:
+        label = context.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("a context label must be text (it holds bytes that are not valid in this locale)") from None
+    return hkdf(masterkey, None, LABEL_CONTEXT + b"\x00" + label, length)
 
 
 def wipe(buf: bytearray | None) -> None:
