@@ -180,3 +180,17 @@ def test_stale_temporary_files_are_removed_by_the_next_write(store: VaultStore) 
     operations.add_slot(store, "v", masterkey, [PasswordFactor.enroll(context([b"pw"]), {})])
     assert not any(p.exists() for p in stale) and other.exists()
     assert sorted(p.name for p in store.directory.iterdir() if ".tmp-" in p.name) == [other.name]
+
+
+def test_slot_limits_are_checked_before_any_factor_is_enrolled(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    empty = tmp_path / "empty"
+    empty.write_text("")  # a factor that got as far as asking would fail with "no password given"
+    r = run(home, "init", "v", *["--password"] * 17, "--password-file", str(empty))
+    assert r.returncode == 2 and "at most 16 factors" in r.stderr, r.stderr
+    r = run(home, "init", "v", "--password", "--password", "--threshold", "3", "--password-file", str(empty))
+    assert r.returncode == 2 and "--threshold" in r.stderr, r.stderr
+    r = run(home, "init", "v", "--password", "--label", "x" * 201, "--password-file", str(empty))
+    assert r.returncode == 2 and "--label" in r.stderr, r.stderr
+    assert not (home / "data" / "vaults" / "v.vault").exists()

@@ -253,6 +253,7 @@ def create_vault(vault: str, kw: dict[str, Any], secret: bytes | bytearray | Non
     if store.exists(vault):
         raise VaultExists(f"a vault named {vault!r} exists already; use 'tokenagent enroll {vault}' to add a slot")
     plan = _planned_factors(kw)
+    operations.check_slot_shape(len(plan), kw["threshold"])
     ctx, ui = factor_context(kw)
     ui.defer_secrets = True  # a recovery key is shown once the vault holding it is written
     enrolled = _enroll_all(ctx, plan)
@@ -292,6 +293,7 @@ def enroll(vault: str, unlock_slots: tuple[str, ...], unlock_keyfiles: tuple[str
     store = VaultStore()
     plan = _planned_factors(kw)
     check_label(kw["label"])
+    operations.check_slot_shape(len(plan), kw["threshold"])
     current = store.load(vault)
     refuse_damaged(current)
     operations.check_room(current)  # before any token is touched or anything promised

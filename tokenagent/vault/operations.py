@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from ..errors import LastSlot, VaultFull
+from ..errors import LastSlot, UsageError, VaultFull
 from ..factors.base import Factor
 from .crypto import wipe
-from .format import MAX_SLOTS, Slot, Vault, check_label
+from .format import MAX_FACTORS, MAX_SLOTS, Slot, Vault, check_label
 from .slots import UnlockResult, make_slot, sign, verify
 from .store import VaultStore
 
@@ -24,6 +24,14 @@ def check_room(vault: Vault) -> None:
     if len(vault.slots) >= MAX_SLOTS:
         raise VaultFull(f"vault {vault.name!r} has {len(vault.slots)} slots, the most a vault holds;"
                         " remove one first (tokenagent remove-slot); nothing was changed")
+
+
+def check_slot_shape(n_factors: int, threshold: int | None) -> None:
+    """What make_slot and the reader would refuse, said before any factor is enrolled (a token touched)."""
+    if n_factors > MAX_FACTORS:
+        raise UsageError(f"a slot holds at most {MAX_FACTORS} factors, not {n_factors}")
+    if threshold is not None and not 1 <= threshold <= n_factors:
+        raise UsageError(f"--threshold must be between 1 and the number of factors ({n_factors})")
 
 
 def _signed_by(masterkey: bytes | bytearray) -> Callable[[Vault], None]:
