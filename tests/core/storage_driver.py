@@ -39,7 +39,7 @@ def must(*args: str) -> None:
         raise SystemExit(f"setup failed: {args}: {done.stderr}")
 
 
-def commands() -> dict[str, list[str]]:
+def commands(condition: str) -> dict[str, list[str]]:
     pw = str(PW)
     wanted = {
         "init": ["init", "w", "--password", "--password-file", pw],
@@ -53,16 +53,20 @@ def commands() -> dict[str, list[str]]:
         # admin verbs that exist in this tree (added by other changes); tried when present
         "relabel": ["relabel", "v", "1", "new label", "--password-file", pw],
         "passwd": ["passwd", "v", "1", "--password-file", pw],
+        "set": ["set", "v", "--allow-raw", "--password-file", pw],
+        # rename and delete need no free blocks (they rename files): tried on the read-only file system only
         "rename": ["rename", "v", "v2"],
         "delete": ["delete", "v", "--yes"],
     }
+    if condition == "full":
+        del wanted["rename"], wanted["delete"]
     helptext = cli("--help").stdout
     return {name: args for name, args in wanted.items() if f"  {args[0]} " in helptext or args[0] == "keyfile"}
 
 
 def try_all(condition: str) -> dict[str, dict[str, object]]:
     results: dict[str, dict[str, object]] = {}
-    for name, args in commands().items():
+    for name, args in commands(condition).items():
         before = snapshot()
         done = cli(*args)
         after = snapshot()
