@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from agentkit import PASSWORD, AgentProcess  # type: ignore[import-not-found]
 from scripted import context  # type: ignore[import-not-found]
 
 from tokenagent.daemon.state import AgentState
@@ -194,3 +195,18 @@ def test_slot_limits_are_checked_before_any_factor_is_enrolled(tmp_path: Path) -
     r = run(home, "init", "v", "--password", "--label", "x" * 201, "--password-file", str(empty))
     assert r.returncode == 2 and "--label" in r.stderr, r.stderr
     assert not (home / "data" / "vaults" / "v.vault").exists()
+
+
+def test_the_real_agent_warns_when_a_vault_file_goes_backwards(agent: AgentProcess) -> None:
+    pw = agent.home.parent / "pw-twice"
+    pw.write_text(PASSWORD + "\n" + PASSWORD + "\n")
+    vaults = agent.home / "data" / "vaults"
+    assert agent.cli("enroll", "v1", "--password", "--password-file", str(pw)).returncode == 0
+    assert agent.cli("unlock", "v1", "--password-file", str(pw)).returncode == 0  # the agent sees seq 2
+    (vaults / "v1.vault").write_bytes((vaults / "v1.vault.bak").read_bytes())  # seq 1 put back
+    assert agent.cli("unlock", "v1", "--password-file", str(pw)).returncode == 0
+    status = json.loads(agent.cli("status", "--json").stdout)
+    entry = next(v for v in status["vaults"] if v["vault"] == "v1")
+    assert "went backwards" in entry["warning"] and "seq 1" in entry["warning"]
+    assert "went backwards" in agent.cli("status").stdout
+    assert "went backwards" in agent.log_text()

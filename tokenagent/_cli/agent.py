@@ -16,7 +16,7 @@ from ..client import AgentClient
 from ..errors import UsageError
 from ..vault import VaultStore, wipe
 from .admin import factor_context, open_vault, secret_file_options
-from .util import SECONDS, emit, json_option, wait_seconds
+from .util import SECONDS, emit, json_option, printable, wait_seconds
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -66,6 +66,8 @@ def status(as_json: bool) -> None:
                 click.echo(f"  {v['vault']}: unlocked (slot {v['slot']}, {v['source']}){left}")
             else:
                 click.echo(f"  {v['vault']}: locked")
+            if v.get("warning"):  # the vault file went backwards, or its backup copy is in use
+                click.echo(printable(f"  {v['vault']}: warning: {v['warning']}", False))
 
     emit(as_json, data, text)
 
