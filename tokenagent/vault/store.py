@@ -15,7 +15,8 @@ because rename(2) is atomic; the backup is the old or the one before. A version 
 would refuse is never renamed into place. Temporary files are named ``.NAME.vault.tmp-*``;
 one left by a killed writer is removed by the next write (under the lock, so it cannot be
 a live writer's). The backup is read only when the primary cannot be parsed; every such
-load is announced to ``fallback_listeners`` (the CLI prints it, the agent logs it), and no
+load is announced to ``fallback_listeners`` (the CLI prints it; the agent also notes it for each
+vault it unlocks, with the file's sequence number: daemon/state.py), and no
 change is written on top of a backup: ``repair`` restores it explicitly, keeping the damaged
 file aside as ``NAME.vault.damaged-TIMESTAMP``. Files are opened with O_NOFOLLOW|O_NONBLOCK
 and must be regular files of ours (a FIFO or a device is refused, never waited on).
