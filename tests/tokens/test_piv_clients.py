@@ -260,3 +260,25 @@ def test_objects_identity_and_attestation_through_ykman(pcscd: PrivatePcscd, tok
         fields = verify_attestation(attested_cert, f9, root_of(tmp_path / "a.json"))
         assert fields[OID_FIRMWARE.dotted_string] == bytes([5, 7, 2])
         assert attested_cert.subject.rfc4514_string() == f"CN=YubiKey PIV Attestation {slot}"
+
+
+def test_an_attestation_key_of_ones_own_in_f9(token: VirtualToken) -> None:
+    """`ykman piv keys import f9` and `certificates import f9`: attestations then chain to that CA."""
+    import datetime
+
+    from cryptography.x509.oid import NameOID
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "my attestation CA")])
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(ca_key.public_key())
+          .serial_number(7).not_valid_before(datetime.datetime(2025, 1, 1))
+          .not_valid_after(datetime.datetime(2035, 1, 1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA384()))
+    piv = session(token)
+    piv.authenticate(DEFAULT_MANAGEMENT_KEY)
+    piv.put_key(SLOT.ATTESTATION, ca_key)
+    piv.put_certificate(SLOT.ATTESTATION, ca)
+    piv.generate_key(SLOT.AUTHENTICATION, KEY_TYPE.ECCP256)
+    attested = piv.attest_key(SLOT.AUTHENTICATION)
+    assert attested.issuer == name and attested.not_valid_after_utc == ca.not_valid_after_utc
+    attested.verify_directly_issued_by(ca)

@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 OID_FIRMWARE = x509.ObjectIdentifier("1.3.6.1.4.1.41482.3.3")
@@ -74,7 +74,7 @@ def attest(attestation: dict[str, str], slot: int, public: Any, version: tuple[i
     """The DER attestation certificate of the key in ``slot`` (its public key ``public``)."""
     f9 = x509.load_der_x509_certificate(base64.b64decode(attestation["cert"]))
     signer = serialization.load_der_private_key(base64.b64decode(attestation["key"]), None)
-    assert isinstance(signer, ec.EllipticCurvePrivateKey)  # noqa: S101 - made by make_attestation
+    assert isinstance(signer, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))  # noqa: S101 - as PIV stores it
     serial_der = x509.UnrecognizedExtension(OID_SERIAL, _der_integer(serial))
     builder = (x509.CertificateBuilder().subject_name(_name(f"YubiKey PIV Attestation {slot:02x}"))
                .issuer_name(f9.subject).public_key(public)

@@ -27,7 +27,8 @@ driver send, over ISO 7816 APDUs (AID A000000308):
 
 Defaults are a new YubiKey's: PIN 123456, PUK 12345678, 3 tries each, management key
 010203040506070801020304050607080102030405060708 (AES-192 from firmware 5.7, 3DES before).
-Not implemented: importing into F9, biometric verification. Secure channels (SCP03/SCP11b)
+IMPORT KEY into F9 replaces the attestation key (its certificate is object 5FFF01). Not
+implemented: biometric verification. Secure channels (SCP03/SCP11b)
 are the card's (tokenagent.virtual.card, tokenagent.virtual.scp).
 """
 
@@ -340,7 +341,10 @@ class PivApplet(Applet):
     def _reset(self, apdu: Apdu) -> bytes:
         if self.pin.remaining > 0 or self.puk.remaining > 0:
             raise ApduStatus(SW_CONDITIONS_NOT_SATISFIED)
+        f9 = self.objects.get(ATTESTATION_OBJECT)  # the attestation key and its certificate stay
         self._factory()
+        if f9 is not None:
+            self.objects[ATTESTATION_OBJECT] = f9
         self._clear_security_state()
         self.changed()
         return b""
@@ -447,7 +451,7 @@ class PivApplet(Applet):
     def _import(self, apdu: Apdu) -> bytes:
         if not self.mgm_authenticated:
             raise ApduStatus(SW_SECURITY_STATUS_NOT_SATISFIED)
-        if apdu.p2 not in KEY_SLOTS:
+        if apdu.p2 not in KEY_SLOTS and apdu.p2 != SLOT_ATTESTATION:
             raise ApduStatus(SW_WRONG_P1P2)
         fields = dict(tlv_parse(apdu.data))
         key: Any
@@ -474,6 +478,14 @@ class PivApplet(Applet):
         return b""
 
     def _store_key(self, slot: int, alg: int, key: Any, fields: dict[int, bytes], origin: int) -> None:
+        if slot == SLOT_ATTESTATION:  # an attestation key of one's own (ykman piv keys import f9)
+            if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+                raise ApduStatus(SW_INCORRECT_PARAMETERS)
+            der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            self.attestation = {**self._attestation(), "key": base64.b64encode(der).decode()}
+            self.changed()
+            return
         pin_policy = fields.get(0xAA, b"\x00")[0] or _default_pin_policy(slot)
         touch_policy = fields.get(0xAB, b"\x00")[0] or TOUCH_NEVER
         if pin_policy not in (PIN_NEVER, PIN_ONCE, PIN_ALWAYS) or touch_policy not in (
@@ -576,7 +588,14 @@ class PivApplet(Applet):
         if meta["origin"] != ORIGIN_GENERATED:
             raise ApduStatus(SW_INCORRECT_PARAMETERS)
         public = serialization.load_der_private_key(meta["key"], None).public_key()
-        return attest(self._attestation(), apdu.p1, public, self.version, self.serial, meta["pin_policy"],
+        attestation = dict(self._attestation())
+        stored = self.objects.get(ATTESTATION_OBJECT)  # a certificate of one's own for F9 (TLV 70)
+        if stored is not None:
+            certificate = dict(tlv_parse(stored)).get(0x70)
+            if certificate is None:
+                raise ApduStatus(SW_INCORRECT_PARAMETERS)
+            attestation["cert"] = base64.b64encode(certificate).decode()
+        return attest(attestation, apdu.p1, public, self.version, self.serial, meta["pin_policy"],
                       meta["touch_policy"], FORM_FACTOR_USB_A_KEYCHAIN)
 
     # --- Yubico extensions -------------------------------------------------------------
