@@ -69,6 +69,7 @@ class AgentServer:
         self.streams = 0
         self._server: asyncio.AbstractServer | None = None
         self._stopping = asyncio.Event()
+        self._deadlines_moved = asyncio.Event()  # a vault unlocked: the expiry timer looks again
         self._unlocked: dict[str, asyncio.Event] = {}
         self._waiting: dict[str, int] = {}  # vault -> waits on its _unlocked event (the entry goes with the last)
         self.watchers: list[PcscWatcher | HidWatcher | KeyDiskWatcher] = []
@@ -80,6 +81,7 @@ class AgentServer:
 
     def _on_event(self, event: Event) -> None:
         if event.name == "unlocked":
+            self._deadlines_moved.set()
             waiter = self._unlocked.pop(str(event.data.get("vault")), None)
             if waiter is not None:
                 waiter.set()
@@ -181,6 +183,7 @@ class AgentServer:
             log.warning("configuration not reloaded (the previous one stays): %s", err.message)
             return
         self.state.reload(config)
+        self._deadlines_moved.set()  # TTLs may have changed
         self.notifier = Notifier(config.notify)
         log.info("configuration reloaded (watch_tokens, get_socket, audit and the sockets take a restart)")
         self._warn_config()
@@ -194,11 +197,18 @@ class AgentServer:
             log.warning("config: %s", line)
 
     async def _expiry_timer(self) -> None:
+        """Lock vaults at their deadlines, waking only then (or when a vault is unlocked): an idle agent
+        with nothing unlocked does not wake at all. A deadline the get socket moved on (its releases
+        keep a vault alive) is seen when the old one comes, and slept to again."""
         while True:
+            self._deadlines_moved.clear()
             self.state.expire()
             deadline = self.state.next_deadline()
-            delay = 0.5 if deadline is None else min(0.5, max(0.01, deadline - self.state.clock()))
-            await asyncio.sleep(delay)
+            timeout = None if deadline is None else max(0.01, deadline - self.state.clock())
+            try:
+                await asyncio.wait_for(self._deadlines_moved.wait(), timeout)
+            except TimeoutError:
+                pass
 
     # --- tokens coming and going ----------------------------------------------------------
     def _token_changed(self, change: str, reader: str) -> None:

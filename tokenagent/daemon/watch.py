@@ -31,10 +31,12 @@ a PIV card holding another key is passed over before any PIN is asked). Otherwis
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..discovery import (
     HID_PREFIX,
@@ -64,9 +66,9 @@ from ..vault.operations import roll_forward
 from .pinentry import Pinentry
 
 log = logging.getLogger("tokenagent.agent")
-POLL_TIMEOUT_MS = 500
+PNP = "\\\\?PnP?\\Notification"  # pcsc-lite's pseudo-reader: readers plugged in or out
 RETRY_SECONDS = 3.0
-HID_POLL = 1.0
+HID_POLL = 2.0  # without udev (containers): how often the hidraw devices are listed again
 HID_SETTLE = 0.3
 DISK_PREFIX = "disk:"  # a key disk, named by its filesystem UUID
 
@@ -102,9 +104,30 @@ class _Watcher:
 
 
 class PcscWatcher(_Watcher):
-    """Reports ("added" | "removed", reader) for cards coming and going in pcscd's readers."""
+    """Reports ("added" | "removed", reader) for cards coming and going in pcscd's readers.
+
+    It blocks in SCardGetStatusChange until a reader's state changes; pcsc-lite's pseudo-reader
+    ``PNP`` (``\\\\?PnP?\\Notification``) in the list makes a reader plugged in or out a change too, so an
+    idle agent does not wake. ``stop`` cancels the wait (SCardCancel). Without pcscd it looks for
+    it again every ``RETRY_SECONDS``.
+    """
 
     thread_name = "pcsc-watch"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, report: Callable[[str, str], None]) -> None:
+        super().__init__(loop, report)
+        self._context: Any = None
+
+    def stop(self) -> None:
+        super().stop()
+        context = self._context
+        if context is not None:
+            try:
+                from smartcard import scard
+
+                scard.SCardCancel(context)
+            except Exception as err:  # noqa: BLE001 - the context went away meanwhile: nothing to cancel
+                log.debug("reader watch cancel: %s", err)
 
     def _run(self) -> None:
         try:
@@ -112,32 +135,37 @@ class PcscWatcher(_Watcher):
         except ImportError:
             log.info("pyscard is not available: not watching smart-card readers")
             return
-        context = None
         known: dict[str, int] = {}  # reader -> last event state (its upper 16 bits count card events)
+        pnp_state = scard.SCARD_STATE_UNAWARE
         while not self._stop.is_set():
             try:
-                if context is None:
+                if self._context is None:
                     rc, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
                     if rc != scard.SCARD_S_SUCCESS:
-                        context = None
                         self._stop.wait(RETRY_SECONDS)
                         continue
-                rc, readers = scard.SCardListReaders(context, [])
-                if rc != scard.SCARD_S_SUCCESS or not readers:
-                    if rc in (scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED):
-                        scard.SCardReleaseContext(context)
-                        context = None
+                    self._context = context
+                rc, readers = scard.SCardListReaders(self._context, [])
+                if rc in (scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED):
+                    raise OSError("pcscd went away")
+                readers = readers if rc == scard.SCARD_S_SUCCESS else []
+                if not readers:
                     self._publish(set(), set())
                     known = {}
-                    self._stop.wait(POLL_TIMEOUT_MS / 1000)
+                # blocks until a reader's state differs from what we know, or a reader comes or goes
+                watched = [(r, known.get(r, scard.SCARD_STATE_UNAWARE)) for r in readers] + [(PNP, pnp_state)]
+                rc, states = scard.SCardGetStatusChange(self._context, scard.INFINITE, watched)
+                if self._stop.is_set():
+                    break
+                if rc == scard.SCARD_E_TIMEOUT:
                     continue
-                # blocks until a reader's state differs from what we know, or the timeout
-                rc, states = scard.SCardGetStatusChange(
-                    context, POLL_TIMEOUT_MS, [(r, known.get(r, scard.SCARD_STATE_UNAWARE)) for r in readers])
                 if rc != scard.SCARD_S_SUCCESS:
-                    continue  # a timeout: nothing changed
+                    raise OSError(f"SCardGetStatusChange: {scard.SCardGetErrorMessage(rc)}")
                 now, reinserted = set(), set()
                 for reader, state, _ in states:
+                    if reader == PNP:
+                        pnp_state = state & ~scard.SCARD_STATE_CHANGED
+                        continue
                     present = bool(state & scard.SCARD_STATE_PRESENT) and not state & scard.SCARD_STATE_MUTE
                     before = known.get(reader)
                     if present:
@@ -148,7 +176,10 @@ class PcscWatcher(_Watcher):
                 self._publish(now, reinserted)
             except Exception as err:  # noqa: BLE001 - pcscd restarted, reader vanished mid-call
                 log.debug("reader watch: %s", err)
-                context = None
+                context, self._context = self._context, None
+                if context is not None:
+                    with contextlib.suppress(Exception):
+                        scard.SCardReleaseContext(context)
                 known = {}
                 self._stop.wait(RETRY_SECONDS)
 
