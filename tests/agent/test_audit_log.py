@@ -148,7 +148,7 @@ def test_no_key_without_its_whole_audit_line_when_the_disk_is_full(tiny_disk_age
             else:
                 outcomes["json refused"] += 1
                 assert answer["error"] == "agent" and "No space left on device" in answer["message"], answer
-                assert "no key is released without its audit line" in answer["message"]
+                assert "nothing is released without its audit line" in answer["message"]
                 assert log.stat().st_size == before
             before = log.stat().st_size
             key, code, _ = fast_get(agent, "v1", context)

@@ -90,7 +90,10 @@ def _row(record: dict[str, Any]) -> str:
              if isinstance(when, int | float) else "?")
     outcome = "released" if record.get("ok") else f"refused ({_safe(record.get('error'))})"
     context = record.get("context")
-    label = "raw" if context is None else f"context {_safe(context)}"
+    if record.get("op", "get") != "get":  # a signature of the ssh socket, say
+        label = f"{_safe(record.get('op'))} {_safe(record.get('key', ''))}".strip()
+    else:
+        label = "raw" if context is None else f"context {_safe(context)}"
     program = _safe(record.get("exe") or "?")
     parent = record.get("parent_exe")
     return (f"{stamp}  {_safe(record.get('vault'))}  {outcome}  {label}  {program}"

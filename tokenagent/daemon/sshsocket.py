@@ -54,7 +54,6 @@ FRAME_TIMEOUT = 10.0
 MAX_CLIENTS = 128
 MAX_SUN_PATH = 107
 EXTENSIONS = (sshagent.EXT_QUERY, sshagent.EXT_SESSION_BIND)
-_AUDIT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -71,7 +70,6 @@ class SshService:
         self.state = state
         self._keys: tuple[SshKey, ...] | None = None  # set by tests; else the configuration's
         self._blobs: dict[tuple[str, str, str, str], bytes] = {}  # (vault, fingerprint, label, type) -> blob
-        self._audit_fd: int | None = None
 
     # --- keys ---------------------------------------------------------------------------------
     @property
@@ -246,22 +244,10 @@ class SshService:
                            "key_type": key.type, "ok": error is None, "error": error, "pid": peer.pid,
                            "uid": peer.uid, "exe": peer.exe, "parent_exe": peer.parent_exe, "signed": what},
                           sort_keys=True, ensure_ascii=True) + "\n"
-        for attempt in (1, 2):
-            try:
-                if self._audit_fd is None:
-                    self._audit_fd = os.open(self.state.audit_path, _AUDIT_FLAGS, 0o600)
-                os.write(self._audit_fd, line.encode())
-                return
-            except OSError as err:
-                self.close()
-                if attempt == 2:
-                    raise AgentError(f"cannot write the audit log {self.state.audit_path}: {err.strerror}") from None
+        self.state.write_audit(line.encode())  # the agent's one audit writer (daemon/audit.py)
 
     def close(self) -> None:
-        if self._audit_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._audit_fd)
-            self._audit_fd = None
+        """Nothing to close: the audit log is the agent state's."""
 
 
 def _what_text(what: dict[str, str | int]) -> str:

@@ -387,18 +387,21 @@ class AgentState:
                                        " (config refuse_preload)")
 
     def _audit(self, vault: str, context: str | None, peer: Peer, error: str | None) -> None:
-        """One line in the audit log, whole, or AgentError: no key leaves without it (daemon/audit.py)."""
+        self.write_audit(audit_line(vault, context, peer.pid, peer.uid, peer.exe, peer.parent_exe, error, time.time()))
+
+    def write_audit(self, line: bytes) -> None:
+        """One line in the audit log, whole, or AgentError: no key (and no signature) leaves without
+        it. Every writer of the agent's log goes through here (daemon/audit.py: one writer, rotation)."""
         if not self.config.audit or self.audit_path is None:
             return
         if self._audit_log is None:
             self._audit_log = AuditLog(self.audit_path, self.config.audit_max_size, self.config.audit_keep,
                                        self.mirror)
         try:
-            self._audit_log.write(audit_line(vault, context, peer.pid, peer.uid, peer.exe, peer.parent_exe, error,
-                                             time.time()))
+            self._audit_log.write(line)
         except OSError as err:
             raise AgentError(f"cannot write the audit log {self.audit_path}: {err.strerror or err};"
-                             " no key is released without its audit line") from None
+                             " nothing is released without its audit line") from None
 
     def close_audit(self) -> None:
         if self._audit_log is not None:
