@@ -114,10 +114,19 @@ def test_ykman_cli_over_scp11b_and_scp03(pcscd: PrivatePcscd, tokens: list[Token
     assert over_scp03.returncode == 0 and "Slot 1: empty" in over_scp03.stdout, over_scp03
     wrong = ykman("--scp", f"{'00' * 16}:{'00' * 16}", "--reader", reader, "otp", "info")
     assert wrong.returncode != 0 and "Traceback" not in wrong.stderr, wrong
-    before = json.loads(state.read_text())["sd"]["scp11b"]["key"]
+    keys = f"{default}:{default}:{default}"
+    generated = ykman("--scp", keys, "--reader", reader, "sd", "keys", "generate", "scp11b", "2",
+                      str(tmp_path / "sd2.pem"))
+    assert generated.returncode == 0, generated.stderr
+    deleted = ykman("--scp", keys, "--reader", reader, "sd", "keys", "delete", "scp11b", "1", "--force")
+    assert deleted.returncode == 0, deleted.stderr
+    listed = ykman("--reader", reader, "sd", "info")
+    assert "KVN=0x02" in listed.stdout and "KVN=0x01" not in listed.stdout, listed.stdout
+    before = json.loads(state.read_text())["sd"]["scp11"]["13:02"]["key"]
     reset = ykman("--reader", reader, "sd", "reset", "--force")  # blocks every key, so the card resets
     assert reset.returncode == 0, reset.stderr
-    assert json.loads(state.read_text())["sd"]["scp11b"]["key"] != before  # a new SCP11b key
+    assert "13:02" not in json.loads(state.read_text())["sd"]["scp11"]  # the factory keys again
+    assert json.loads(state.read_text())["sd"]["scp11"]["13:01"]["key"] != before
     again = ykman("--scp", f"{default}:{default}:{default}", "--reader", reader, "otp", "info")
     assert again.returncode == 0, again.stderr  # the default SCP03 keys work again
 
@@ -134,3 +143,44 @@ def test_a_blocked_key_and_the_reset_after_all_are(token: VirtualToken) -> None:
     assert refused.value.sw == 0x6983
     PivSession(connection(token), scp11b_params(token))  # the other key still opens a channel
     assert json.loads(token.state_path.read_text())["sd"]["tries"]["scp11b"] == 65
+
+
+def test_key_management_over_scp03_only(token: VirtualToken) -> None:
+    """yubikit's SecurityDomainSession: a key set of one's own replaces the default one, an SCP11b
+    key generated, certified and used, the factory one deleted; none of it over SCP11b."""
+    import datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    sd = SecurityDomainSession(connection(token))
+    sd.authenticate(Scp03KeyParams())
+    own = StaticKeys(os.urandom(16), os.urandom(16), os.urandom(16))
+    sd.put_key(KeyRef(0x01, 0x02), own)
+    assert set(SecurityDomainSession(connection(token)).get_key_information()) == {KeyRef(0x01, 0x02), SCP11B}
+    with pytest.raises(ValueError):  # the default keys are gone
+        PivSession(connection(token), Scp03KeyParams())
+    sd = SecurityDomainSession(connection(token))
+    sd.authenticate(Scp03KeyParams(KeyRef(0x01, 0x02), own))
+    public = sd.generate_ec_key(KeyRef(0x13, 0x02))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "my SD CA")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(public).serial_number(1)
+            .not_valid_before(datetime.datetime(2025, 1, 1)).not_valid_after(datetime.datetime(2035, 1, 1))
+            .sign(ca_key, hashes.SHA256()))
+    sd.store_certificate_bundle(KeyRef(0x13, 0x02), [cert])
+    sd.store_ca_issuer(KeyRef(0x13, 0x02), b"\x01" * 20)
+    sd.delete_key(0x13, 0x01)
+    fresh = SecurityDomainSession(connection(token))
+    assert fresh.get_certificate_bundle(KeyRef(0x13, 0x02)) == [cert]
+    assert fresh.get_supported_ca_identifiers(klcc=True) == {KeyRef(0x13, 0x02): b"\x01" * 20}
+    assert set(fresh.get_key_information()) == {KeyRef(0x01, 0x02), KeyRef(0x13, 0x02)}
+    params = Scp11KeyParams(KeyRef(0x13, 0x02), public)
+    over_scp11b = SecurityDomainSession(connection(token))
+    over_scp11b.authenticate(params)  # the new key opens channels
+    with pytest.raises(ApduError) as refused:  # but SCP11b does not authenticate the host
+        over_scp11b.delete_key(0x13, 0x02)
+    assert refused.value.sw == 0x6982
+    again = VirtualToken(token.state_path)  # all of it is kept
+    assert set(SecurityDomainSession(connection(again)).get_key_information()) == {KeyRef(0x01, 0x02),
+                                                                                  KeyRef(0x13, 0x02)}

@@ -62,9 +62,10 @@ class VirtualToken:
             applet.changed = self.save
         # the factory keys a YubiKey leaves with: PIV attestation (under this token's root CA) and SCP11b
         self.piv._attestation()
-        self.security_domain._scp11b_key()
+        self.security_domain.factory_keys()
         self.card = VirtualCard([*self.applets, ManagementApplet(self.serial, VERSION)], ATR,
                                 secure_channels=self.security_domain)
+        self.security_domain.card = self.card
         self.card.power_on()
         self.hid = HidFrontEnd(self.fido2, VERSION)
 
