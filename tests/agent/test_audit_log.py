@@ -70,8 +70,8 @@ def whole_lines(path: Path) -> list[dict[str, Any]]:
 
 # --- a full disk ------------------------------------------------------------------------------------
 
-@pytest.fixture
-def tiny_disk_agent(tmp_path: Path) -> Iterator[AgentProcess]:
+@contextlib.contextmanager
+def _tiny_disk(tmp_path: Path, config: str | None = None) -> Iterator[AgentProcess]:
     """An agent whose data directory (vault and audit log) is a 256 KiB tmpfs, "v1" unlocked."""
     if os.getuid() != 0 or shutil.which("mount") is None:
         pytest.skip("needs root to mount a tmpfs (CI runs as root)")
@@ -79,6 +79,9 @@ def tiny_disk_agent(tmp_path: Path) -> Iterator[AgentProcess]:
     data = home / "data"
     data.mkdir(parents=True)
     os.chmod(home, 0o700)
+    if config is not None:
+        (home / "config").mkdir(mode=0o700)
+        (home / "config" / "config.toml").write_text(config)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(data)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
@@ -95,6 +98,12 @@ def tiny_disk_agent(tmp_path: Path) -> Iterator[AgentProcess]:
             agent.stop()
         if subprocess.run(["umount", str(data)]).returncode != 0:
             subprocess.run(["umount", "-l", str(data)])
+
+
+@pytest.fixture
+def tiny_disk_agent(tmp_path: Path) -> Iterator[AgentProcess]:
+    with _tiny_disk(tmp_path) as agent:
+        yield agent
 
 
 def _fill(directory: Path) -> Path:
@@ -178,6 +187,32 @@ def test_no_key_without_its_whole_audit_line_when_the_disk_is_full(tiny_disk_age
     assert json_get(agent, "v1", context)["ok"] is True
     whole_lines(log)
     print(f"\nfull disk, 11 amounts of room left, each socket: {outcomes}; 0 torn lines, 0 keys without a line")
+
+
+def test_without_the_get_socket_the_python_writer_also_refuses_whole(tmp_path: Path) -> None:
+    """The agent socket's own writer (an agent without the get socket) on the same full disk."""
+    with _tiny_disk(tmp_path, "[agent]\nget_socket = false\n") as agent:
+        assert not agent.get_socket.exists()
+        log = agent.home / "data" / "audit.log"
+        outcomes = {"released": 0, "refused": 0}
+        for room in (0, 1, 50, 150, 230, 3000):
+            _leave_room(log, room)
+            filler = _fill(log.parent)
+            try:
+                before = log.stat().st_size
+                answer = json_get(agent, "v1", "restic:/srv/repo")
+                lines = whole_lines(log)
+                if answer["ok"]:
+                    outcomes["released"] += 1
+                    assert lines[-1]["context"] == "restic:/srv/repo" and lines[-1]["ok"] is True
+                else:
+                    outcomes["refused"] += 1
+                    assert answer["error"] == "agent" and "No space left on device" in answer["message"]
+                    assert log.stat().st_size == before
+            finally:
+                filler.unlink()
+        assert all(outcomes.values()), outcomes
+    print(f"\nfull disk, agent socket's own writer: {outcomes}; 0 torn lines")
 
 
 # --- rotation ---------------------------------------------------------------------------------------
