@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-log = logging.getLogger("tokenagent.discovery")
+log = logging.getLogger(__name__)
 HID_PREFIX = "hid:"  # a token named by its hidraw path
 SETTLE_ATTEMPTS = 10  # a card just inserted may be reset by pcscd once more
 SETTLE_DELAY = 0.3

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tokenagent import discovery
-from tokenagent.daemon.watch import plug_slots
+from tokenagent.daemon.plug import plug_slots
 from tokenagent.errors import NotMine, UsageError
 from tokenagent.factors.base import FactorContext
 from tokenagent.factors.keyfile import KeyFileFactor, generate_keyfile, parse_disk_hint

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tokenagent.daemon.watch import plug_slots
+from tokenagent.daemon.plug import plug_slots
 from tokenagent.factors.base import REGISTRY, Factor, FactorContext, JSONValue, UnknownFactor
 from tokenagent.plugins import load_factor_types
 from tokenagent.vault.format import Policy, Slot

@@ -1,4 +1,4 @@
-"""What the agent does with a token that has just arrived (daemon/watch.py ``open_with_token``):
+"""What the agent does with a token that has just arrived (daemon/plug.py ``open_with_token``):
 open the vault, give up for good (a refused PIN is never asked again), or try once more
 because the token may not have settled. Virtual tokens in process stand in the reader."""
 
@@ -14,7 +14,7 @@ from yubikit.piv import DEFAULT_MANAGEMENT_KEY, KEY_TYPE, SLOT, PivSession
 from yubikit.yubiotp import SLOT as OTP_SLOT
 from yubikit.yubiotp import HmacSha1SlotConfiguration, YubiOtpSession
 
-from tokenagent.daemon import watch
+from tokenagent.daemon import plug
 from tokenagent.drivers.otp import OtpFactor
 from tokenagent.drivers.piv import PivFactor
 from tokenagent.vault import VaultStore, new_vault
@@ -64,23 +64,23 @@ def test_plug_outcomes(store: VaultStore, yubikey: VirtualToken, monkeypatch: py
         events.append((name, data))
 
     present: list[VirtualToken] = []
-    monkeypatch.setattr(watch, "ReaderDevices", lambda reader: VirtualDevices(present))
+    monkeypatch.setattr(plug, "ReaderDevices", lambda reader: VirtualDevices(present))
     # The token is not answering yet: worth another try, nothing asked of anyone.
-    assert watch.open_with_token(store, "backups", "Virtual PCD 00 00", emit) == watch.RETRY
+    assert plug.open_with_token(store, "backups", "Virtual PCD 00 00", emit) is plug.RETRY
     pin = TypedPin(b"123456")
-    assert watch.open_with_token(store, "mail", "Virtual PCD 00 00", emit, pinentry=pin) == watch.RETRY
+    assert plug.open_with_token(store, "mail", "Virtual PCD 00 00", emit, pinentry=pin) is plug.RETRY
     assert pin.asked == 0 and yubikey.piv.pin.remaining == 3
     # It answers: both vaults open.
     present.append(yubikey)
-    opened = watch.open_with_token(store, "backups", "Virtual PCD 00 00", emit)
-    assert isinstance(opened, tuple) and opened[0] == "1" and len(opened[1]) == 32
-    opened = watch.open_with_token(store, "mail", "Virtual PCD 00 00", emit, pinentry=pin)
-    assert isinstance(opened, tuple) and pin.asked == 1 and ("pin", {"vault": "mail", "reader": "Virtual PCD 00 00"}) in events
+    opened = plug.open_with_token(store, "backups", "Virtual PCD 00 00", emit)
+    assert isinstance(opened, plug.Opened) and opened.slot == "1" and len(opened.key) == 32
+    opened = plug.open_with_token(store, "mail", "Virtual PCD 00 00", emit, pinentry=pin)
+    assert isinstance(opened, plug.Opened) and pin.asked == 1 and ("pin", {"vault": "mail", "reader": "Virtual PCD 00 00"}) in events
     # A wrong PIN is final: one try spent, never asked again by a second round.
     wrong = TypedPin(b"000000")
-    assert watch.open_with_token(store, "mail", "Virtual PCD 00 00", emit, pinentry=wrong) is None
+    assert plug.open_with_token(store, "mail", "Virtual PCD 00 00", emit, pinentry=wrong) is plug.NOT_OPENED
     assert wrong.asked == 1 and yubikey.piv.pin.remaining == 2
     # Without pinentry the PIV vault is not one to open on plug at all.
-    assert watch.open_with_token(store, "mail", "Virtual PCD 00 00", emit) is None
+    assert plug.open_with_token(store, "mail", "Virtual PCD 00 00", emit) is plug.NOT_OPENED
     # A vault that is not there is final too.
-    assert watch.open_with_token(store, "nosuch", "Virtual PCD 00 00", emit) is None
+    assert plug.open_with_token(store, "nosuch", "Virtual PCD 00 00", emit) is plug.NOT_OPENED

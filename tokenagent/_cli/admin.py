@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from ..errors import LastSlot, TokenAgentError, TokenNotPresent, UsageError, VaultExists, VaultFormatError
+from ..errors import LastSlot, TokenNotPresent, UsageError, VaultExists, VaultFormatError
 from ..factors.base import REGISTRY, Factor, FactorContext
 from ..plugins import load_factor_types
 from ..vault import VaultStore, check_name, new_vault, operations, unlock, verify, wipe
@@ -216,11 +216,8 @@ def _slot_rows(vault: Vault) -> list[dict[str, Any]]:
 def open_vault(store: VaultStore, name: str, ctx: FactorContext, ui: TerminalInteraction, slot_ids: list[str] | None = None):
     vault = store.load(name)
     result = unlock_waiting(vault, ctx, ui, slot_ids)
-    try:
-        if operations.roll_forward(store, name, vault, result) is not None:
-            vault = store.load(name)
-    except TokenAgentError as err:  # the old wrap still opens: warn, do not fail the command
-        ui.notify("warning", f"slot {result.slot_id} was opened but its rolling challenge was not renewed: {err}")
+    vault = operations.roll_forward_or_keep(store, name, vault, result, lambda why: ui.notify(
+        "warning", f"slot {result.slot_id} was opened but its rolling challenge was not renewed: {why}"))
     return vault, result
 
 
@@ -453,10 +450,8 @@ def drill(vault: str, slot_ids: tuple[str, ...], unlock_keyfiles: tuple[str, ...
             results.append({"slot": slot_id, "ok": True, "recorded": False})
             continue
         try:
-            if operations.roll_forward(store, vault, v, opened) is None:  # a rolled slot counts as drilled
-                v = operations.record_drill(store, vault, opened.masterkey, slot_id)
-            else:
-                v = store.load(vault)
+            rolled = operations.roll_forward(store, vault, v, opened)  # a rolled slot counts as drilled
+            v = rolled if rolled is not None else operations.record_drill(store, vault, opened.masterkey, slot_id)
         finally:
             wipe(opened.masterkey)
         results.append({"slot": slot_id, "ok": True})

@@ -44,7 +44,7 @@ try:
 except ImportError:  # built without a C compiler
     _getserver = None  # type: ignore[assignment]
 
-log = logging.getLogger("tokenagent.agent")
+log = logging.getLogger(__name__)
 MAX_SUN_PATH = 107  # sockaddr_un's sun_path less its terminating 0
 # The VaultPolicy fields the C code applies as Python does (lifetimes are mirrored as deadlines;
 # unlock_on_plug is not a client rule). Any other field away from its default keeps a vault off it.

@@ -14,7 +14,7 @@ import resource
 
 PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
-log = logging.getLogger("tokenagent.agent")
+log = logging.getLogger(__name__)
 
 
 LIBC_SONAME = "libc.so.6"  # glibc's soname on Linux; ctypes.util.find_library would run /sbin/ldconfig (a fork)

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 
-log = logging.getLogger("tokenagent.agent")
+log = logging.getLogger(__name__)
 APP = "tokenagent"
 TIMEOUT_MS = 30_000
 SEND_TIMEOUT = 2.0

@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +33,24 @@ from ..errors import AgentError, TokenAgentError
 from ..plugins import load_factor_types
 from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request, Response
 from ..vault import VaultStore, wipe
+from . import plug
 from .config import AgentConfig, load_config, unknown_vault_sections
 from .getsocket import GetSocket
 from .hardening import harden_process
 from .notify import Notifier
 from .pinentry import Pinentry
+from .plug import PlugPins
 from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
 from .sshsocket import SshSocket
 from .state import AgentState, Peer
-from .watch import RETRY, HidWatcher, KeyDiskWatcher, PcscWatcher, PlugPins, key_disks, open_with_token
+from .watch import HidWatcher, KeyDiskWatcher, PcscWatcher, key_disks
 
-log = logging.getLogger("tokenagent.agent")
+log = logging.getLogger(__name__)
 FRAME_TIMEOUT = 10.0
 MAX_CLIENTS = 512
 MAX_WAITS = 128  # get --wait requests waiting at once (each holds a connection)
 MAX_STREAMS = 64  # events streams at once
 MAX_WAIT = 300.0
-# A just-plugged token is tried at once; one that is not ready yet (pcscd may power-cycle a card
-# just inserted) fails with a transport error, and such vaults get a second round this much later.
-PLUG_RETRY = 1.0
 
 
 class AgentServer:
@@ -60,6 +58,8 @@ class AgentServer:
                  get_socket: GetSocket | None = None, ssh_socket: SshSocket | None = None) -> None:
         self.state = state
         self.ssh_socket = ssh_socket  # the ssh-agent face (daemon/sshsocket.py)
+        if ssh_socket is not None:
+            ssh_socket.service.touch_notice = self.touch_notice
         self.sock = sock
         self.path = path
         self.get_socket = get_socket
@@ -91,10 +91,7 @@ class AgentServer:
     def _notify(self, event: Event) -> None:
         """Desktop notifications for a person at the machine (tokenagent.daemon.notify)."""
         vault = str(event.data.get("vault", ""))
-        if event.name == "touch":
-            message = str(event.data.get("message") or "Touch your key")
-            asyncio.ensure_future(self._show_touch(vault, message))
-        elif event.name == "waiting" and self.state.has_token_slot(vault):
+        if event.name == "waiting" and self.state.has_token_slot(vault):
             program = str(event.data.get("program") or "A program")
             asyncio.ensure_future(self._show_wanted(vault, program))
         elif event.name in ("unlocked", "locked"):
@@ -232,53 +229,43 @@ class AgentServer:
         if reader in self._plugging:
             return
         self._plugging.add(reader)
+        pins = PlugPins()  # one PIN dialog per card for this plug event, wiped when it is over
         try:
-            loop = asyncio.get_running_loop()
-
-            def emit(name: str, **data: Any) -> None:
-                loop.call_soon_threadsafe(lambda: self.state.emit(name, **data))
-
-            vaults = self.state.store.list()
-            pins = PlugPins()  # one PIN dialog per card for this plug event, wiped when it is over
-            try:
-                for round_ in (1, 2):  # the second round: vaults the token may open once it has settled
-                    retry = []
-                    for vault in vaults:
-                        if vault in self.state.sessions or not self.state.config.policy(vault).unlock_on_plug:
-                            continue
-                        if await self._open_on_plug(vault, reader, emit, pins) == RETRY:
-                            retry.append(vault)
-                    vaults = retry
-                    if not vaults or (self.watchers and not self._present(reader)):
-                        break
-                    if round_ == 1:
-                        await asyncio.sleep(PLUG_RETRY)
-            finally:
-                pins.wipe()
+            await plug.unlock_on_plug(self.state.store.list(), lambda vault: self._open_on_plug(vault, reader, pins),
+                                      lambda: not self.watchers or self._present(reader))
         finally:
+            pins.wipe()
             self._plugging.discard(reader)
 
-    async def _open_on_plug(self, vault: str, reader: str, emit: Callable[..., None],
-                            pins: PlugPins | None = None) -> str | None:
-        """Open ``vault`` with the token in ``reader``; RETRY when a later try may do it."""
+    async def _open_on_plug(self, vault: str, reader: str, pins: PlugPins | None = None) -> plug.PlugResult | None:
+        """Open ``vault`` with the token in ``reader``; None when it needs nothing (unlocked, not configured)."""
         config = self.state.config
+        if vault in self.state.sessions or not config.policy(vault).unlock_on_plug:
+            return None
         pinentry = Pinentry(config.pinentry, config.pinentry_tty) if config.pinentry else None
-        opened = await asyncio.to_thread(open_with_token, self.state.store, vault, reader, emit,
-                                         config.touch_timeout, pinentry, pins)
-        if not isinstance(opened, tuple) or (self.watchers and not self._present(reader)):
+        loop = asyncio.get_running_loop()
+        opened = await asyncio.to_thread(plug.open_with_token, self.state.store, vault, reader,
+                                         plug.in_loop(loop, self.state.emit), config.touch_timeout, pinentry, pins,
+                                         plug.in_loop(loop, self.touch_notice))
+        if not isinstance(opened, plug.Opened) or (self.watchers and not self._present(reader)):
             self._close_touch(vault)  # no touch came, or the token left
-            if isinstance(opened, tuple):
-                wipe(opened[1])
-                return None
+            if isinstance(opened, plug.Opened):
+                wipe(opened.key)
+                return plug.NOT_OPENED
             return opened
-        slot, key = opened
         try:
-            self.state.add_session(vault, key, slot, f"token in {reader}", token=reader)
+            self.state.add_session(vault, opened.key, opened.slot, f"token in {reader}", token=reader,
+                                   verified=opened.vault)
         except Exception:
-            wipe(key)
+            wipe(opened.key)
             raise
-        log.info("vault %s unlocked by the token in %s (slot %s)", vault, reader, slot)
-        return None
+        log.info("vault %s unlocked by the token in %s (slot %s)", vault, reader, opened.slot)
+        return opened
+
+    def touch_notice(self, vault: str, message: str) -> None:
+        """A token waits for a touch to unlock ``vault``: the desktop notice (closed when it is unlocked)."""
+        if self.notifier.enabled:
+            asyncio.ensure_future(self._show_touch(vault, message))
 
     def _protocol(self) -> _ClientProtocol:
         return _ClientProtocol(self)

@@ -28,10 +28,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,11 +44,11 @@ from ..vault import wipe
 from ..vault.identities import ssh_private_key
 from .config import SshKey
 from .pinentry import Pinentry, _escape
+from .plug import Opened, in_loop, open_with_token
 from .sockets import MAX_BACKLOG, bind_private, clear_old_socket, peer_allowed, peer_of
 from .state import AgentState, Peer, Session
-from .watch import open_with_token
 
-log = logging.getLogger("tokenagent.agent")
+log = logging.getLogger(__name__)
 FRAME_TIMEOUT = 10.0
 MAX_CLIENTS = 128
 MAX_SUN_PATH = 107
@@ -70,6 +69,8 @@ class SshService:
         self.state = state
         self._keys: tuple[SshKey, ...] | None = None  # set by tests; else the configuration's
         self._blobs: dict[tuple[str, str, str, str], bytes] = {}  # (vault, fingerprint, label, type) -> blob
+        # the agent's desktop "touch your key" notice (AgentServer.touch_notice), called in the loop
+        self.touch_notice: Callable[[str, str], None] | None = None
 
     # --- keys ---------------------------------------------------------------------------------
     @property
@@ -219,20 +220,17 @@ class SshService:
         if reader is None:
             return "touch needs the vault unlocked by a plugged token (it was unlocked by a client)"
         loop = asyncio.get_running_loop()
-
-        def emit(name: str, **data: Any) -> None:
-            loop.call_soon_threadsafe(lambda: self.state.emit(name, **data))
-
         config = self.state.config
         pinentry = Pinentry(config.pinentry, config.pinentry_tty) if config.pinentry else None
-        opened = await asyncio.to_thread(open_with_token, self.state.store, key.vault, reader, emit,
-                                         config.touch_timeout, pinentry)
-        if not isinstance(opened, tuple):
+        opened = await asyncio.to_thread(open_with_token, self.state.store, key.vault, reader,
+                                         in_loop(loop, self.state.emit), config.touch_timeout, pinentry, None,
+                                         in_loop(loop, self.touch_notice) if self.touch_notice else None)
+        if not isinstance(opened, Opened):
             return "no touch: the token did not open the vault"
         try:
-            same = hmac.compare_digest(bytes(opened[1]), bytes(session.secret))
+            same = hmac.compare_digest(bytes(opened.key), bytes(session.secret))
         finally:
-            wipe(opened[1])
+            wipe(opened.key)
         return None if same else "the token opened another secret"
 
     # --- audit ----------------------------------------------------------------------------------

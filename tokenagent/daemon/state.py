@@ -43,7 +43,7 @@ from .config import AgentConfig, VaultPolicy, check_seconds
 from .hardening import lock_in_memory, unlock_memory
 
 MAX_CONTEXT = 256
-log = logging.getLogger("tokenagent.agent")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,16 @@ class AgentState:
 
     # --- lifetimes --------------------------------------------------------------------------
     def add_session(self, vault: str, secret: bytearray, slot: str, source: str, token: str | None = None,
-                    idle_ttl: float | None = None, max_ttl: float | None = None) -> Session:
-        """Keep ``secret`` (taken over, wiped on lock) after checking it against the vault file."""
-        loaded = self.store.load(vault)
-        verify(loaded, secret)
+                    idle_ttl: float | None = None, max_ttl: float | None = None,
+                    verified: Vault | None = None) -> Session:
+        """Keep ``secret`` (taken over, wiped on lock) after checking it against the vault file.
+        ``verified``: the file as the agent's own unlock just read and MAC-checked it with ``secret``
+        (plug-in unlock), so it is not read and checked a second time."""
+        if verified is not None and verified.name == vault:
+            loaded = verified
+        else:
+            loaded = self.store.load(vault)
+            verify(loaded, secret)
         self.note_file(loaded)
         policy = self._policy(vault)
         idle = policy.idle_ttl if idle_ttl is None else idle_ttl

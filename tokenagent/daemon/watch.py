@@ -1,4 +1,4 @@
-"""Token arrival and removal, and what the agent does about them.
+"""Token arrival and removal: the threads that watch for tokens coming and going.
 
 Theory of operation. ``PcscWatcher`` runs one thread that asks pcscd which readers hold a card
 (``SCardGetStatusChange``, half-second timeout, readers re-listed each round; when pcscd is
@@ -6,26 +6,10 @@ not running it retries every few seconds); ``HidWatcher`` runs another that list
 keys on USB HID (/dev/hidraw*) when udev reports a hidraw change (every second without udev). Each reports
 every change to the event loop with ``loop.call_soon_threadsafe``, naming the token by its
 reader or by "hid:" and its hidraw path; the devices of one such token are reached through
-``tokenagent.discovery.ReaderDevices`` (discovery keeps every platform import). The agent then:
-
-* on arrival, tries the locked vaults configured for it (``unlock_on_plug``) with the slots
-  it can open without a person typing anything: slots made only of FIDO2 factors enrolled
-  without a PIN and of YubiKey OTP challenge-response factors. The FIDO2 factor's
-  pre-flight (no touch) finds whether this token holds the credential; only then is the
-  person asked to touch it ("touch" event). A vault opened this way is tied to the reader:
-  it locks when the token leaves. A token that has just arrived may not answer yet (pcscd
-  resets cards it powers up; a loaded machine is slow): the vaults not opened for such a
-  reason (no slot matched, pulled out, a transport error) are tried once more a second after
-  the first round, while the token is still there; a PIN refused, a touch not given, a
-  cancel or a damaged vault are never retried.
-* on removal, after ``removal_grace`` seconds (a token re-seated in time does not count),
-  locks every vault tied to that reader (``lock_on_remove``).
-
-Slots that need a PIN (FIDO2 with user verification, PIV) are tried only when ``pinentry``
-is configured: the PIN dialog is the pinentry program's (``tokenagent.daemon.pinentry``),
-and the factors' PIN rules apply (retries read first, the last one kept, never sent twice;
-a PIV card holding another key is passed over before any PIN is asked). Otherwise
-``tokenagent unlock VAULT`` in a terminal asks for it.
+``tokenagent.discovery.ReaderDevices`` (discovery keeps every platform import). What the agent
+does with an arrival is daemon/plug.py's; on removal, after ``removal_grace`` seconds (a token
+re-seated in time does not count), the server locks every vault tied to that reader
+(``lock_on_remove``).
 """
 
 from __future__ import annotations
@@ -41,31 +25,14 @@ from typing import Any
 from ..discovery import (
     HID_PREFIX,
     MOUNTINFO,
-    ReaderDevices,
     fido_hid_paths,
     mounted_filesystems,
     udev_hidraw_monitor,
 )
-from ..errors import (
-    Cancelled,
-    NotMine,
-    PinAuthBlocked,
-    PinBlocked,
-    PinInvalid,
-    PinLastTry,
-    PinRequired,
-    TokenAgentError,
-    TouchTimeout,
-    VaultError,
-)
-from ..factors.base import FactorContext, Interaction, SecretRequest
 from ..plugins import load_factor_types
-from ..vault import VaultStore, unlock
-from ..vault.format import Slot
-from ..vault.operations import roll_forward
-from .pinentry import Pinentry
+from ..vault import VaultStore
 
-log = logging.getLogger("tokenagent.agent")
+log = logging.getLogger(__name__)
 PNP = "\\\\?PnP?\\Notification"  # pcsc-lite's pseudo-reader: readers plugged in or out
 RETRY_SECONDS = 3.0
 HID_POLL = 2.0  # without udev (containers): how often the hidraw devices are listed again
@@ -230,34 +197,6 @@ class HidWatcher(_Watcher):
             log.debug("HID watch: %s", err)
 
 
-class PlugPins:
-    """The PINs typed during one plug event, so that several vaults on the same card ask once.
-
-    Keyed by the prompt, which names the token and its application (a FIDO2 PIN is not a PIV
-    PIN). Held only while the agent works through the vaults of that plug event, then wiped;
-    a PIN the token refused is forgotten at once, so it is never sent again."""
-
-    def __init__(self) -> None:
-        self._pins: dict[str, bytearray] = {}
-
-    def get(self, prompt: str) -> bytearray | None:
-        pin = self._pins.get(prompt)
-        return bytearray(pin) if pin is not None else None
-
-    def keep(self, prompt: str, pin: bytearray) -> None:
-        self.forget(prompt)
-        self._pins[prompt] = bytearray(pin)
-
-    def forget(self, prompt: str) -> None:
-        old = self._pins.pop(prompt, None)
-        if old is not None:
-            old[:] = bytes(len(old))
-
-    def wipe(self) -> None:
-        for prompt in list(self._pins):
-            self.forget(prompt)
-
-
 class KeyDiskWatcher(_Watcher):
     """Reports ("added" | "removed", "disk:UUID") for filesystems being mounted and unmounted.
 
@@ -316,87 +255,3 @@ def key_disks(store: VaultStore) -> set[str]:
                 if uuid:
                     found.add(uuid)
     return found
-
-
-class AgentInteraction(Interaction):
-    """The agent has no terminal: PINs come from pinentry (if configured); notices become events."""
-
-    def __init__(self, emit: Callable[..., None], vault: str, reader: str, pinentry: Pinentry | None = None,
-                 pins: PlugPins | None = None) -> None:
-        self.emit, self.vault, self.reader, self.pinentry, self.pins = emit, vault, reader, pinentry, pins
-        self.asked: list[str] = []  # the prompts answered in this unlock (forgotten if a PIN is refused)
-
-    def ask_secret(self, request: SecretRequest) -> bytearray:
-        if request.kind != "pin" or self.pinentry is None:
-            raise NotMine(f"a {request.kind} is needed: run 'tokenagent unlock {self.vault}'")
-        self.asked.append(request.prompt)
-        kept = self.pins.get(request.prompt) if self.pins is not None else None
-        if kept is not None:
-            return kept  # typed for another vault of this card in this plug event
-        self.emit("pin", vault=self.vault, reader=self.reader)
-        tries = f" ({request.retries} tries left)" if request.retries is not None else ""
-        pin = self.pinentry.ask(f"tokenagent: unlock vault '{self.vault}'\n{request.prompt}{tries}")
-        if self.pins is not None:
-            self.pins.keep(request.prompt, pin)
-        return pin
-
-    def forget_refused(self) -> None:
-        if self.pins is not None:
-            for prompt in self.asked:
-                self.pins.forget(prompt)
-
-    def notify(self, event: str, message: str) -> None:
-        if event == "touch":
-            self.emit("touch", vault=self.vault, reader=self.reader, message=message)
-
-
-def plug_slots(slots: tuple[Slot, ...], with_pin: bool = False, reader: str = "") -> list[str]:
-    """Slots that open with the plugged token alone (a touch at most; a PIN too when pinentry can
-    ask for it): each factor type says whether it can (``Factor.opens_unattended``). For a key
-    disk ("disk:UUID"): the slots made only of key files on that filesystem (``disk_uuid``)."""
-    if reader.startswith(DISK_PREFIX):
-        uuid = reader[len(DISK_PREFIX):]
-        return [slot.id for slot in slots if slot.factors and all(
-            getattr(f, "disk_uuid", lambda: None)() == uuid for f in slot.factors)]
-    return [slot.id for slot in slots if slot.factors and all(f.opens_unattended(with_pin) for f in slot.factors)]
-
-
-# Failures a second try cannot undo: it would ask a person again (PIN, touch) or override a no.
-FINAL = (PinInvalid, PinBlocked, PinLastTry, PinRequired, PinAuthBlocked, TouchTimeout, Cancelled, VaultError)
-RETRY = "retry"
-
-
-def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Callable[..., None],
-                    touch_timeout: float = 30.0, pinentry: Pinentry | None = None,
-                    pins: PlugPins | None = None) -> tuple[str, bytearray] | str | None:
-    """Try VAULT's plug slots with the token in ``reader`` (runs in a worker thread): the slot and
-    key; None if they do not open; RETRY if that may change once the token has settled. ``pins``:
-    the PINs already typed in this plug event."""
-    load_factor_types()  # before the vault is parsed, so its token factors are known
-    ui = AgentInteraction(emit, vault_name, reader, pinentry, pins)
-    try:
-        return _open_once(store, vault_name, reader, ui, touch_timeout, pinentry)
-    except FINAL as err:
-        if isinstance(err, PinInvalid | PinBlocked | PinAuthBlocked | PinLastTry):
-            ui.forget_refused()  # never sent again, to this vault or another
-        log.info("vault %s not opened with the token in %s: %s", vault_name, reader, err.message)
-        return None
-    except Exception as err:  # noqa: BLE001 - not answering yet, pulled out mid-way, a PC/SC failure
-        why = err.message if isinstance(err, TokenAgentError) else type(err).__name__
-        log.info("vault %s not opened with the token in %s: %s", vault_name, reader, why)
-        return RETRY
-
-
-def _open_once(store: VaultStore, vault_name: str, reader: str, ui: AgentInteraction, touch_timeout: float,
-               pinentry: Pinentry | None) -> tuple[str, bytearray] | None:
-    vault = store.load(vault_name)
-    slot_ids = plug_slots(vault.slots, with_pin=pinentry is not None, reader=reader)
-    if not slot_ids:
-        return None
-    ctx = FactorContext(ui=ui, devices=ReaderDevices(reader), options={"touch_timeout": touch_timeout})
-    result = unlock(vault, ctx, slot_ids)
-    try:
-        roll_forward(store, vault_name, vault, result)  # rolling OTP challenges
-    except TokenAgentError as err:  # the old wrap still opens
-        log.warning("vault %s: rolling challenge not renewed: %s", vault_name, err.message)
-    return result.slot_id, result.masterkey

@@ -67,7 +67,7 @@ SLOTS = frozenset(["9d", *(f"{n:02x}" for n in range(0x82, 0x96))])
 PIN_POLICIES = ("default", "never", "once", "always")
 TOUCH_POLICIES = ("default", "never", "always", "cached")
 OAEP = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
-log = logging.getLogger("tokenagent.piv")
+log = logging.getLogger(__name__)
 
 
 def _secret(material: bytes) -> bytearray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from ..errors import LastSlot, UsageError, VaultFull
+from ..errors import LastSlot, TokenAgentError, UsageError, VaultFull
 from ..factors.base import Factor
 from .crypto import wipe
 from .format import MAX_FACTORS, MAX_SLOTS, Slot, Vault, check_label
@@ -138,18 +138,30 @@ def replace_slot(
     return vault, replaced[0]
 
 
-def roll_forward(store: VaultStore, name: str, vault: Vault, result: UnlockResult) -> Slot | None:
+def roll_forward(store: VaultStore, name: str, vault: Vault, result: UnlockResult) -> Vault | None:
     """Re-wrap the slot that just opened ``vault`` when all its factors prepared renewed secrets
-    (rolling challenges); None when there is nothing to roll. The old wrap stays valid until the
-    new one is written, so a failure here loses nothing."""
+    (rolling challenges): the renewed file, as written and checked with the secret; None when there
+    is nothing to roll. The old wrap stays valid until the new one is written, so a failure here
+    loses nothing."""
     renewals = [factor.renewal() for factor in vault.slot(result.slot_id).factors]
     try:
         if not renewals or any(r is None for r in renewals):
             return None
-        _, renewed = replace_slot(store, name, result.masterkey, result.slot_id,
+        renewed, _ = replace_slot(store, name, result.masterkey, result.slot_id,
                                   [r for r in renewals if r is not None])
         return renewed
     finally:
         for renewal in renewals:
             if renewal is not None:
                 wipe(renewal[1])
+
+
+def roll_forward_or_keep(store: VaultStore, name: str, vault: Vault, result: UnlockResult,
+                         warn: Callable[[str], None]) -> Vault:
+    """``roll_forward`` after an unlock, for those who only open: the vault as it now is. A renewal
+    that fails is told to ``warn`` and does not fail the unlock (the old wrap still opens)."""
+    try:
+        return roll_forward(store, name, vault, result) or vault
+    except TokenAgentError as err:
+        warn(err.message)
+        return vault

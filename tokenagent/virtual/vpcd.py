@@ -28,7 +28,7 @@ from .card import VirtualCard
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 35963
 POWER_OFF, POWER_ON, RESET, GET_ATR = 0, 1, 2, 4
-log = logging.getLogger("tokenagent.virtual")
+log = logging.getLogger(__name__)
 
 
 class VpcdClient:
