@@ -99,7 +99,8 @@ def fetch(vault: str, context: str | None, wait: float | None, as_stored: bool) 
             args["context"] = context
         if wait:
             args["wait"] = wait
-            agent.on_event = _say_waiting  # the agent says at once what the wait is for
+            args["progress"] = True  # the agent says at once what the wait is for
+            agent.on_event = _say_waiting
         data = agent.request("get", timeout=(wait or 0) + 30.0, **args)
         return bytearray(base64.b64decode(data["key"])), data.get("imported") is True
     finally:

@@ -450,9 +450,9 @@ class _ClientProtocol(asyncio.Protocol):
                                                 " an unlock; unlock the vault, or try again later"))
                     continue
                 self.server.waits += 1  # given back when the task ends, even cancelled before it started
-                # the client learns at once what it waits for (tokenagent get --wait says it on stderr)
-                self._send(Event("waiting", {"vault": message.args.get("vault"), "seconds": min(wait, MAX_WAIT),
-                                             "message": response.message}))
+                if message.args.get("progress") is True:  # asked for: what it waits for, said at once
+                    self._send(Event("waiting", {"vault": message.args.get("vault"), "seconds": min(wait, MAX_WAIT),
+                                                 "message": response.message}))
                 self.waiting = asyncio.ensure_future(self._answer_later(message, peer, wait))
                 self.waiting.add_done_callback(self.server.wait_done)
                 return
