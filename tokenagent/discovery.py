@@ -20,6 +20,7 @@ choose it instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 HID_PREFIX = "hid:"  # a token named by its hidraw path
+PNP = "\\\\?PnP?\\Notification"  # pcsc-lite's pseudo-reader: readers plugged in or out
 SETTLE_ATTEMPTS = 10  # a card just inserted may be reset by pcscd once more
 SETTLE_DELAY = 0.3
 
@@ -283,6 +285,90 @@ def _describe_smartcards() -> list[dict[str, Any]]:
         finally:
             device.close()
     return out
+
+
+class PcscCardEvents:
+    """pcscd's view of which readers hold a card, one blocking look at a time (pyscard's SCard calls).
+
+    ``wait`` blocks in SCardGetStatusChange until a reader's state differs from the last one seen;
+    pcsc-lite's pseudo-reader ``PNP`` in the list makes a reader plugged in or out a change too.
+    A card's event count (the state's upper 16 bits) tells a card pulled out and put back between
+    two looks. ``cancel`` (from another thread) ends a wait; after an error, ``reset`` forgets the
+    context so that ``connect`` makes a new one (pcscd restarted)."""
+
+    def __init__(self, scard: Any) -> None:
+        self.scard = scard
+        self.context: Any = None
+        self.known: dict[str, int] = {}  # reader -> last event state
+        self.pnp_state = scard.SCARD_STATE_UNAWARE
+        self._readers: list[str] = []
+
+    @classmethod
+    def open(cls) -> PcscCardEvents | None:
+        """None without pyscard."""
+        try:
+            from smartcard import scard
+        except ImportError:
+            return None
+        return cls(scard)
+
+    def connect(self) -> bool:
+        """A context with pcscd (False: pcscd is not there)."""
+        if self.context is None:
+            rc, context = self.scard.SCardEstablishContext(self.scard.SCARD_SCOPE_USER)
+            if rc != self.scard.SCARD_S_SUCCESS:
+                return False
+            self.context = context
+        return True
+
+    def readers(self) -> list[str]:
+        """The readers pcscd has now (an OSError when pcscd went away)."""
+        scard = self.scard
+        rc, readers = scard.SCardListReaders(self.context, [])
+        if rc in (scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED):
+            raise OSError("pcscd went away")
+        self._readers = list(readers) if rc == scard.SCARD_S_SUCCESS else []
+        if not self._readers:
+            self.known = {}
+        return self._readers
+
+    def wait(self, present: set[str]) -> tuple[set[str], set[str]] | None:
+        """Block until something changes in the readers last listed: (readers holding a card,
+        those of ``present`` whose card went out and in again); None when nothing did."""
+        scard = self.scard
+        watched = [(r, self.known.get(r, scard.SCARD_STATE_UNAWARE)) for r in self._readers]
+        rc, states = scard.SCardGetStatusChange(self.context, scard.INFINITE, [*watched, (PNP, self.pnp_state)])
+        if rc in (scard.SCARD_E_TIMEOUT, scard.SCARD_E_CANCELLED):
+            return None
+        if rc != scard.SCARD_S_SUCCESS:
+            raise OSError(f"SCardGetStatusChange: {scard.SCardGetErrorMessage(rc)}")
+        now, reinserted = set(), set()
+        for reader, state, _ in states:
+            if reader == PNP:
+                self.pnp_state = state & ~scard.SCARD_STATE_CHANGED
+                continue
+            before = self.known.get(reader)
+            if state & scard.SCARD_STATE_PRESENT and not state & scard.SCARD_STATE_MUTE:
+                now.add(reader)
+                if before is not None and before >> 16 != state >> 16 and reader in present:
+                    reinserted.add(reader)  # out and in again between two looks
+            self.known[reader] = state & ~scard.SCARD_STATE_CHANGED
+        return now, reinserted
+
+    def cancel(self) -> None:
+        context = self.context
+        if context is not None:
+            try:
+                self.scard.SCardCancel(context)
+            except Exception as err:  # noqa: BLE001 - the context went away meanwhile: nothing to cancel
+                log.debug("reader watch cancel: %s", err)
+
+    def reset(self) -> None:
+        context, self.context = self.context, None
+        self.known = {}
+        if context is not None:
+            with contextlib.suppress(Exception):
+                self.scard.SCardReleaseContext(context)
 
 
 def fido_hid_paths() -> list[str]:

@@ -15,16 +15,15 @@ re-seated in time does not count), the server locks every vault tied to that rea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..discovery import (
     HID_PREFIX,
     MOUNTINFO,
+    PcscCardEvents,
     fido_hid_paths,
     mounted_filesystems,
     udev_hidraw_monitor,
@@ -33,7 +32,6 @@ from ..plugins import load_factor_types
 from ..vault import VaultStore
 
 log = logging.getLogger(__name__)
-PNP = "\\\\?PnP?\\Notification"  # pcsc-lite's pseudo-reader: readers plugged in or out
 RETRY_SECONDS = 3.0
 HID_POLL = 2.0  # without udev (containers): how often the hidraw devices are listed again
 HID_SETTLE = 0.3
@@ -73,81 +71,43 @@ class _Watcher:
 class PcscWatcher(_Watcher):
     """Reports ("added" | "removed", reader) for cards coming and going in pcscd's readers.
 
-    It blocks in SCardGetStatusChange until a reader's state changes; pcsc-lite's pseudo-reader
-    ``PNP`` (``\\\\?PnP?\\Notification``) in the list makes a reader plugged in or out a change too, so an
-    idle agent does not wake. ``stop`` cancels the wait (SCardCancel). Without pcscd it looks for
-    it again every ``RETRY_SECONDS``.
+    It blocks in pcscd's status-change wait (``discovery.PcscCardEvents``) until a reader's state
+    changes or a reader is plugged in or out, so an idle agent does not wake. ``stop`` cancels
+    the wait. Without pcscd it looks for it again every ``RETRY_SECONDS``.
     """
 
     thread_name = "pcsc-watch"
 
     def __init__(self, loop: asyncio.AbstractEventLoop, report: Callable[[str, str], None]) -> None:
         super().__init__(loop, report)
-        self._context: Any = None
+        self._events: PcscCardEvents | None = None
 
     def stop(self) -> None:
         super().stop()
-        context = self._context
-        if context is not None:
-            try:
-                from smartcard import scard
-
-                scard.SCardCancel(context)
-            except Exception as err:  # noqa: BLE001 - the context went away meanwhile: nothing to cancel
-                log.debug("reader watch cancel: %s", err)
+        if self._events is not None:
+            self._events.cancel()
 
     def _run(self) -> None:
-        try:
-            from smartcard import scard
-        except ImportError:
+        events = PcscCardEvents.open()
+        if events is None:
             log.info("pyscard is not available: not watching smart-card readers")
             return
-        known: dict[str, int] = {}  # reader -> last event state (its upper 16 bits count card events)
-        pnp_state = scard.SCARD_STATE_UNAWARE
+        self._events = events
         while not self._stop.is_set():
             try:
-                if self._context is None:
-                    rc, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
-                    if rc != scard.SCARD_S_SUCCESS:
-                        self._stop.wait(RETRY_SECONDS)
-                        continue
-                    self._context = context
-                rc, readers = scard.SCardListReaders(self._context, [])
-                if rc in (scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED):
-                    raise OSError("pcscd went away")
-                readers = readers if rc == scard.SCARD_S_SUCCESS else []
-                if not readers:
+                if not events.connect():
+                    self._stop.wait(RETRY_SECONDS)
+                    continue
+                if not events.readers():
                     self._publish(set(), set())
-                    known = {}
-                # blocks until a reader's state differs from what we know, or a reader comes or goes
-                watched = [(r, known.get(r, scard.SCARD_STATE_UNAWARE)) for r in readers] + [(PNP, pnp_state)]
-                rc, states = scard.SCardGetStatusChange(self._context, scard.INFINITE, watched)
+                changed = events.wait(self.present)  # blocks
                 if self._stop.is_set():
                     break
-                if rc == scard.SCARD_E_TIMEOUT:
-                    continue
-                if rc != scard.SCARD_S_SUCCESS:
-                    raise OSError(f"SCardGetStatusChange: {scard.SCardGetErrorMessage(rc)}")
-                now, reinserted = set(), set()
-                for reader, state, _ in states:
-                    if reader == PNP:
-                        pnp_state = state & ~scard.SCARD_STATE_CHANGED
-                        continue
-                    present = bool(state & scard.SCARD_STATE_PRESENT) and not state & scard.SCARD_STATE_MUTE
-                    before = known.get(reader)
-                    if present:
-                        now.add(reader)
-                        if before is not None and before >> 16 != state >> 16 and reader in self.present:
-                            reinserted.add(reader)  # out and in again between two looks
-                    known[reader] = state & ~scard.SCARD_STATE_CHANGED
-                self._publish(now, reinserted)
+                if changed is not None:
+                    self._publish(*changed)
             except Exception as err:  # noqa: BLE001 - pcscd restarted, reader vanished mid-call
                 log.debug("reader watch: %s", err)
-                context, self._context = self._context, None
-                if context is not None:
-                    with contextlib.suppress(Exception):
-                        scard.SCardReleaseContext(context)
-                known = {}
+                events.reset()
                 self._stop.wait(RETRY_SECONDS)
 
 
