@@ -118,9 +118,13 @@ def test_the_whole_files_kdf_work_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
         parse(json.dumps(doc).encode(), "v")
 
 
-def test_a_secret_file_naming_dev_zero_is_refused_not_read_forever(tmp_path: Path) -> None:
+def test_secret_files_naming_dev_zero_are_refused_not_read_forever(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     r = run(home, "init", "v", "--password", "--password-file", "/dev/zero")
     assert r.returncode == 2 and "more than" in r.stderr and "Traceback" not in r.stderr
+    pw = tmp_path / "pw"
+    pw.write_text("pw\n")
+    r = run(home, "init", "v", "--password", "--password-file", str(pw), "--import-secret", "/dev/zero")
+    assert r.returncode == 2 and "more than 4096" in r.stderr and "Traceback" not in r.stderr
     assert not (home / "data" / "vaults" / "v.vault").exists()

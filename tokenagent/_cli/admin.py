@@ -268,14 +268,19 @@ def create_vault(vault: str, kw: dict[str, Any], secret: bytes | bytearray | Non
 
 
 def _read_import(path: str) -> bytearray:
-    try:
-        data = bytearray(sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes())
+    try:  # at most one byte more than a secret can be: /dev/zero or a huge file is refused, not read for ever
+        if path == "-":
+            data = bytearray(sys.stdin.buffer.read(4098))
+        else:
+            with open(path, "rb") as f:
+                data = bytearray(f.read(4098))
     except OSError as err:
         raise UsageError(f"--import-secret {path}: {err.strerror}") from None
     if path == "-" and data.endswith(b"\n"):
         del data[-1:]
     if not 1 <= len(data) <= 4096:
-        raise UsageError(f"--import-secret: the secret must be 1 to 4096 bytes, not {len(data)}")
+        size = "more than 4096" if len(data) > 4096 else "0"
+        raise UsageError(f"--import-secret: the secret must be 1 to 4096 bytes, not {size}")
     return data
 
 
