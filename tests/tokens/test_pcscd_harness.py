@@ -98,6 +98,6 @@ def test_a_token_that_cannot_start_says_why(pcscd: PrivatePcscd, tmp_path: Path)
     state = tmp_path / "other.json"
     first = TokenProcess(pcscd, state, 7711)
     first.remove()
-    with pytest.raises(RuntimeError, match="holds token 7711"):
+    with pytest.raises(RuntimeError, match="holds token 7711, not 7712: give its --serial"):
         TokenProcess(pcscd, state, 7712)
     assert _processes_with(str(state)) == []

@@ -62,7 +62,10 @@ def run(state: Path, serial: int | None, vpcd: str | None, uhid: bool, touch: st
     from ..virtual.token import VirtualToken
     from ..virtual.vpcd import VpcdClient
 
-    token = VirtualToken(state, serial, touch, touch_delay)
+    try:
+        token = VirtualToken(state, serial, touch, touch_delay)
+    except ValueError as err:  # a state file of another token
+        raise UsageError(f"{err}: give its --serial, or another --state for a new token") from None
     transports = _Transports(token, None if vpcd is None and uhid else _parse_vpcd(vpcd or DEFAULT_VPCD), uhid,
                              VpcdClient)
     ctl = control_path(state)
