@@ -55,8 +55,9 @@ def test_key_disk_unlocks_on_mount_and_locks_on_unmount(stick: tuple[str, Path],
         run("umount", str(mount))
         agent.wait_event("locked")
         print("agent events:", json.dumps(agent.events))
-        names = [(e["event"], e.get("reader") or e.get("vault")) for e in agent.events]
         reader = f"disk:{UUID}"
+        names = [(e["event"], e.get("reader") or e.get("vault")) for e in agent.events
+                 if e.get("reader", reader) == reader]  # the virtual USB key of the other tests may be plugged too
         assert names == [("token-added", reader), ("unlocked", "kd"), ("token-removed", reader), ("locked", "kd")], names
         assert agent.events[-1]["reason"] == "token-removed"
         assert made["vault"] == "kd"
