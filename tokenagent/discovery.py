@@ -456,6 +456,15 @@ class ReaderDevices:
             return
 
 
+def pcsc_gone() -> tuple[type[BaseException], ...]:
+    """The exceptions of a PC/SC connection that mean the card or its reader went away (pyscard's)."""
+    try:
+        from smartcard.Exceptions import SmartcardException
+    except ImportError:
+        return (OSError,)
+    return (OSError, SmartcardException)
+
+
 def _smartcard(reader: Any, serial: int | None) -> Any | None:
     """The card in ``reader`` for the OTP and PIV factors (None: no card yet)."""
     from ykman.pcsc import ScardSmartCardConnection
@@ -463,7 +472,7 @@ def _smartcard(reader: Any, serial: int | None) -> Any | None:
     from .drivers.smartcard import SmartCardDevice
 
     try:
-        return SmartCardDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), serial)
+        return SmartCardDevice(ScardSmartCardConnection(reader.createConnection()), str(reader), serial, pcsc_gone())
     except Exception as err:  # noqa: BLE001 - no card, card being reset
         log.debug("no card in %s: %s", reader, err)
         return None

@@ -342,7 +342,15 @@ class Unsupported(AgentError):
     code = "unsupported"
 
 
-class FrameTooLarge(ProtocolError):
+class FrameError(ProtocolError):
+    """A frame that cannot be used. ``fatal``: the framing itself is lost, close the connection."""
+
+    def __init__(self, message: str | None = None, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class FrameTooLarge(FrameError):
     """A frame over the protocol's size limit."""
 
     code = "too-large"

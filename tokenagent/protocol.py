@@ -13,7 +13,7 @@ error ``protocol``). A request length over ``MAX_FRAME`` loses the framing: it i
 
 ``Connection`` holds no socket: feed it bytes with ``receive_data``, take parsed messages
 from ``next_event`` (``NEED_DATA`` when a frame is incomplete), turn messages into bytes with
-``send``. It imports only the standard library, so ``tokenagent get`` stays fast.
+``send``. It imports only the standard library and the error tree, so ``tokenagent get`` stays fast.
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ from __future__ import annotations
 import json
 import struct
 
+from .errors import FrameError, FrameTooLarge
+
 TYPE_CHECKING = False  # typing and dataclasses stay unimported: they cost "tokenagent get" ~20 ms
 if TYPE_CHECKING:
     from typing import Any, Final
+
+    from .errors import TokenAgentError
 
 VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
@@ -44,15 +48,6 @@ class _Sentinel:
 
 NEED_DATA: Final = _Sentinel("NEED_DATA")
 CLOSED: Final = _Sentinel("CLOSED")
-
-
-class FrameError(Exception):
-    """A frame that cannot be used. ``fatal``: the framing itself is lost, close the connection."""
-
-    def __init__(self, message: str, code: str = "protocol", fatal: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.fatal = fatal
 
 
 class _Frozen:
@@ -117,6 +112,11 @@ class Response(_Frozen):
     def failure(cls, request_id: int | None, code: str, message: str) -> Response:
         return cls(request_id, False, {}, code, message)
 
+    @classmethod
+    def refusal(cls, request_id: int | None, err: TokenAgentError) -> Response:
+        """The answer for one of our errors: its code (the error tree holds every wire code) and message."""
+        return cls(request_id, False, {}, err.code, err.message)
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "ok": self.ok}
         if self.ok:
@@ -145,7 +145,7 @@ if TYPE_CHECKING:
 def encode(obj: dict[str, Any], limit: int = MAX_FRAME) -> bytes:
     body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
     if len(body) > limit:
-        raise FrameError(f"frame of {len(body)} bytes is over the {limit}-byte limit", "too-large")
+        raise FrameTooLarge(f"frame of {len(body)} bytes is over the {limit}-byte limit")
     return HEADER.pack(len(body)) + body
 
 
@@ -212,7 +212,7 @@ class Connection:
         (length,) = HEADER.unpack_from(self._buffer)
         if length > self.max_frame:
             self.broken = True
-            raise FrameError(f"frame of {length} bytes is over the {self.max_frame}-byte limit", "too-large", True)
+            raise FrameTooLarge(f"frame of {length} bytes is over the {self.max_frame}-byte limit", fatal=True)
         if len(self._buffer) < HEADER.size + length:
             return CLOSED if self._eof else NEED_DATA
         body = bytes(self._buffer[HEADER.size : HEADER.size + length])

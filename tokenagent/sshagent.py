@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from .protocol import CLOSED, NEED_DATA, FrameError
+from .errors import FrameTooLarge
+from .protocol import CLOSED, NEED_DATA
 
 MAX_MESSAGE: Final = 256 * 1024  # OpenSSH's AGENT_MAX_LEN
 
@@ -158,7 +159,7 @@ class AgentConnection:
         (length,) = _U32.unpack_from(self._buffer)
         if length == 0 or length > self.max_message:
             self.broken = True
-            raise FrameError(f"ssh-agent message of {length} bytes (1 to {self.max_message})", "too-large", True)
+            raise FrameTooLarge(f"ssh-agent message of {length} bytes (1 to {self.max_message})", fatal=True)
         if len(self._buffer) < 4 + length:
             return CLOSED if self._eof else NEED_DATA
         body = bytes(self._buffer[4 : 4 + length])

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..errors import AgentError, TokenAgentError
+from ..errors import AgentBusy, AgentError, TokenAgentError, VaultLocked
 from ..plugins import load_factor_types
 from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request, Response
 from ..vault import VaultStore, wipe
@@ -312,7 +312,7 @@ def program_name(peer: Peer) -> str:
 
 def _wait_seconds(request: Request, response: Response) -> float | None:
     wait = request.args.get("wait")
-    if (request.op in ("get", "age-unwrap") and not response.ok and response.error == "locked"
+    if (request.op in ("get", "age-unwrap") and not response.ok and response.error == VaultLocked.code
             and isinstance(wait, int | float) and not isinstance(wait, bool) and wait > 0):
         return float(wait)
     return None
@@ -408,7 +408,7 @@ class _ClientProtocol(asyncio.Protocol):
         except FrameError as err:  # an answer beyond MAX_ANSWER: say so instead of dropping the client
             if not isinstance(message, Response):
                 return
-            data = self.conn.send(Response.failure(message.id, err.code, f"the answer is too large: {err}"))
+            data = self.conn.send(Response.refusal(message.id, type(err)(f"the answer is too large: {err}")))
         self.transport.write(data)
 
     def _serve(self) -> None:
@@ -418,7 +418,7 @@ class _ClientProtocol(asyncio.Protocol):
             try:
                 message = self.conn.next_event()
             except FrameError as err:
-                self._send(Response.failure(None, err.code, str(err)))
+                self._send(Response.refusal(None, err))
                 if err.fatal:
                     transport.close()
                     return
@@ -435,8 +435,8 @@ class _ClientProtocol(asyncio.Protocol):
             response = self.server.state.dispatch(message, peer)
             if message.op == "events" and response.ok:
                 if self.server.streams >= MAX_STREAMS:
-                    self._send(Response.failure(message.id, "busy", f"the agent already streams events to"
-                                                f" {MAX_STREAMS} clients; close one and try again"))
+                    self._send(Response.refusal(message.id, AgentBusy(f"the agent already streams events to"
+                                                                      f" {MAX_STREAMS} clients; close one and try again")))
                     continue
                 self._send(response)
                 self.streaming = True
@@ -446,8 +446,8 @@ class _ClientProtocol(asyncio.Protocol):
             wait = _wait_seconds(message, response)
             if wait is not None:
                 if self.server.waits >= MAX_WAITS:
-                    self._send(Response.failure(message.id, "busy", f"{MAX_WAITS} requests already wait for"
-                                                " an unlock; unlock the vault, or try again later"))
+                    self._send(Response.refusal(message.id, AgentBusy(f"{MAX_WAITS} requests already wait for"
+                                                                      " an unlock; unlock the vault, or try again later")))
                     continue
                 self.server.waits += 1  # given back when the task ends, even cancelled before it started
                 if message.args.get("progress") is True:  # asked for: what it waits for, said at once
@@ -510,7 +510,7 @@ class _ClientProtocol(asyncio.Protocol):
     def _refuse_busy(self, message: str) -> None:
         """Tell the newcomer why, then close: a peer of ours gets a reason, not a reset."""
         assert self.transport is not None
-        self.transport.write(self.conn.send(Response.failure(None, "busy", message)))
+        self.transport.write(self.conn.send(Response.refusal(None, AgentBusy(message))))
         self.transport.close()
 
 

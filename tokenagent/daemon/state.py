@@ -29,6 +29,7 @@ from ..errors import (
     AgentError,
     PolicyError,
     TokenAgentError,
+    Unsupported,
     UsageError,
     VaultLocked,
     VaultNotFound,
@@ -232,19 +233,19 @@ class AgentState:
     def dispatch(self, request: Request, peer: Peer) -> Response:
         handler = _HANDLERS.get(request.op)
         if handler is None:
-            return Response.failure(request.id, "unsupported", f"unknown op {request.op[:64]!r}")
+            return Response.refusal(request.id, Unsupported(f"unknown op {request.op[:64]!r}"))
         try:
             if request.op != "get":  # get looks at its own vault's deadlines (a thousand vaults cost it nothing)
                 self.expire()
             return Response.success(request.id, **handler(self, request.args, peer))
         except TokenAgentError as err:
-            return Response.failure(request.id, err.code, err.message)
+            return Response.refusal(request.id, err)
         except (TypeError, ValueError, KeyError) as err:
-            return Response.failure(request.id, "usage", f"bad arguments for {request.op}: {type(err).__name__}")
+            return Response.refusal(request.id, UsageError(f"bad arguments for {request.op}: {type(err).__name__}"))
         except Exception as err:  # a bug: answer, keep serving, log where (not the message: it could hold data)
             log.error("internal error in %s: %s\n%s", request.op, type(err).__name__,
                       "".join(traceback.format_tb(err.__traceback__)))
-            return Response.failure(request.id, "error", f"internal error in the agent ({type(err).__name__})")
+            return Response.refusal(request.id, TokenAgentError(f"internal error in the agent ({type(err).__name__})"))
 
     def _hello(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         offered = args.get("versions", [VERSION])

@@ -133,7 +133,7 @@ class OtpFactor(Factor):
             except TokenAgentError:
                 raise
             except Exception as err:  # noqa: BLE001 - transport failures, the key refusing
-                raise _failed(label, err) from None
+                raise _failed(device, label, err) from None
 
     def _respond(self, device: SmartCardDevice, ctx: FactorContext, label: str,
                  challenge: bytes | None = None) -> bytearray:
@@ -192,7 +192,7 @@ class OtpFactor(Factor):
                 except TokenAgentError:
                     raise
                 except Exception as err:  # noqa: BLE001 - transport failures, the key refusing
-                    raise _failed(label, err) from None
+                    raise _failed(device, label, err) from None
             who = f"YubiKey {self.serial}" if self.serial else "the YubiKey of this slot"
             raise TokenAbsent(f"{who} is not plugged in")
 
@@ -212,7 +212,7 @@ def _new_hmac_key(ctx: FactorContext, options: Mapping[str, Any]) -> bytearray:
         text[:] = bytes(len(text))
 
 
-def _failed(label: str, err: Exception) -> TokenError:
-    return pulled_out(label, err) or TokenError(
+def _failed(device: SmartCardDevice, label: str, err: Exception) -> TokenError:
+    return pulled_out(device, label, err) or TokenError(
         f"{label} refused the challenge-response ({type(err).__name__}); a slot set to need a touch times out"
         " after 15 s")

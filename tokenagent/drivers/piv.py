@@ -204,8 +204,8 @@ def _protected_management_key(session: Any, ctx: FactorContext, name: str) -> by
     return bytes(key)
 
 
-def _removed_or_refused(name: str, err: Exception) -> TokenError:
-    removed = pulled_out(name, err)
+def _removed_or_refused(device: SmartCardDevice, name: str, err: Exception) -> TokenError:
+    removed = pulled_out(device, name, err)
     if removed is not None:
         return removed
     kind = type(err).__name__
@@ -290,7 +290,7 @@ class PivFactor(Factor):
             except TokenAgentError:
                 raise
             except Exception as err:  # noqa: BLE001 - transport failures, the card refusing
-                raise _removed_or_refused(name, err) from None
+                raise _removed_or_refused(device, name, err) from None
 
     @classmethod
     def _wrap(cls, public: Any, slot: str, serial: int | None, where: str) -> tuple[Factor, bytearray]:
@@ -366,7 +366,7 @@ class PivFactor(Factor):
                 except TokenAgentError:
                     raise
                 except Exception as err:  # noqa: BLE001 - transport failures, the card refusing
-                    raise _removed_or_refused(name, err) from None
+                    raise _removed_or_refused(device, name, err) from None
             who = f"PIV card {self.serial}" if self.serial else "the PIV card of this slot"
             raise TokenAbsent(f"{who} is not plugged in (or its slot {self.slot} holds another key)")
 

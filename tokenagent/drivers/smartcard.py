@@ -22,8 +22,12 @@ WRONG_APPLICATION = (0x6D00, 0x6E00)
 
 
 class SmartCardDevice:
-    def __init__(self, connection: Any, name: str, serial: int | None) -> None:
-        self.connection, self.name, self.serial = connection, name, serial
+    """``gone``: the exceptions of this connection's transport that mean the card or its reader
+    went away (discovery knows them: pyscard's for a PC/SC reader); a driver asks ``pulled_out``."""
+
+    def __init__(self, connection: Any, name: str, serial: int | None,
+                 gone: tuple[type[BaseException], ...] = (OSError,)) -> None:
+        self.connection, self.name, self.serial, self.gone = connection, name, serial, gone
 
     def close(self) -> None:
         try:
@@ -46,9 +50,8 @@ def opened_cards(ctx: FactorContext, kind: str, serial: int | None) -> Iterator[
             device.close()
 
 
-def pulled_out(name: str, err: Exception) -> TokenRemoved | None:
+def pulled_out(device: SmartCardDevice, name: str, err: Exception) -> TokenRemoved | None:
     """A transport failure that means the card went away (or the reader did), else None."""
-    kind = type(err).__name__
-    if "Connection" in kind or "Removed" in kind or "Card" in kind or isinstance(err, OSError):
-        return TokenRemoved(f"{name} stopped answering ({kind}): was it pulled out? Nothing was changed")
+    if isinstance(err, device.gone):
+        return TokenRemoved(f"{name} stopped answering ({type(err).__name__}): was it pulled out? Nothing was changed")
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..discovery import serial_pcsc_device
+from ..discovery import pcsc_gone, serial_pcsc_device
 from .token import VirtualToken
 
 
@@ -44,5 +44,5 @@ class VirtualDevices:
 
             from ..drivers.smartcard import SmartCardDevice
 
-            return SmartCardDevice(ScardSmartCardConnection(self.connect(token)), name, token.serial)
+            return SmartCardDevice(ScardSmartCardConnection(self.connect(token)), name, token.serial, pcsc_gone())
         return None
