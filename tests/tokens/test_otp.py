@@ -122,7 +122,7 @@ def test_otp_slot_through_pcscd_and_the_cli(pcscd: PrivatePcscd, tokens: list[To
     assert "YubiKey 551" in slots[0]["describe"]
     tok.unplug()
     absent = cli(home, "open", "docs", env=pcscd.env)
-    assert absent.returncode == 4 and "YubiKey 551 is not plugged in" in absent.stderr
+    assert absent.returncode == 10 and "YubiKey 551 is not plugged in" in absent.stderr
 
 
 def test_rolling_factor_prepares_its_next_challenge(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_vault_on_a_token_opens_only_with_it_plugged(pcscd: PrivatePcscd, tokens
     key = json.loads(opened.stdout)["key"]  # type: ignore[attr-defined]
     tokens[0].unplug()
     absent = run(home, pcscd, "open", "docs", "--reveal")
-    assert absent.returncode == 4 and "no FIDO2 key is plugged in" in absent.stderr  # type: ignore[attr-defined]
+    assert absent.returncode == 10 and "no FIDO2 key is plugged in" in absent.stderr  # type: ignore[attr-defined]
     tokens[0].plug()
     again = run(home, pcscd, "open", "docs", "--reveal", "--json")
     assert json.loads(again.stdout)["key"] == key  # type: ignore[attr-defined]
@@ -188,7 +188,7 @@ def test_serial_picks_the_key_among_two(pcscd: PrivatePcscd, tokens: list[TokenP
     assert "touch the one to use" not in done.stderr  # type: ignore[attr-defined]
     tokens[1].unplug()
     absent = run(home, pcscd, "open", "docs")
-    assert absent.returncode == 4 and "not plugged in" in absent.stderr  # type: ignore[attr-defined]
+    assert absent.returncode == 10 and "not plugged in" in absent.stderr  # type: ignore[attr-defined]
 
 
 def test_two_of_three_keys_through_pcscd(pcscd: PrivatePcscd, tokens: list[TokenProcess], tmp_path: Path) -> None:

@@ -67,6 +67,6 @@ def test_pulled_out_after_every_command(kind: str, tmp_path: Path) -> None:
         assert tok.piv.pin.remaining == before  # a PIN sent at most once, and never a wrong one
     tok.replug()
     assert factor.unlock(ctx(tok, None)) == secret  # back in: it works
-    # before the token has answered it is "not plugged in"; once it has, "pulled out"
-    assert sum(outcomes.values()) == commands and set(outcomes) <= {"TokenRemoved", "NotMine"}, outcomes
+    # before the token has answered it is "not plugged in" (TokenAbsent); once it has, "pulled out"
+    assert sum(outcomes.values()) == commands and set(outcomes) <= {"TokenRemoved", "TokenAbsent"}, outcomes
     assert outcomes.get("TokenRemoved", 0) >= 4, outcomes
