@@ -30,10 +30,14 @@ sys.exit(main())
 
 
 def plain_install(tmp: Path) -> str:
-    """A venv where tokenagent is a plain path entry, as a wheel install is (no editable-install finder)."""
+    """A venv where tokenagent and its dependencies are plain path entries, as in a wheel install (no
+    editable-install finder)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True)
     site = next((tmp / "venv" / "lib").glob("python3*/site-packages"))
-    (site / "tokenagent-src.pth").write_text(str(ROOT) + "\n")
+    # the source tree, then this venv's site-packages for the dependencies, as plain path entries
+    # (a directory named in a .pth file is not scanned for .pth files: no editable-install finder)
+    deps = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
+    (site / "tokenagent-src.pth").write_text(f"{ROOT}\n{deps}\n")
     script = tmp / "venv" / "bin" / "tokenagent"
     script.write_text(SCRIPT.format(python=tmp / "venv" / "bin" / "python"))
     script.chmod(0o755)

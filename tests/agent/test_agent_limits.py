@@ -78,6 +78,14 @@ def test_one_process_with_512_idle_connections_does_not_shut_out_lock_and_status
           " the connection idle the longest was closed to make room")
 
 
+def _answer(sock: socket.socket) -> dict[str, object]:
+    """The answer to a request, past the events the agent sends first ("waiting" for a get --wait)."""
+    answer = read_response(sock)
+    while "event" in answer:
+        answer = read_response(sock)
+    return answer
+
+
 def test_idle_connections_are_closed_but_waits_and_streams_are_not(tmp_path: Path, agent_home: Path) -> None:
     (agent_home / "config").mkdir(mode=0o700, exist_ok=True)
     (agent_home / "config" / "config.toml").write_text("[agent]\nclient_idle_timeout = 1\n")

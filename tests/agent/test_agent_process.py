@@ -242,3 +242,33 @@ def test_cli_get_imports_no_heavy_module(agent: AgentProcess) -> None:
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in as_imported.stderr.splitlines()
                 if line.startswith("import time:")}
     assert not imported & {"click", "cryptography", "fido2", "yubikit", "ykman", "smartcard", "pkcs11"}, imported
+
+
+def test_agent_verbs_import_no_heavy_module(agent: AgentProcess) -> None:
+    """status, lock and events only talk to the agent: like get, they start without click, the vault
+    code or any driver (tokenagent/_cli/agentverbs.py), and they answer as the click commands did."""
+    unlock(agent)
+    env = {**os.environ, "TOKENAGENT_HOME": str(agent.home), **agent.env()}
+    heavy = {"click", "cryptography", "fido2", "yubikit", "ykman", "smartcard", "pkcs11"}
+
+    def run(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "tokenagent._cli.entry", *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+        imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+                    if line.startswith("import time:")}
+        return done, imported
+
+    status, imported = run("status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["vaults"][0]["unlocked"] is True
+    assert "tokenagent" in imported and not imported & heavy, imported
+    text, imported = run("status")
+    assert "v1: unlocked (slot 1" in text.stdout and not imported & heavy
+    locked, imported = run("lock", "v1")
+    assert locked.returncode == 0 and "vault 'v1' locked" in locked.stdout and not imported & heavy
+    unknown, imported = run("lock", "nosuch", "--json")
+    assert unknown.returncode != 0 and json.loads(unknown.stdout)["error"] == "vault-not-found"
+    assert not imported & heavy
+    usage, imported = run("lock")  # not a form the quick parser takes: click says what is wrong
+    assert usage.returncode == 2 and "click" in imported
+    helped, _ = run("status", "--help")
+    assert helped.returncode == 0 and "Show the agent" in helped.stdout

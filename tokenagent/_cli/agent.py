@@ -15,8 +15,9 @@ import click
 from ..client import AgentClient
 from ..errors import UsageError
 from ..vault import VaultStore, wipe
+from . import agentverbs
 from .admin import factor_context, open_vault, secret_file_options
-from .util import SECONDS, emit, json_option, printable, wait_seconds
+from .util import SECONDS, emit, json_option, wait_seconds
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -35,7 +36,6 @@ def agent(socket_file: Path | None, as_json: bool) -> None:
 
 def _log_json() -> None:
     """The agent's log as JSON lines on stderr: time, level, logger and message (the same messages)."""
-    import json
     import logging
 
     class JsonLines(logging.Formatter):
@@ -52,24 +52,7 @@ def _log_json() -> None:
 @json_option
 def status(as_json: bool) -> None:
     """Show the agent and which vaults are unlocked."""
-    with AgentClient() as client:
-        data = client.status()
-
-    def text() -> None:
-        click.echo(f"{data['agent']}, pid {data['pid']}, up {data['uptime']:.0f} s")
-        if data.get("get_socket") is False:
-            click.echo("  keys are served by the agent socket only: the native get socket is off or not built"
-                       " (docs/agent.md)")
-        for v in data["vaults"]:
-            if v["unlocked"]:
-                left = f", locks in {v['idle_left']:.0f} s" if v.get("idle_left") is not None else ""
-                click.echo(f"  {v['vault']}: unlocked (slot {v['slot']}, {v['source']}){left}")
-            else:
-                click.echo(f"  {v['vault']}: locked")
-            if v.get("warning"):  # the vault file went backwards, or its backup copy is in use
-                click.echo(printable(f"  {v['vault']}: warning: {v['warning']}", False))
-
-    emit(as_json, data, text)
+    agentverbs.status(as_json)
 
 
 @click.command()
@@ -100,34 +83,14 @@ def unlock(vault: str, unlock_keyfiles: tuple[str, ...], unlock_slots: tuple[str
 @json_option
 def lock(vault: str | None, all_: bool, as_json: bool) -> None:
     """Lock VAULT (or --all) in the agent: its key is wiped from memory."""
-    if bool(vault) == all_:
-        raise UsageError("name one vault, or give --all")
-    with AgentClient() as client:
-        if all_:
-            locked = client.lock_all()["locked"]
-            emit(as_json, {"locked": locked}, f"locked: {', '.join(locked) or 'nothing was unlocked'}")
-        else:
-            was = client.lock(vault or "")["was_unlocked"]
-            emit(as_json, {"vault": vault, "was_unlocked": was},
-                 f"vault {vault!r} locked" if was else f"vault {vault!r} was not unlocked")
+    agentverbs.lock(vault, all_, as_json)
 
 
 @click.command()
 @json_option
 def events(as_json: bool) -> None:
     """Print the agent's events as they happen (token plugged, touch needed, unlocked, locked)."""
-    client = AgentClient(timeout=None)
-    try:
-        for event in client.events():
-            if as_json:
-                click.echo(json.dumps(event, sort_keys=True))
-            else:
-                rest = " ".join(f"{k}={v}" for k, v in sorted(event.items()) if k != "event")
-                click.echo(f"{event['event']} {rest}".rstrip())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        client.close()
+    agentverbs.events(as_json)
 
 
 @click.command(name="exec", context_settings={"ignore_unknown_options": True})

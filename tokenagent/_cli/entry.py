@@ -2,7 +2,8 @@
 
 ``tokenagent get`` is on the hot path of password commands (restic, borg...), so it is
 dispatched before click, cryptography, fido2 or yubikit are imported: its cold start
-is a benchmark figure (docs/performance.md).
+is a benchmark figure (docs/performance.md). ``status``, ``lock`` and ``events`` only talk to
+the agent and run on every prompt or status-bar refresh: they too skip click (agentverbs.py).
 
 Our errors become one line and an exit code in ``main.run`` (``fastget.main`` for get). What
 reaches this boundary is a bug: it prints one line naming the exception's type only (its
@@ -16,6 +17,7 @@ import os
 import sys
 
 FAST_COMMANDS = ("get",)
+AGENT_VERBS = ("status", "lock", "events")
 ENV_DEBUG = "TOKENAGENT_DEBUG"
 
 
@@ -24,6 +26,12 @@ def _dispatch(args: list[str]) -> int:
         from ..fastget import main as fast_main
 
         return fast_main(args[1:])
+    if args and args[0] in AGENT_VERBS:  # status, lock, events: the agent only, no click (agentverbs.py)
+        from .agentverbs import run as run_verb
+
+        code = run_verb(args)
+        if code is not None:
+            return code
     from .main import run
 
     return run(args)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import threading
 import time
@@ -14,24 +13,13 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import UsageError
+from .text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON object).")
 
-# What a vault file (a label, a key file's hint) or an error may hold but a terminal must never
-# receive as is: C0/C1 controls (ANSI escapes start with ESC), DEL, line separators, bidi overrides.
-_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
 WARNINGS: list[str] = []  # said on stderr during this command; repeated in --json output
-
-
-def printable(text: str, keep_newlines: bool = True) -> str:
-    """``text`` with every control character escaped (``\\x1b``), and lone surrogates as ``\\udcxx``."""
-    if not keep_newlines:
-        text = text.replace("\n", "\\n").replace("\t", "\\t")
-    text = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def warn(message: str) -> None:
