@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Set
+from collections.abc import Callable, Mapping, Set
 from typing import Any
 
-from ..errors import VaultFormatError
+from ..errors import TokenAgentError, VaultFormatError
 
 
 def expect_keys(params: Mapping[str, Any], allowed: Set[str], what: str, optional: Set[str] = frozenset()) -> None:
@@ -32,17 +32,37 @@ def expect_str(params: Mapping[str, Any], key: str, what: str, max_len: int = 40
     return value
 
 
-def expect_b64(params: Mapping[str, Any], key: str, length: int | None, what: str) -> bytes:
-    value = params[key]
+def strict_b64(value: object, what: str, length: int | None = None,
+               error: type[TokenAgentError] = VaultFormatError) -> bytes:
+    """Padded standard base64 and nothing else (no whitespace, no other alphabet): the one reader of
+    the base64 fields of vault files, factor parameters and the files we import (``error`` says whose)."""
     if not isinstance(value, str):
-        raise VaultFormatError(f"{what}: {key} must be a base64 string")
+        raise error(f"{what} is missing or not a base64 string")
     try:
         data = base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
-        raise VaultFormatError(f"{what}: {key} is not valid base64") from None
+        raise error(f"{what} is not base64") from None
     if length is not None and len(data) != length:
-        raise VaultFormatError(f"{what}: {key} must be {length} bytes")
+        raise error(f"{what} must be {length} bytes, not {len(data)}")
     return data
+
+
+def no_duplicates(error: type[TokenAgentError] = VaultFormatError) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    """A ``json.loads`` ``object_pairs_hook`` that refuses an object naming a key twice (raises ``error``)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise error(f"duplicate key {key!r}")
+            out[key] = value
+        return out
+
+    return hook
+
+
+def expect_b64(params: Mapping[str, Any], key: str, length: int | None, what: str) -> bytes:
+    return strict_b64(params[key], f"{what}: {key}", length)
 
 
 def expect_hex(params: Mapping[str, Any], key: str, length: int, what: str) -> bytes:

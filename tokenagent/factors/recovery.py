@@ -15,18 +15,20 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
+from yubikit.core.otp import MODHEX_ALPHABET, modhex_decode, modhex_encode
+
 from ..errors import NotMine, UsageError, VaultFormatError
 from .base import Factor, FactorContext, JSONValue, SecretRequest, register
 from .params import expect_hex, expect_keys
 
-MODHEX = "cbdefghijklnrtuv"
+MODHEX = MODHEX_ALPHABET
 KEY_LEN = 32
 CHECK_LABEL = b"tokenagent/v1/recovery-check"
 _MODHEX_INPUT = re.compile(r"^[cbdefghijklnrtuv]{64}$")
 
 
 def to_modhex(key: bytes | bytearray) -> str:
-    text = "".join(MODHEX[b >> 4] + MODHEX[b & 15] for b in key)
+    text = modhex_encode(key)  # type: ignore[arg-type]  # it only iterates: no copy of the key
     return "-".join(text[i : i + 8] for i in range(0, len(text), 8))
 
 
@@ -35,7 +37,7 @@ def from_modhex(text: str) -> bytearray | None:
     cleaned = re.sub(r"[\s-]", "", text).lower()
     if not _MODHEX_INPUT.match(cleaned):
         return None
-    return bytearray((MODHEX.index(cleaned[i]) << 4) | MODHEX.index(cleaned[i + 1]) for i in range(0, 64, 2))
+    return bytearray(modhex_decode(cleaned))
 
 
 def _check(key: bytes | bytearray) -> str:

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from ..errors import ForeignFormatError, UsageError, WrongSecret
+from ..factors.params import no_duplicates, strict_b64
 
 CONFIG_NAME = "vault.cryptomator"
 MASTERKEY_NAME = "masterkey.cryptomator"
@@ -184,7 +185,7 @@ def parse_masterkey(data: bytes) -> MasterkeyFile:
             f"{MASTERKEY_NAME}: scrypt parameters need more than 1 GiB of memory; refusing"
         )
     fields = {
-        k: _b64_strict(obj.get(k), k)
+        k: strict_b64(obj.get(k), f"{MASTERKEY_NAME}: {k}", error=ForeignFormatError)
         for k in ("scryptSalt", "primaryMasterKey", "hmacMasterKey", "versionMac")
     }
     for key in ("primaryMasterKey", "hmacMasterKey"):
@@ -334,18 +335,9 @@ def _read_small(path: Path, what: str) -> bytes:
     return data
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ForeignFormatError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates(ForeignFormatError))
     except ForeignFormatError as err:
         raise ForeignFormatError(f"{what}: {err.message}") from None
     except (UnicodeDecodeError, ValueError):
@@ -362,15 +354,6 @@ def _b64_any(part: bytes, what: str) -> bytes:
         return base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ForeignFormatError(f"{CONFIG_NAME}: the {what} is not base64") from None
-
-
-def _b64_strict(value: object, key: str) -> bytes:
-    if not isinstance(value, str):
-        raise ForeignFormatError(f"{MASTERKEY_NAME}: {key} is missing or not a string")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ForeignFormatError(f"{MASTERKEY_NAME}: {key} is not base64") from None
 
 
 PLACEHOLDER_KEY = "tokenagent"

@@ -21,7 +21,6 @@ checked by ``tokenagent.vault.slots`` once a slot is open.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -30,6 +29,8 @@ from typing import Any
 from ..errors import UsageError, VaultFormatError
 from ..factors.base import Factor, factor_from_descriptor
 from ..factors.limits import ENV_TOTAL, kdf_limits
+from ..factors.params import no_duplicates
+from ..factors.params import strict_b64 as unb64
 from .crypto import NONCE_LEN, SALT_LEN, TAG_LEN, canonical
 
 FORMAT = "tokenagent-vault/1"
@@ -55,18 +56,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u206
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def unb64(value: Any, what: str, length: int | None = None) -> bytes:
-    if not isinstance(value, str):
-        raise VaultFormatError(f"{what} must be a base64 string")
-    try:
-        data = base64.b64decode(value.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        raise VaultFormatError(f"{what} is not valid base64") from None
-    if length is not None and len(data) != length:
-        raise VaultFormatError(f"{what} must be {length} bytes, not {len(data)}")
-    return data
 
 
 def _int(value: Any, what: str, low: int = 0, high: int = _MAX_INT) -> int:
@@ -207,15 +196,6 @@ class Vault:
         return replace(self, **changes)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise VaultFormatError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
-
-
 def _reject_constant(name: str) -> Any:
     raise VaultFormatError(f"{name} is not a valid number")
 
@@ -276,7 +256,7 @@ def parse(data: bytes, name: str) -> Vault:
     if len(data) > MAX_FILE_BYTES:
         raise VaultFormatError(f"vault file is larger than {MAX_FILE_BYTES} bytes")
     try:
-        doc = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
+        doc = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates(), parse_constant=_reject_constant,
                          parse_int=_parse_int, parse_float=_reject_float)
     except UnicodeDecodeError:
         raise VaultFormatError("vault file is not UTF-8 text") from None
