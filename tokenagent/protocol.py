@@ -82,7 +82,7 @@ class Request(_Frozen):
     id: int | None
     args: dict[str, Any]
 
-    def __init__(self, op: str, id: int | None = None, args: dict[str, Any] | None = None) -> None:  # noqa: A002
+    def __init__(self, op: str, id: int | None = None, args: dict[str, Any] | None = None) -> None:
         self._set(op=op, id=id, args=dict(args or {}))
 
     def to_json(self) -> dict[str, Any]:
@@ -100,7 +100,7 @@ class Response(_Frozen):
     error: str | None
     message: str | None
 
-    def __init__(self, id: int | None, ok: bool, data: dict[str, Any] | None = None,  # noqa: A002
+    def __init__(self, id: int | None, ok: bool, data: dict[str, Any] | None = None,
                  error: str | None = None, message: str | None = None) -> None:
         self._set(id=id, ok=ok, data=dict(data or {}), error=error, message=message)
 

@@ -156,7 +156,7 @@ def error_of(packet: bytes, cid: int) -> int:
 def test_channels_fragmentation_and_errors(tmp_path: Path) -> None:
     tok = VirtualToken(tmp_path / "t.json", serial=4)
     dev_a, dev_b = tok.hid_device(), tok.hid_device()
-    assert dev_a._channel_id != dev_b._channel_id  # noqa: SLF001 - two INITs, two channels
+    assert dev_a._channel_id != dev_b._channel_id  # two INITs, two channels
     payload = os.urandom(1000)  # 1 init + 17 continuation packets each way
     assert dev_a.call(CTAPHID.PING, payload) == payload
     with pytest.raises(CtapError) as u2f:

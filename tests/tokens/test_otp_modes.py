@@ -71,7 +71,7 @@ def test_update_keeps_the_secret_and_access_codes_hold(tmp_path: Path) -> None:
     otp.delete_slot(SLOT.ONE, ACCESS)
     assert not otp.get_config_state().is_configured(SLOT.ONE)
     otp.put_configuration(SLOT.TWO, HmacSha1SlotConfiguration(key).allow_update(False))
-    with pytest.raises(Exception):  # noqa: B017, PT011 - refused: not programmed to allow updates
+    with pytest.raises(Exception):  # noqa: B017 - refused: not programmed to allow updates
         otp.update_configuration(SLOT.TWO, UpdateConfiguration())
 
 

@@ -83,7 +83,7 @@ def test_keys_need_the_pin_and_the_management_key(token: VirtualToken) -> None:
     piv = session(token)
     with pytest.raises(ApduError):  # no management key yet
         piv.generate_key(SLOT.KEY_MANAGEMENT, KEY_TYPE.ECCP256)
-    with pytest.raises(Exception):  # noqa: B017, PT011 - yubikit's BadResponseError or ApduError
+    with pytest.raises(Exception):  # noqa: B017 - yubikit's BadResponseError or ApduError
         piv.authenticate(bytes(24))
     piv = session(token)
     piv.authenticate(DEFAULT_MANAGEMENT_KEY)

@@ -39,7 +39,7 @@ class SecretLines:
         if self._lines is None:
             stream: IO[bytes]
             try:
-                stream = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")  # noqa: SIM115
+                stream = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")
             except OSError as err:
                 raise UsageError(f"{self.option} {self.path}: {err.strerror}") from None
             try:

@@ -179,7 +179,7 @@ class KeyDiskWatcher(_Watcher):
         import select
 
         try:
-            table = open(MOUNTINFO, "rb")  # noqa: SIM115 - held for the thread's life
+            table = open(MOUNTINFO, "rb")  # held for the thread's life
         except OSError as err:
             log.info("no mount table (%s): key disks are not watched", err)
             return

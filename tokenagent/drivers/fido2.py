@@ -307,7 +307,7 @@ class Fido2Factor(Factor):
                         # a PC/SC status word, not a CTAP answer: another program selected another
                         # application on the card between our commands; select FIDO again, ask again
                         with contextlib.suppress(Exception):
-                            device._select()  # noqa: SLF001 - python-fido2's re-selection of the applet
+                            device._select()  # python-fido2's re-selection of the applet
                         time.sleep(0.1)
                         continue
                     break  # the key answered: not its credential

@@ -165,7 +165,7 @@ class OtpFactor(Factor):
     def rotate(self, ctx: FactorContext) -> tuple[Factor, bytearray, bytearray]:
         """A new challenge: the key answers the old one and the new one in the same session."""
         secret, renewed = self._use(ctx, renew=True)
-        assert renewed is not None  # noqa: S101 - renew=True always prepares one
+        assert renewed is not None  # renew=True always prepares one
         return renewed[0], secret, renewed[1]
 
     def _use(self, ctx: FactorContext, renew: bool) -> tuple[bytearray, tuple[Factor, bytearray] | None]:

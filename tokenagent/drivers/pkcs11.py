@@ -53,7 +53,7 @@ from .pinrules import check_retries
 CURVES: dict[str, ec.EllipticCurve] = {"secp256r1": ec.SECP256R1(), "secp384r1": ec.SECP384R1()}
 RSA_SIZES = {"rsa2048": 2048, "rsa3072": 3072, "rsa4096": 4096}
 CHALLENGE_LEN = {"secp256r1": 65, "secp384r1": 97, "rsa2048": 256, "rsa3072": 384, "rsa4096": 512}
-OAEP = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # noqa: S303 - see the module doc
+OAEP = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # see the module doc
 RSA_SECRET_LEN = 32
 INFO = b"tokenagent/v1/pkcs11"
 CKF_USER_PIN_COUNT_LOW = 0x00010000

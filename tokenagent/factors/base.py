@@ -23,7 +23,7 @@ discovering them on their own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -190,7 +190,6 @@ class UnknownFactor(Factor):
 
 
 REGISTRY: dict[str, type[Factor]] = {}
-_LOADERS: list[Callable[[], None]] = []
 
 
 def register(cls: type[Factor]) -> type[Factor]:

@@ -74,7 +74,7 @@ def attest(attestation: dict[str, str], slot: int, public: Any, version: tuple[i
     """The DER attestation certificate of the key in ``slot`` (its public key ``public``)."""
     f9 = x509.load_der_x509_certificate(base64.b64decode(attestation["cert"]))
     signer = serialization.load_der_private_key(base64.b64decode(attestation["key"]), None)
-    assert isinstance(signer, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))  # noqa: S101 - as PIV stores it
+    assert isinstance(signer, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey))  # as PIV stores it
     serial_der = x509.UnrecognizedExtension(OID_SERIAL, _der_integer(serial))
     builder = (x509.CertificateBuilder().subject_name(_name(f"YubiKey PIV Attestation {slot:02x}"))
                .issuer_name(f9.subject).public_key(public)
@@ -91,7 +91,7 @@ def attest(attestation: dict[str, str], slot: int, public: Any, version: tuple[i
 def root_signer(attestation: dict[str, str]) -> tuple[ec.EllipticCurvePrivateKey, x509.Name]:
     """The root CA's key and name (it also issues the Security Domain's SCP11b certificate)."""
     key = serialization.load_der_private_key(base64.b64decode(attestation["root_key"]), None)
-    assert isinstance(key, ec.EllipticCurvePrivateKey)  # noqa: S101 - made by make_attestation
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # made by make_attestation
     return key, x509.load_pem_x509_certificate(attestation["root_cert"].encode()).subject
 
 

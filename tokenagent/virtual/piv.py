@@ -355,8 +355,8 @@ class PivApplet(Applet):
         if self.mgm_type == MGM_TDES:
             from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 
-            return Cipher(TripleDES(self.mgm_key), modes.ECB())  # noqa: S305 - the PIV protocol's block
-        return Cipher(algorithms.AES(self.mgm_key), modes.ECB())  # noqa: S305
+            return Cipher(TripleDES(self.mgm_key), modes.ECB())  # the PIV protocol's block
+        return Cipher(algorithms.AES(self.mgm_key), modes.ECB())
 
     def _mgm_authenticate(self, apdu: Apdu) -> bytes:
         if apdu.p1 != self.mgm_type:

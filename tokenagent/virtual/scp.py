@@ -90,7 +90,7 @@ def _derive(key: bytes, constant: int, context: bytes, bits: int = 128) -> bytes
 
 
 def _iv(key: bytes, counter: int, response: bool) -> bytes:
-    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # noqa: S305 - the IV derivation of SCP03
+    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()  # the IV derivation of SCP03
     return encryptor.update((b"\x80" if response else b"\x00") + counter.to_bytes(15, "big")) + encryptor.finalize()
 
 
@@ -211,7 +211,7 @@ class SecurityDomain(Applet):
         for ref, entry in sorted(self.scp11.items()):
             if ref[0] == kid and kvn in (0, ref[1]) and entry.get("key"):
                 key = serialization.load_der_private_key(base64.b64decode(entry["key"]), None)
-                assert isinstance(key, ec.EllipticCurvePrivateKey)  # noqa: S101 - stored by this module
+                assert isinstance(key, ec.EllipticCurvePrivateKey)  # stored by this module
                 return ref, key
         raise ApduStatus(SW_REFERENCE_DATA_NOT_FOUND)
 

@@ -123,7 +123,7 @@ class DirectConnection:
     def release(self) -> None:
         self.disconnect()
 
-    def getATR(self) -> list[int]:  # noqa: N802 - pyscard's name
+    def getATR(self) -> list[int]:  # pyscard's name
         return list(self.card.atr)
 
     def transmit(self, apdu: list[int], protocol: object = None) -> tuple[list[int], int, int]:
