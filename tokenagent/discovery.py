@@ -223,10 +223,9 @@ def describe_devices(pkcs11_modules: tuple[str, ...] = ()) -> list[dict[str, Any
 
 def _describe_pkcs11(module: str) -> list[dict[str, Any]]:
     """The tokens of a PKCS#11 module, with their PIN state flags (reading them spends nothing)."""
-    from .drivers.pkcs11 import CKF_USER_PIN_COUNT_LOW, CKF_USER_PIN_FINAL_TRY, CKF_USER_PIN_LOCKED
-
     try:
         import pkcs11
+        from pkcs11 import TokenFlag
 
         slots = pkcs11.lib(module).get_slots(token_present=True)
     except Exception as err:  # noqa: BLE001 - missing file, not a PKCS#11 module, module refusing
@@ -236,14 +235,14 @@ def _describe_pkcs11(module: str) -> list[dict[str, Any]]:
     for slot in slots:
         try:
             token = slot.get_token()
-            flags = int(token.flags)
+            flags = TokenFlag(token.flags)
             serial = token.serial.decode("ascii", "replace").strip() if isinstance(token.serial, bytes) \
                 else str(token.serial).strip()
             out.append({"type": "pkcs11", "name": token.label, "module": module, "serial": serial or None,
                         "transport": "pkcs11", "manufacturer": token.manufacturer_id, "model": token.model,
-                        "pin_count_low": bool(flags & CKF_USER_PIN_COUNT_LOW),
-                        "pin_final_try": bool(flags & CKF_USER_PIN_FINAL_TRY),
-                        "pin_locked": bool(flags & CKF_USER_PIN_LOCKED)})
+                        "pin_count_low": TokenFlag.USER_PIN_COUNT_LOW in flags,
+                        "pin_final_try": TokenFlag.USER_PIN_FINAL_TRY in flags,
+                        "pin_locked": TokenFlag.USER_PIN_LOCKED in flags})
         except Exception as err:  # noqa: BLE001 - a token removed while listed
             log.debug("PKCS#11 slot of %s: %s", module, err)
     return out

@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
 from ..factors.params import expect_b64, expect_keys
-from .smartcard import WRONG_APPLICATION, SmartCardDevice, opened_cards, pulled_out
+from .smartcard import SmartCardDevice, opened_cards, pulled_out, wrong_application
 
 CHALLENGE_LEN = 32
 HMAC_KEY_LEN = 20
@@ -149,7 +149,7 @@ class OtpFactor(Factor):
         try:
             return bytearray(_session(device).calculate_hmac_sha1(slot, data))
         except ApduError as err:
-            if err.sw not in WRONG_APPLICATION:
+            if not wrong_application(err.sw):
                 raise
         return bytearray(_session(device).calculate_hmac_sha1(slot, data))  # selected once more
 

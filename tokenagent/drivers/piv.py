@@ -39,7 +39,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import (
     Cancelled,
@@ -55,9 +54,10 @@ from ..errors import (
 )
 from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
 from ..factors.params import expect_b64, expect_keys
+from ..vault.crypto import hkdf
 from .keys import load_public_key, spki_sha256
 from .pinrules import check_retries
-from .smartcard import WRONG_APPLICATION, SmartCardDevice, opened_cards, pulled_out
+from .smartcard import SmartCardDevice, opened_cards, pulled_out, wrong_application
 
 INFO = b"tokenagent/v1/piv"
 RSA_SECRET_LEN = 32
@@ -71,7 +71,7 @@ log = logging.getLogger(__name__)
 
 
 def _secret(material: bytes) -> bytearray:
-    return bytearray(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INFO).derive(material))
+    return hkdf(material, None, INFO, 32)
 
 
 def _algorithm_of(public: Any, where: str) -> str:
@@ -119,13 +119,13 @@ def _slot_public_key(session: Any, slot: Any) -> Any | None:
     except NotSupportedError:
         pass
     except ApduError as err:
-        if err.sw in WRONG_APPLICATION:
+        if wrong_application(err.sw):
             raise  # not an empty slot: another application answered
         return None
     try:
         return session.get_certificate(slot).public_key()
     except ApduError as err:
-        if err.sw in WRONG_APPLICATION:
+        if wrong_application(err.sw):
             raise
         return None
     except BadResponseError:
@@ -144,7 +144,7 @@ def _session_and_key(device: SmartCardDevice, slot: Any) -> tuple[Any | None, An
         try:
             return session, _slot_public_key(session, slot)
         except ApduError as err:
-            if attempt == 2 or err.sw not in WRONG_APPLICATION:
+            if attempt == 2 or not wrong_application(err.sw):
                 raise
     return None, None
 
@@ -205,15 +205,17 @@ def _protected_management_key(session: Any, ctx: FactorContext, name: str) -> by
 
 
 def _removed_or_refused(device: SmartCardDevice, name: str, err: Exception) -> TokenError:
+    from yubikit.core.smartcard import SW
+
     removed = pulled_out(device, name, err)
     if removed is not None:
         return removed
     kind = type(err).__name__
     sw = getattr(err, "sw", None)
-    if sw in WRONG_APPLICATION:
+    if wrong_application(sw):
         return TokenError(f"another program used {name} at the same moment (its PIV application was deselected);"
                           " nothing was changed: run the command again")
-    if sw == 0x6982:
+    if sw == SW.SECURITY_CONDITION_NOT_SATISFIED:  # no touch, or no PIN
         return TokenError(f"{name} refused to use the key (security status not satisfied): no touch within 15 s,"
                           " or the key needs its PIN")
     return TokenError(f"{name} refused the operation ({kind}{f', SW {sw:04X}' if sw else ''})")

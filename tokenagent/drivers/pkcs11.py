@@ -32,7 +32,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import (
     NotMine,
@@ -47,6 +46,7 @@ from ..errors import (
 )
 from ..factors.base import Factor, FactorContext, JSONValue, SecretRequest, register
 from ..factors.params import expect_b64, expect_keys
+from ..vault.crypto import hkdf
 from .keys import load_public_key, spki_sha256
 from .pinrules import check_retries
 
@@ -56,9 +56,6 @@ CHALLENGE_LEN = {"secp256r1": 65, "secp384r1": 97, "rsa2048": 256, "rsa3072": 38
 OAEP = padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)  # see the module doc
 RSA_SECRET_LEN = 32
 INFO = b"tokenagent/v1/pkcs11"
-CKF_USER_PIN_COUNT_LOW = 0x00010000
-CKF_USER_PIN_FINAL_TRY = 0x00020000
-CKF_USER_PIN_LOCKED = 0x00040000
 
 
 class Pkcs11Uri:
@@ -94,7 +91,7 @@ def _point(key: ec.EllipticCurvePublicKey) -> bytes:
 
 
 def _secret(z: bytes) -> bytearray:
-    return bytearray(HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INFO).derive(z))
+    return hkdf(z, None, INFO, 32)
 
 
 def _algorithm(public: Any, where: str) -> str:
@@ -212,14 +209,14 @@ class Pkcs11Factor(Factor):
 
     def unlock(self, ctx: FactorContext) -> bytearray:
         import pkcs11
-        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+        from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
 
         uri = Pkcs11Uri(self.uri)
         token = _token(uri, ctx)
-        flags = int(token.flags)
+        flags = TokenFlag(token.flags)
         name = f"PKCS#11 token {uri.token!r}"
         # PKCS#11 reports no count, only flags: locked = 0 tries, final try = 1, otherwise more
-        retries = 0 if flags & CKF_USER_PIN_LOCKED else 1 if flags & CKF_USER_PIN_FINAL_TRY else 2
+        retries = 0 if TokenFlag.USER_PIN_LOCKED in flags else 1 if TokenFlag.USER_PIN_FINAL_TRY in flags else 2
         check_retries(retries, ctx, name, "PIN", "unblock it with its SO PIN (tokenagent never does)")
         try:
             with token.open() as session:  # the key is checked before the PIN is asked

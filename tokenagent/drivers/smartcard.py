@@ -15,10 +15,14 @@ from typing import Any
 from ..errors import TokenRemoved
 from ..factors.base import FactorContext
 
-# "instruction / class not supported": a command reached another application than the one we
-# selected. PC/SC access is shared, so another program (ykman, OpenSC, a browser) may select
-# another application on the card between two of our commands.
-WRONG_APPLICATION = (0x6D00, 0x6E00)
+
+def wrong_application(sw: int | None) -> bool:
+    """"Instruction / class not supported": a command reached another application than the one we
+    selected. PC/SC access is shared, so another program (ykman, OpenSC, a browser) may select
+    another application on the card between two of our commands."""
+    from yubikit.core.smartcard import SW  # where it is needed: yubikit.core.smartcard is not light
+
+    return sw in (SW.INVALID_INSTRUCTION, SW.CLASS_NOT_SUPPORTED)
 
 
 class SmartCardDevice:
