@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import sys
@@ -29,23 +28,7 @@ def agent(socket_file: Path | None, as_json: bool) -> None:
     """Run the agent in the foreground (systemd runs it with socket activation)."""
     from ..daemon.server import run_agent
 
-    if as_json:
-        _log_json()
-    sys.exit(run_agent(socket_file=socket_file))
-
-
-def _log_json() -> None:
-    """The agent's log as JSON lines on stderr: time, level, logger and message (the same messages)."""
-    import logging
-
-    class JsonLines(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return json.dumps({"time": record.created, "level": record.levelname.lower(), "logger": record.name,
-                               "message": record.getMessage()})
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLines())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    sys.exit(run_agent(socket_file=socket_file, json_logs=as_json))
 
 
 @click.command()

@@ -1,8 +1,9 @@
-"""The verbs that only talk to the agent (status, lock, events), without click.
+"""The verbs that only talk to the agent (status, lock, events), and the agent itself, without click.
 
 They run on every shell prompt, status bar and completion, so ``entry.py`` dispatches them
 here before click, the vault code or any driver is imported (docs/performance.md has the
-figures). The click commands of the same names (``_cli/agent.py``) call these functions too,
+figures); ``agent`` starts here so that the resident agent never holds the command line's
+modules. The click commands of the same names (``_cli/agent.py``) call these functions too,
 so there is one implementation of what each verb does and prints. An argument list this
 small parser does not take (``--help``, a mistyped option) goes to click, which says what is
 wrong.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..client import AgentClient
@@ -79,10 +81,24 @@ def events(as_json: bool) -> None:
         client.close()
 
 
+def agent(as_json: bool, socket_file: str | None = None) -> None:
+    from ..daemon.server import run_agent
+
+    code = run_agent(socket_file=Path(socket_file) if socket_file else None, json_logs=as_json)
+    if code:
+        sys.exit(code)
+
+
 def _parse(verb: str, args: list[str]) -> dict[str, Any] | None:
     """The arguments as keyword arguments of the verb's function, or None for click to handle."""
     as_json = "--json" in args
     rest = [a for a in args if a != "--json"]
+    if verb == "agent":
+        if not rest:
+            return {"as_json": as_json}
+        if len(rest) == 2 and rest[0] == "--socket" and not rest[1].startswith("-"):
+            return {"as_json": as_json, "socket_file": rest[1]}
+        return None
     if verb in ("status", "events"):
         return {"as_json": as_json} if not rest else None
     if verb == "lock":
@@ -93,7 +109,7 @@ def _parse(verb: str, args: list[str]) -> dict[str, Any] | None:
     return None
 
 
-VERBS: dict[str, Callable[..., None]] = {"status": status, "lock": lock, "events": events}
+VERBS: dict[str, Callable[..., None]] = {"status": status, "lock": lock, "events": events, "agent": agent}
 
 
 def run(args: list[str]) -> int | None:

@@ -17,7 +17,7 @@ import os
 import sys
 
 FAST_COMMANDS = ("get",)
-AGENT_VERBS = ("status", "lock", "events")
+AGENT_VERBS = ("status", "lock", "events", "agent")
 ENV_DEBUG = "TOKENAGENT_DEBUG"
 
 
@@ -26,7 +26,7 @@ def _dispatch(args: list[str]) -> int:
         from ..fastget import main as fast_main
 
         return fast_main(args[1:])
-    if args and args[0] in AGENT_VERBS:  # status, lock, events: the agent only, no click (agentverbs.py)
+    if args and args[0] in AGENT_VERBS:  # the agent, and verbs that only talk to it: no click (agentverbs.py)
         from .agentverbs import run as run_verb
 
         code = run_verb(args)

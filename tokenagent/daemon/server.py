@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -30,7 +31,6 @@ from typing import Any
 
 from .. import paths
 from ..errors import AgentBusy, AgentError, TokenAgentError, VaultLocked
-from ..plugins import load_factor_types
 from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request, Response
 from ..vault import VaultStore, wipe
 from . import plug
@@ -524,9 +524,27 @@ def _sd_notify(message: str) -> None:
         s.send(message.encode())
 
 
-def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None, **extra: Any) -> int:
+def _configure_logging(json_lines: bool) -> None:
+    """The agent's log on stderr: "tokenagent-agent: MESSAGE" lines, or JSON objects (time, level,
+    logger, message) for log collectors (``tokenagent agent --json``)."""
+    if not json_lines:
+        logging.basicConfig(level=logging.INFO, format="tokenagent-agent: %(message)s")
+        return
+
+    class JsonLines(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return json.dumps({"time": record.created, "level": record.levelname.lower(), "logger": record.name,
+                               "message": record.getMessage()})
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None, json_logs: bool = False,
+              **extra: Any) -> int:
     """Run the agent in the foreground until SIGTERM/SIGINT; return the exit status."""
-    logging.basicConfig(level=logging.INFO, format="tokenagent-agent: %(message)s")
+    _configure_logging(json_logs)
     hardened = harden_process()
     config = config or load_config()
     sock = inherited_socket()
@@ -535,7 +553,6 @@ def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None
         sock, path = bind_socket(socket_file)
     name = str(path) if path is not None else sock.getsockname()  # ours is bound by a /proc/self/fd name
     get_socket = GetSocket.bind(Path(name)) if config.get_socket and isinstance(name, str) and name else None
-    load_factor_types()
     data = paths.ensure_private_dir(paths.data_dir())
     state = AgentState(VaultStore(), config, audit_path=data / "audit.log" if config.audit else None)
     ssh_socket = SshSocket.bind(Path(name), state) if config.ssh_socket and isinstance(name, str) and name else None

@@ -211,5 +211,9 @@ def factor_from_descriptor(descriptor: Mapping[str, JSONValue]) -> Factor:
         raise VaultFormatError("a factor descriptor needs a string 'type' and an object 'params'")
     cls = REGISTRY.get(type_name)
     if cls is None:
+        from ..plugins import load_factor_types  # the token drivers, imported when a vault first names one
+
+        cls = load_factor_types().get(type_name)
+    if cls is None:
         return UnknownFactor(type_name, params)
     return cls.from_params(params)
