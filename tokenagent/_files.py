@@ -17,12 +17,12 @@ from pathlib import Path
 from .errors import UnsafePath
 
 
-class NotRegularFile(UnsafePath):
-    """The path names a FIFO, a device, a directory or a socket, not a file."""
+class FileTooLarge(Exception):
+    """The file is larger than tokenagent reads for this purpose (each caller says so in its own terms)."""
 
-
-class FileTooLarge(UnsafePath):
-    """The file is larger than tokenagent reads for this purpose."""
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
 
 
 def _kind(mode: int) -> str:
@@ -47,12 +47,12 @@ def read_regular(path: str | Path, max_bytes: int, *, follow: bool = True, owner
         if err.errno == errno.ELOOP and not follow:
             raise UnsafePath(f"{what} {path} is a symbolic link; tokenagent refuses it") from None
         if err.errno == errno.ENXIO:  # a socket, or a FIFO opened for writing elsewhere
-            raise NotRegularFile(f"{what} {path} is not a regular file") from None
+            raise UnsafePath(f"{what} {path} is not a regular file") from None
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotRegularFile(f"{what} {path} is {_kind(st.st_mode)}, not a regular file; tokenagent reads only files")
+            raise UnsafePath(f"{what} {path} is {_kind(st.st_mode)}, not a regular file; tokenagent reads only files")
         if owner is not None and st.st_uid != owner:
             raise UnsafePath(f"{what} {path} is owned by uid {st.st_uid}, not by you")
         if st.st_size > max_bytes:

@@ -158,7 +158,7 @@ def resolve_hint(hint: str) -> str:
 def read_keyfile(path: str | Path) -> bytearray:
     """The KeePass key of the key file at ``path``: a regular file (never a FIFO or a device) of at
     most MAX_KEYFILE_BYTES, so a path planted in a vault file cannot make the reader hang."""
-    from .._files import read_regular
+    from .._files import FileTooLarge, read_regular
 
     try:
         data = read_regular(path, MAX_KEYFILE_BYTES, what="key file")
@@ -168,7 +168,7 @@ def read_keyfile(path: str | Path) -> bytearray:
         raise UsageError(f"key file {path} cannot be read (permission denied)") from None
     except OSError as err:
         raise UsageError(f"key file {path} cannot be read ({err.strerror or type(err).__name__})") from None
-    except UnsafePath as err:
+    except (UnsafePath, FileTooLarge) as err:
         raise UsageError(err.message) from None
     return bytearray(keepass_key(data))
 
