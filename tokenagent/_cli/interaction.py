@@ -19,11 +19,12 @@ from typing import IO, Any
 import click
 
 from ..errors import Cancelled, NotMine, UsageError
-from ..factors.base import DeviceProvider, FactorContext, Interaction, SecretRequest
+from ..factors.base import Answers, DeviceProvider, FactorContext, Interaction, SecretRequest
 from ..factors.password import test_costs_allowed
 from .util import printable, progress
 
 MAX_SECRET_FILE = 1 << 20
+CACHED_KINDS = ("password", "recovery", "pin")  # asked once per command, whatever the number of slots
 FILE_KINDS = {"password": "password", "new-password": "password", "pin": "pin", "puk": "pin", "recovery": "recovery",
               "otp-secret": "otp-secret"}
 
@@ -70,15 +71,16 @@ class TerminalInteraction(Interaction):
         self.quiet = quiet
         self.shown: list[dict[str, str]] = []  # secrets shown once, for --json output
         self.defer_secrets = False  # hold shown secrets back until reveal_deferred()
-        self._cache: dict[tuple[str, str], bytes] = {}
+        self._cache = Answers()  # wiped when the command ends (make_context)
 
     def _tty(self) -> bool:
         return sys.stdin.isatty() and sys.stderr.isatty()
 
     def ask_secret(self, request: SecretRequest) -> bytearray:
         key = (request.kind, request.prompt)
-        if request.kind in ("password", "recovery", "pin") and key in self._cache:
-            return bytearray(self._cache[key])  # one answer serves every slot tried in this command
+        cached = self._cache.get(key) if request.kind in CACHED_KINDS else None
+        if cached is not None:
+            return cached  # one answer serves every slot tried in this command
         source = self.files.get(FILE_KINDS.get(request.kind, request.kind))
         if source is not None:
             answer = source.next()
@@ -87,9 +89,13 @@ class TerminalInteraction(Interaction):
         else:
             option = f"--{FILE_KINDS.get(request.kind, request.kind)}-file"
             raise NotMine(f"no {request.kind.replace('new-', '')} given (no terminal; use {option} FILE, '-' = stdin)")
-        if request.kind in ("password", "recovery", "pin"):
-            self._cache[key] = bytes(answer)
+        if request.kind in CACHED_KINDS:
+            self._cache.keep(key, answer)
         return answer
+
+    def wipe(self) -> None:
+        """Forget the answers kept for this command (called when it ends)."""
+        self._cache.wipe()
 
     def _prompt(self, request: SecretRequest) -> bytearray:
         suffix = f" ({request.retries} tries left)" if request.retries is not None else ""
@@ -161,6 +167,9 @@ def make_context(
     for kind, option, path in given:
         files[kind] = SecretLines(option, path)
     ui = TerminalInteraction(files, quiet=quiet)
+    command = click.get_current_context(silent=True)
+    if command is not None:
+        command.call_on_close(ui.wipe)
     ctx = FactorContext(
         ui=ui,
         devices=_device_provider(),

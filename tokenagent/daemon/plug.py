@@ -48,7 +48,7 @@ from ..errors import (
     TouchTimeout,
     VaultError,
 )
-from ..factors.base import FactorContext, Interaction, SecretRequest
+from ..factors.base import Answers, FactorContext, Interaction, SecretRequest
 from ..plugins import load_factor_types
 from ..vault import Vault, VaultStore, unlock
 from ..vault.format import Slot
@@ -85,32 +85,12 @@ RETRY = NotOpened.RETRY
 PlugResult = Opened | NotOpened
 
 
-class PlugPins:
+class PlugPins(Answers):
     """The PINs typed during one plug event, so that several vaults on the same card ask once.
 
     Keyed by the prompt, which names the token and its application (a FIDO2 PIN is not a PIV
     PIN). Held only while the agent works through the vaults of that plug event, then wiped;
     a PIN the token refused is forgotten at once, so it is never sent again."""
-
-    def __init__(self) -> None:
-        self._pins: dict[str, bytearray] = {}
-
-    def get(self, prompt: str) -> bytearray | None:
-        pin = self._pins.get(prompt)
-        return bytearray(pin) if pin is not None else None
-
-    def keep(self, prompt: str, pin: bytearray) -> None:
-        self.forget(prompt)
-        self._pins[prompt] = bytearray(pin)
-
-    def forget(self, prompt: str) -> None:
-        old = self._pins.pop(prompt, None)
-        if old is not None:
-            old[:] = bytes(len(old))
-
-    def wipe(self) -> None:
-        for prompt in list(self._pins):
-            self.forget(prompt)
 
 
 class AgentInteraction(Interaction):

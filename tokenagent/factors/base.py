@@ -23,7 +23,7 @@ discovering them on their own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -65,6 +65,33 @@ class Interaction(ABC):
     def working(self, what: str) -> AbstractContextManager[None]:
         """Around long work (a KDF calibration, a scrypt): a terminal shows that it goes on."""
         return nullcontext()
+
+
+class Answers:
+    """Secrets a person gave (PINs, passwords, recovery keys), kept so that one answer serves every
+    slot or vault tried in one command or plug event. Held in bytearrays and handed out as copies
+    (the factor wipes its own); ``forget`` drops a refused one at once, ``wipe`` clears them all
+    when the command or plug event is over."""
+
+    def __init__(self) -> None:
+        self._kept: dict[Hashable, bytearray] = {}
+
+    def get(self, key: Hashable) -> bytearray | None:
+        kept = self._kept.get(key)
+        return bytearray(kept) if kept is not None else None
+
+    def keep(self, key: Hashable, secret: bytes | bytearray) -> None:
+        self.forget(key)
+        self._kept[key] = bytearray(secret)
+
+    def forget(self, key: Hashable) -> None:
+        old = self._kept.pop(key, None)
+        if old is not None:
+            old[:] = bytes(len(old))
+
+    def wipe(self) -> None:
+        for key in list(self._kept):
+            self.forget(key)
 
 
 class DeviceProvider(Protocol):
