@@ -179,10 +179,21 @@ def connect(path: str, timeout: float | None) -> socket.socket:
         os.close(dir_fd)
 
 
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """The pid, uid and gid of the process at the other end of a connected Unix socket (``SO_PEERCRED``)."""
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return pid, uid, gid
+
+
+def trusted_uid(uid: int) -> bool:
+    """The one owner rule of both ends of our sockets: us, or root."""
+    return uid == os.getuid() or uid == 0
+
+
 def check_peer(sock: socket.socket, path: str) -> None:
     """Refuse a connected socket whose listener is not us or root (``SO_PEERCRED``)."""
-    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    if uid not in (os.getuid(), 0):
+    uid = peer_credentials(sock)[1]
+    if not trusted_uid(uid):
         raise UnsafePath(f"{path} is served by uid {uid}, not by you; not talking to it")
 
 

@@ -18,7 +18,6 @@ import errno
 import os
 import socket
 import stat
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from ..errors import AgentError, UnsafePath
 from .peers import identify
 from .state import Peer
 
-_UCRED = struct.Struct("=iII")
 MAX_BACKLOG = 512  # the server's MAX_CLIENTS
 
 
@@ -113,7 +111,7 @@ def inherited_socket() -> socket.socket | None:
 
 
 def peer_of(sock: socket.socket) -> Peer:
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    pid, uid, gid = _locations.peer_credentials(sock)
     if not pid:
         return Peer(pid, uid, gid)
     who = identify(pid)
@@ -121,4 +119,4 @@ def peer_of(sock: socket.socket) -> Peer:
 
 
 def peer_allowed(peer: Peer) -> bool:
-    return peer.uid == os.getuid() or peer.uid == 0
+    return _locations.trusted_uid(peer.uid)
