@@ -127,7 +127,7 @@ class SshService:
             return sshagent.failure()  # REFUSED_REQUESTS and unknown types alike
         except sshagent.WireError:
             return sshagent.failure()
-        except Exception as err:  # a bug: answer and keep serving; the message could hold data
+        except Exception as err:  # noqa: BLE001 - a bug: answer and keep serving; the message could hold data
             log.error("internal error in an ssh-agent request %d: %s", kind, type(err).__name__)
             return sshagent.failure()
 
@@ -433,7 +433,7 @@ class _SshProtocol(asyncio.Protocol):
         try:
             try:
                 data = await answer
-            except Exception as err:  # a bug, or the audit log gone: answer all the same, never hang a client
+            except Exception as err:  # noqa: BLE001 - a bug, or the audit log gone: answer, never hang a client
                 log.error("internal error in an ssh-agent signature: %s", type(err).__name__)
                 data = sshagent.failure()
             if self.transport is not None and not self.transport.is_closing():

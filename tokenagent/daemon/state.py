@@ -242,7 +242,7 @@ class AgentState:
             return Response.refusal(request.id, err)
         except (TypeError, ValueError, KeyError) as err:
             return Response.refusal(request.id, UsageError(f"bad arguments for {request.op}: {type(err).__name__}"))
-        except Exception as err:  # a bug: answer, keep serving, log where (not the message: it could hold data)
+        except Exception as err:  # noqa: BLE001 - a bug: answer, keep serving, log where (not the message)
             log.error("internal error in %s: %s\n%s", request.op, type(err).__name__,
                       "".join(traceback.format_tb(err.__traceback__)))
             return Response.refusal(request.id, TokenAgentError(f"internal error in the agent ({type(err).__name__})"))
