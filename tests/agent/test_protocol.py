@@ -82,6 +82,18 @@ def test_oversized_length_is_fatal_and_reads_no_body() -> None:
     assert server.next_event() is CLOSED  # nothing after a lost framing is trusted
 
 
+def test_frame_errors_are_in_the_error_tree() -> None:
+    from tokenagent.errors import FrameTooLarge, ProtocolError, TokenAgentError, error_for_code
+
+    server = Connection("server")
+    server.receive_data(struct.pack(">I", MAX_FRAME + 1))
+    with pytest.raises(FrameTooLarge) as info:  # one of ours: the CLI reports it in one line, never a traceback
+        server.next_event()
+    assert isinstance(info.value, ProtocolError) and isinstance(info.value, TokenAgentError)
+    assert issubclass(FrameError, ProtocolError) and error_for_code("too-large") is FrameTooLarge
+    assert error_for_code("protocol") is ProtocolError
+
+
 def test_a_frame_of_exactly_max_frame_is_accepted() -> None:
     padding = "x" * (MAX_FRAME - len(json.dumps({"op": "status", "pad": ""}, separators=(",", ":"))))
     data = encode({"op": "status", "pad": padding})

@@ -84,3 +84,21 @@ def test_plug_outcomes(store: VaultStore, yubikey: VirtualToken, monkeypatch: py
     assert plug.open_with_token(store, "mail", "Virtual PCD 00 00", emit) is plug.NOT_OPENED
     # A vault that is not there is final too.
     assert plug.open_with_token(store, "nosuch", "Virtual PCD 00 00", emit) is plug.NOT_OPENED
+
+
+def test_a_plug_in_unlock_reads_the_vault_file_once(store: VaultStore, yubikey: VirtualToken,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session is made from the file as the unlock parsed and MAC-checked it, not read again."""
+    from tokenagent.daemon.config import AgentConfig
+    from tokenagent.daemon.state import AgentState
+
+    monkeypatch.setattr(plug, "ReaderDevices", lambda reader: VirtualDevices([yubikey]))
+    loads: list[str] = []
+    load = store.load
+    monkeypatch.setattr(store, "load", lambda name: loads.append(name) or load(name))
+    opened = plug.open_with_token(store, "backups", "Virtual PCD 00 00", lambda name, **data: None)
+    assert isinstance(opened, plug.Opened) and loads == ["backups"]
+    state = AgentState(store, AgentConfig(notify=False, watch_tokens=False))
+    state.add_session("backups", opened.key, opened.slot, "token", token="Virtual PCD 00 00", verified=opened.vault)
+    assert loads == ["backups"] and "backups" in state.sessions
+
