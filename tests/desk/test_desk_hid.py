@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SERIAL, UhidToken, fido_hidraw, run, tokenagent
+from deskkit import SERIAL, UhidToken, fido_hidraw, run, tokenagent
 
 pytestmark = [pytest.mark.desk, pytest.mark.timeout(1800)]  # the host side waits for the whole guest
 YKMAN = str(Path(sys.executable).parent / "ykman")  # the console script, as a user runs it

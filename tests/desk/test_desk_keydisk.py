@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Agent, run, tokenagent
+from deskkit import Agent, run, tokenagent
 
 pytestmark = [pytest.mark.desk, pytest.mark.timeout(1800)]
 UUID = "3a8c1f2e-5b7d-4e09-9c61-0d2f4b6a8e17"

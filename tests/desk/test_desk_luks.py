@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import UhidToken, run
+from deskkit import UhidToken, run
 
 pytestmark = [pytest.mark.desk, pytest.mark.timeout(1800)]
 PASSPHRASE = "desk-tier-passphrase"
