@@ -125,8 +125,17 @@ LogLevel VERBOSE
                 self.proc.wait()
 
 
-def start(home: Path) -> AgentProcess:
-    return start_agent(home)
+def start(home: Path, socket_path: Path | None = None, extra_env: dict[str, str] | None = None) -> AgentProcess:
+    """``tokenagent agent``, once its ssh socket is there too (it is bound just after the agent socket)."""
+    agent = start_agent(home, socket_path, extra_env=extra_env)
+    ssh = Path(f"{agent.socket}.ssh")
+    deadline = time.monotonic() + 20
+    while not ssh.exists():
+        if time.monotonic() > deadline:
+            agent.stop()
+            raise RuntimeError(f"the agent bound no ssh socket: {agent.log_text()}")
+        time.sleep(0.05)
+    return agent
 
 
 __all__ = ["PASSWORD", "Sshd", "faces_home", "need", "run", "ssh_env", "start", "unlock"]

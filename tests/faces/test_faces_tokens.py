@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from agentkit import AgentProcess, cli, private_home, start_agent
-from faceskit import need, run
+from agentkit import AgentProcess, cli, private_home
+from faceskit import need, run, start
 from pcscd import PrivatePcscd, TokenProcess
 
 BIN = str(Path(sys.executable).parent)
@@ -70,7 +70,7 @@ def test_two_tokens_give_the_same_ssh_key_and_age_recipient(pcscd: PrivatePcscd,
     age_env = {**os.environ, **pcscd.env, "TOKENAGENT_HOME": str(home), "TOKENAGENT_AGE_WAIT": "0",
                "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
 
-    agent = start_agent(home, extra_env=pcscd.env)
+    agent = start(home, extra_env=pcscd.env)
     try:
         age_env["TOKENAGENT_SOCKET"] = str(agent.socket)
         assert listed(agent, pcscd.env) == []
@@ -114,7 +114,7 @@ def test_touch_before_each_signature(pcscd: PrivatePcscd, tokens: list[TokenProc
         pub = cli(home, "ssh", "pubkey", "docs", "laptop", env=pcscd.env)
         assert pub.returncode == 0, pub.stderr
         token.unplug()
-        agent = start_agent(home, extra_env=pcscd.env)
+        agent = start(home, extra_env=pcscd.env)
         try:
             token.plug()
             wait_for(lambda: listed(agent, pcscd.env) != [], "the vault was not unlocked on plug")

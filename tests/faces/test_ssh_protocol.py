@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentkit import AgentProcess, password_vaults, start_agent
+from agentkit import AgentProcess, password_vaults
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from faceskit import CONFIG, faces_home, unlock
+from faceskit import CONFIG, faces_home, start, unlock
 
 from tokenagent import sshagent as sa
 from tokenagent.daemon.config import AgentConfig, SshKey
@@ -287,7 +287,7 @@ def test_fuzz_the_parser_and_the_service(tmp_path: Path) -> None:
 # --- the real socket -----------------------------------------------------------------------------
 @pytest.fixture
 def face(tmp_path: Path) -> Iterator[AgentProcess]:
-    agent = start_agent(faces_home(tmp_path, CONFIG))
+    agent = start(faces_home(tmp_path, CONFIG))
     try:
         yield agent
     finally:
@@ -361,7 +361,7 @@ def test_another_uid_is_refused_before_a_byte_is_read(tmp_path: Path) -> None:
     import tempfile
 
     sock_dir = Path(tempfile.mkdtemp(prefix="ta-ssh-"))
-    agent = start_agent(faces_home(tmp_path, CONFIG), sock_dir / "agent.sock")
+    agent = start(faces_home(tmp_path, CONFIG), sock_dir / "agent.sock")
     try:
         unlock(agent)
         path = Path(f"{agent.socket}.ssh")
