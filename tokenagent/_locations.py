@@ -20,12 +20,14 @@ can change a directory on the way can swap the socket between a check and a conn
 
 from __future__ import annotations
 
+import _socket  # not socket: the fast client does not import it (selectors, enums); same calls
 import os
-import socket
 import stat
 import struct
 
-from .errors import AgentNotRunning, UnsafePath
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it the same)
+if TYPE_CHECKING:
+    import socket
 
 ENV_HOME = "TOKENAGENT_HOME"
 ENV_SOCKET = "TOKENAGENT_SOCKET"
@@ -73,6 +75,19 @@ SSH_SUFFIX = ".ssh"  # the ssh-agent socket (docs/ssh.md) is the agent socket's 
 
 def ssh_socket(agent_socket_path: str) -> str:
     return agent_socket_path + SSH_SUFFIX
+
+
+def UnsafePath(message: str) -> Exception:  # raised like the class it builds
+    """tokenagent.errors.UnsafePath, imported only when there is one to raise (the fast path's cost)."""
+    from .errors import UnsafePath as error
+
+    return error(message)
+
+
+def AgentNotRunning(message: str) -> Exception:
+    from .errors import AgentNotRunning as error
+
+    return error(message)
 
 
 def open_dir(path: str, private: bool = False, create: bool = False) -> int:
@@ -143,11 +158,12 @@ def fd_path(dir_fd: int, name: str) -> str:
     return f"/proc/self/fd/{dir_fd}/{name}" if os.path.isdir("/proc/self/fd") else ""
 
 
-def connect(path: str, timeout: float | None) -> socket.socket:
+def connect(path: str, timeout: float | None, lean: bool = False) -> socket.socket:
     """A socket connected to ``path`` whose listener is us or root (module docstring); nothing sent.
 
     Raises AgentNotRunning (nothing there, nobody listening, or the backlog full: BlockingIOError
     is passed up for the caller to retry), UnsafePath (someone else's socket or directory).
+    ``lean``: a ``_socket.socket`` (``tokenagent get``'s fast path), else a ``socket.socket``.
     """
     directory, name = os.path.split(os.path.abspath(path))
     try:
@@ -163,7 +179,13 @@ def connect(path: str, timeout: float | None) -> socket.socket:
             raise UnsafePath(f"{path} is owned by uid {st.st_uid}, not by you; not talking to it")
         if not stat.S_ISSOCK(st.st_mode):
             raise UnsafePath(f"{path} is not a socket; not talking to it")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock: socket.socket
+        if lean:  # the C socket object: what the fast client needs (send, recv), without the socket module
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)  # type: ignore[assignment]
+        else:
+            import socket
+
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.settimeout(timeout)
             sock.connect(fd_path(dir_fd, name) or os.path.join(directory, name))
@@ -181,7 +203,7 @@ def connect(path: str, timeout: float | None) -> socket.socket:
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     """The pid, uid and gid of the process at the other end of a connected Unix socket (``SO_PEERCRED``)."""
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    pid, uid, gid = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
     return pid, uid, gid
 
 

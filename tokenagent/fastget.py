@@ -14,10 +14,14 @@ up to SECONDS before failing."""
 
 from __future__ import annotations
 
-import base64
-import json
+import binascii
 import os
 import sys
+
+# Exit codes (docs/exit-codes.md; tokenagent.errors.ExitCode, which a test holds these to): the
+# success path does not import the error tree.
+EXIT_USAGE = 2
+EXIT_AGENT = 6
 
 USAGE = "usage: tokenagent get VAULT [--context LABEL] [--format raw|text|hex|base64] [--wait SECONDS] [--json]"
 HELP = f"""{USAGE}
@@ -88,12 +92,14 @@ def _parse(args: list[str]) -> dict[str, object]:
 def fetch(vault: str, context: str | None, wait: float | None, as_stored: bool) -> tuple[bytearray, bool]:
     """The key, and whether it is an imported secret. ``as_stored`` (no --format, no --context)
     asks the agent socket, whose answer says so; otherwise the get socket answers (when there is one)."""
+    if not as_stored and not wait:
+        key = from_get_socket(vault, context)
+        if key is not None:
+            return key, False
     from .client import AgentClient
 
-    agent = AgentClient()  # connects on first use: a get-socket get needs no hello
+    agent = AgentClient()  # the agent socket: it answers, refuses with its message, or waits
     try:
-        if not as_stored and not wait:
-            return agent.get(vault, context), False
         args: dict[str, object] = {"vault": vault}
         if context:
             args["context"] = context
@@ -102,9 +108,54 @@ def fetch(vault: str, context: str | None, wait: float | None, as_stored: bool) 
             args["progress"] = True  # the agent says at once what the wait is for
             agent.on_event = _say_waiting
         data = agent.request("get", timeout=(wait or 0) + 30.0, **args)
-        return bytearray(base64.b64decode(data["key"])), data.get("imported") is True
+        return bytearray(binascii.a2b_base64(data["key"])), data.get("imported") is True
     finally:
         agent.close()
+
+
+def from_get_socket(vault: str, context: str | None) -> bytearray | None:
+    """The key in one round trip on the get socket (no hello, no JSON, no socket module); None when
+    the agent socket must answer (no get socket, a refusal, a name the binary form cannot carry).
+    The listener is checked as on every connection (``_locations.connect``: us or root)."""
+    from . import _locations
+    from .getwire import HEADER, decode_get_answer, encode_get
+
+    request = encode_get(vault, context)
+    if request is None:
+        return None
+    path = _locations.get_socket(_locations.agent_socket())
+    try:
+        sock = _locations.connect(path, 30.0, lean=True)
+    except Exception as err:
+        from .errors import UnsafePath
+
+        if isinstance(err, UnsafePath):
+            raise  # someone else's socket or directory: said, never worked around
+        return None  # no get socket (an agent without it, or none: the agent socket says which)
+    try:
+        sock.sendall(request)
+        header = _recv_exactly(sock, HEADER.size)
+        body = _recv_exactly(sock, HEADER.unpack(header)[0]) if header is not None else None
+    except OSError:
+        body = None
+    finally:
+        sock.close()
+    if body is None:
+        return None
+    key, _code, _message = decode_get_answer(body)
+    body[:] = bytes(len(body))
+    return key
+
+
+def _recv_exactly(sock: object, n: int) -> bytearray | None:
+    data = bytearray(n)
+    view, got = memoryview(data), 0
+    while got < n:
+        count = sock.recv_into(view[got:])  # type: ignore[attr-defined]
+        if not count:
+            return None
+        got += count
+    return data
 
 
 def _say_waiting(event: dict[str, object]) -> None:
@@ -131,7 +182,7 @@ def _write(key: bytearray, fmt: str) -> None:
     elif fmt == "text":
         data = bytes(key) if key.endswith(b"\n") else bytes(key) + b"\n"
     else:
-        data = ((key.hex() if fmt == "hex" else base64.b64encode(bytes(key)).decode()) + "\n").encode()
+        data = (key.hex() + "\n").encode() if fmt == "hex" else binascii.b2a_base64(bytes(key))
     view = memoryview(data)
     while view:
         view = view[os.write(sys.stdout.fileno(), view):]
@@ -170,9 +221,15 @@ def _no_core_dumps(piped: bool | None = None) -> None:
             pass
 
 
-def main(args: list[str]) -> int:
-    from .errors import ExitCode, TokenAgentError
+def _errors() -> type[BaseException]:
+    """The error tree's root, imported only once something went wrong (an ``except`` clause's
+    expression is evaluated only then)."""
+    from .errors import TokenAgentError
 
+    return TokenAgentError
+
+
+def main(args: list[str]) -> int:
     try:
         opts = _parse(args)
     except _Help:
@@ -180,30 +237,34 @@ def main(args: list[str]) -> int:
         return 0
     except ValueError as err:
         print(f"tokenagent: {err}\n{USAGE}", file=sys.stderr)
-        return int(ExitCode.USAGE)
+        return EXIT_USAGE
     as_json = bool(opts["json"])
     _no_core_dumps()
     fmt = opts["format"]
     context = str(opts["context"]) if opts["context"] else None
     if fmt == "raw" and not as_json and os.isatty(sys.stdout.fileno()):
         print(_refuse_terminal("the raw key"), file=sys.stderr)
-        return int(ExitCode.USAGE)
+        return EXIT_USAGE
     try:
         key, imported = fetch(str(opts["vault"]), context, opts["wait"], fmt is None and context is None)  # type: ignore[arg-type]
-    except TokenAgentError as err:
+    except _errors() as err:
         if as_json:
-            print(json.dumps({"ok": False, "error": err.code, "message": err.message}))
+            import json
+
+            print(json.dumps({"ok": False, "error": err.code, "message": err.message}))  # type: ignore[attr-defined]
         else:
-            print(f"tokenagent: {err.message}", file=sys.stderr)
-        return int(err.exit_code)
+            print(f"tokenagent: {err.message}", file=sys.stderr)  # type: ignore[attr-defined]
+        return int(err.exit_code)  # type: ignore[attr-defined]
     except OSError as err:
         print(f"tokenagent: cannot reach the agent: {err.strerror or err}", file=sys.stderr)
-        return int(ExitCode.AGENT)
+        return EXIT_AGENT
     try:
         if fmt is None:
             fmt = as_imported(key) if imported else "base64"
         if as_json:
-            text = key.hex() if fmt == "hex" else base64.b64encode(bytes(key)).decode()
+            import json
+
+            text = key.hex() if fmt == "hex" else binascii.b2a_base64(bytes(key), newline=False).decode()
             answer: dict[str, object] = {"ok": True, "vault": opts["vault"], "key": text,
                                          "format": "hex" if fmt == "hex" else "base64"}
             if imported:
@@ -211,7 +272,7 @@ def main(args: list[str]) -> int:
             print(json.dumps(answer))
         elif fmt == "raw" and os.isatty(sys.stdout.fileno()):
             print(_refuse_terminal(f"the secret of vault {opts['vault']!r} is binary and"), file=sys.stderr)
-            return int(ExitCode.USAGE)
+            return EXIT_USAGE
         else:
             _write(key, fmt)  # type: ignore[arg-type]
     finally:

@@ -234,8 +234,15 @@ def test_cli_get_imports_no_heavy_module(agent: AgentProcess) -> None:
     assert done.returncode == 0 and bytes.fromhex(done.stdout.strip()) == derive_subkey(CANARY_SECRET, "restic:/srv/repo")
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "tokenagent" in imported and "json" in imported  # the listing works
+    assert "tokenagent" in imported and "binascii" in imported  # the listing works
     assert not imported & {"click", "cryptography", "fido2", "yubikit", "ykman", "smartcard", "pkcs11"}, imported
+    # the get socket's round trip needs none of the JSON protocol, the socket module or the error tree
+    # (beyond what this interpreter's start-up imports anyway: an editable install's finder does)
+    bare = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    at_start = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in bare.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not (imported - at_start) & {"json", "socket", "selectors", "base64", "re", "enum", "typing"}, imported
     as_imported = subprocess.run([sys.executable, "-X", "importtime", "-m", "tokenagent._cli.entry", "get", "v1"],
                                  env=env, capture_output=True, text=True, timeout=60)  # the agent-socket way
     assert as_imported.returncode == 0 and as_imported.stdout == CANARY_SECRET.decode() + "\n"
@@ -272,3 +279,11 @@ def test_agent_verbs_import_no_heavy_module(agent: AgentProcess) -> None:
     assert usage.returncode == 2 and "click" in imported
     helped, _ = run("status", "--help")
     assert helped.returncode == 0 and "Show the agent" in helped.stdout
+
+
+def test_fast_get_exit_codes_are_the_error_trees() -> None:
+    """fastget answers usage and agent failures without importing the error tree: its numbers are these."""
+    from tokenagent import fastget
+    from tokenagent.errors import ExitCode
+
+    assert (fastget.EXIT_USAGE, fastget.EXIT_AGENT) == (ExitCode.USAGE, ExitCode.AGENT)
