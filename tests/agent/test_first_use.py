@@ -17,7 +17,7 @@ from tokenagent.client import AgentClient
 from tokenagent.errors import VaultLocked, VaultNotFound
 
 
-@pytest.fixture(params=[False], ids=["json-socket"])  # the get socket hands unknown names to it
+@pytest.fixture(params=[True, False], ids=["get-socket", "json-socket"])  # the get socket hands these to the JSON one
 def agent_either(request: pytest.FixtureRequest, tmp_path: Path) -> AgentProcess:
     home = private_home(tmp_path, f"[agent]\nget_socket = {'true' if request.param else 'false'}\n")
     make_vault(home, "backup-home")
