@@ -15,7 +15,10 @@ re-seated in time does not count), the server locks every vault tied to that rea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -49,12 +52,26 @@ class _Watcher:
         self.present: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=self.thread_name)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)  # stop() wakes a blocked wait
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def _wait_readable(self, fd: int, events: int = select.POLLIN) -> bool:
+        """Block until ``fd`` has ``events`` (True) or ``stop()`` is called (False): no timeout, so an
+        idle watcher does not wake."""
+        poller = select.poll()
+        poller.register(fd, events | select.POLLERR)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stop.is_set():
+            if any(ready == fd for ready, _ in poller.poll()):
+                return not self._stop.is_set()
+        return False
 
     def _run(self) -> None:
         raise NotImplementedError
@@ -139,9 +156,8 @@ class HidWatcher(_Watcher):
                 self._list()
                 continue
             try:
-                # the timeout only lets the thread notice stop(): nothing is listed without an event
-                if monitor.poll(timeout=HID_POLL) is None:
-                    continue
+                if not self._wait_readable(monitor.fileno()) or monitor.poll(timeout=0) is None:
+                    continue  # stopped, or nothing for us
                 time.sleep(HID_SETTLE)  # let the node get its permissions (udev rules)
                 while monitor.poll(timeout=0) is not None:
                     pass
@@ -161,7 +177,7 @@ class KeyDiskWatcher(_Watcher):
     """Reports ("added" | "removed", "disk:UUID") for filesystems being mounted and unmounted.
 
     The kernel marks /proc/self/mountinfo readable-with-priority (POLLPRI) whenever the mount
-    table changes; the watcher waits for that (the timeout only lets it notice stop()) and then
+    table changes; the watcher waits for that (or for stop()) and then
     lists the mounted filesystems by the UUIDs of udev's /dev/disk/by-uuid links. A key disk
     is a filesystem named in a key-file slot's hint (``UUID=…:/path``): the agent opens those
     slots when it is mounted and locks the vaults it opened when it is unmounted or pulled.
@@ -176,16 +192,12 @@ class KeyDiskWatcher(_Watcher):
         self.list_uuids = list_uuids or mounted_filesystems
 
     def _run(self) -> None:
-        import select
-
         try:
             table = open(MOUNTINFO, "rb")  # held for the thread's life
         except OSError as err:
             log.info("no mount table (%s): key disks are not watched", err)
             return
         with table:
-            poller = select.poll()
-            poller.register(table.fileno(), select.POLLPRI | select.POLLERR)
             while not self._stop.is_set():
                 table.seek(0)
                 table.read()  # the event is re-armed by reading the table
@@ -194,8 +206,8 @@ class KeyDiskWatcher(_Watcher):
                     self._publish({DISK_PREFIX + uuid for uuid in mounted & self.wanted()} if mounted else set())
                 except Exception as err:  # noqa: BLE001 - a device vanishing while listed
                     log.debug("key disk watch: %s", err)
-                while not self._stop.is_set() and not poller.poll(int(HID_POLL * 1000)):
-                    pass
+                if not self._wait_readable(table.fileno(), select.POLLPRI):
+                    break
                 time.sleep(HID_SETTLE)  # udev may still be making the by-uuid link
 
 
