@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Cold start of ``tokenagent get`` (what every password command pays) against peers run the same way.
+"""Cold start of ``tokenagent get`` (what every password command pays) and of ``tokenagent status``
+against peers run the same way.
 
 Peers: ``python -c pass`` with the same interpreter in the same plain install (the floor for
 any Python tool installed as users install it; the editable .venv starts slower and is shown
@@ -44,13 +45,16 @@ def plain_install(tmp: Path) -> str:
     return str(script)
 
 
-def median_time(cmd: list[str], env: dict[str, str], n: int) -> float:
-    times = []
+def median_times(commands: dict[str, tuple[list[str], dict[str, str]]], n: int) -> dict[str, float]:
+    """The median wall time of each command, run in turns (one of each, n + 3 rounds, the first 3
+    dropped), so that a change in the machine's load touches every command alike."""
+    times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(n + 3):
-        start = time.perf_counter()
-        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[3:])
+        for name, (cmd, env) in commands.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(samples[3:]) for name, samples in times.items()}
 
 
 def main() -> None:
@@ -60,15 +64,21 @@ def main() -> None:
     agent, ssh = Agent(), SshAgent()
     try:
         get_args = ["get", "v0", "--context", "restic:/srv/repo"]
-        get = median_time([TOKENAGENT, *get_args], agent.env, args.n)
         with tempfile.TemporaryDirectory() as tmp:
             script = plain_install(Path(tmp))
-            plain = median_time([script, *get_args], agent.env, args.n)
-            # The floor: the same interpreter in the same plain install (the editable venv's own
-            # python starts slower: its site-packages runs the editable-install finder's .pth).
-            bare = median_time([str(Path(script).with_name("python")), "-c", "pass"], agent.env, args.n)
-            editable_bare = median_time([sys.executable, "-c", "pass"], agent.env, args.n)
-        ssh_add = median_time(["ssh-add", "-l"], ssh.env, args.n)
+            t = median_times({
+                "plain": ([script, *get_args], agent.env),
+                "editable": ([TOKENAGENT, *get_args], agent.env),
+                # The floor: the same interpreter in the same plain install (the editable venv's own
+                # python starts slower: its site-packages runs the editable-install finder's .pth).
+                "bare": ([str(Path(script).with_name("python")), "-c", "pass"], agent.env),
+                "editable_bare": ([sys.executable, "-c", "pass"], agent.env),
+                "status": ([script, "status"], agent.env),  # the agent verbs' path
+                "list": ([script, "list"], agent.env),  # a click command, for comparison
+                "ssh_add": (["ssh-add", "-l"], ssh.env),
+            }, args.n)
+        plain, get, bare, editable_bare = t["plain"], t["editable"], t["bare"], t["editable_bare"]
+        status, listing, ssh_add = t["status"], t["list"], t["ssh_add"]
         print(f"cold process time, median of {args.n}, {machine()}")
         print(f"  tokenagent get (installed)  {plain * 1000:7.1f} ms")
         print(f"  tokenagent get (editable)   {get * 1000:7.1f} ms   (the editable-install finder adds"
@@ -77,6 +87,9 @@ def main() -> None:
         print(f"  python -c pass (editable)   {editable_bare * 1000:7.1f} ms   (not the floor: the editable"
               " venv's startup)")
         print(f"  ssh-add -l                  {ssh_add * 1000:7.1f} ms   installed get = {plain / ssh_add:.1f}x")
+        print(f"  tokenagent status           {status * 1000:7.1f} ms   = {status / bare:.2f}x python -c pass"
+              " (goal: at most 3x)")
+        print(f"  tokenagent list             {listing * 1000:7.1f} ms   = {listing / bare:.2f}x (through click)")
     finally:
         agent.close()
         ssh.close()
