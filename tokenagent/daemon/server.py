@@ -553,6 +553,11 @@ def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None
         sock, path = bind_socket(socket_file)
     name = str(path) if path is not None else sock.getsockname()  # ours is bound by a /proc/self/fd name
     get_socket = GetSocket.bind(Path(name)) if config.get_socket and isinstance(name, str) and name else None
+    # Every factor type now, not at the first vault read: an import then could meet a full
+    # descriptor table (a flood of clients) and fail half-way; the agent is long-lived, the cost is once.
+    from ..plugins import load_factor_types
+
+    load_factor_types()
     data = paths.ensure_private_dir(paths.data_dir())
     state = AgentState(VaultStore(), config, audit_path=data / "audit.log" if config.audit else None)
     ssh_socket = SshSocket.bind(Path(name), state) if config.ssh_socket and isinstance(name, str) and name else None
