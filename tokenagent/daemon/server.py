@@ -131,13 +131,8 @@ class AgentServer:
 
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(self._protocol, sock=self.sock, backlog=MAX_CLIENTS)
-        if self.get_socket is not None:
-            self.get_socket.start(self.state.audit_path if self.state.config.audit else None, MAX_CLIENTS,
-                                  FRAME_TIMEOUT, self.state.config.audit_max_size)
-            self.state.mirror = self.get_socket
-        if self.ssh_socket is not None:
-            await self.ssh_socket.start()
+        # Everything that needs a descriptor of its own comes first; clients are accepted last, so a
+        # flood of them (the descriptor table full) cannot fail the start-up half-way.
         timer = asyncio.create_task(self._expiry_timer())
         if self.state.config.watch_tokens:
             self.watchers = [PcscWatcher(loop, self._token_changed), HidWatcher(loop, self._token_changed),
@@ -147,6 +142,13 @@ class AgentServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.get_socket is not None:
+            self.get_socket.start(self.state.audit_path if self.state.config.audit else None, MAX_CLIENTS,
+                                  FRAME_TIMEOUT, self.state.config.audit_max_size)
+            self.state.mirror = self.get_socket
+        if self.ssh_socket is not None:
+            await self.ssh_socket.start()
+        self._server = await loop.create_unix_server(self._protocol, sock=self.sock, backlog=MAX_CLIENTS)
         self._warn_config()
         _sd_notify("READY=1")
         log.info("agent ready on %s", self.path or "an inherited socket")
