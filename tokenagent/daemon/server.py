@@ -40,13 +40,12 @@ from .hardening import harden_process
 from .notify import Notifier
 from .pinentry import Pinentry
 from .plug import PlugPins
-from .sockets import bind_socket, inherited_socket, peer_allowed, peer_of
+from .sockets import FRAME_TIMEOUT, StallingFramesClose, bind_socket, inherited_socket, peer_allowed, peer_of
 from .sshsocket import SshSocket
 from .state import AgentState, Peer
 from .watch import HidWatcher, KeyDiskWatcher, PcscWatcher, key_disks
 
 log = logging.getLogger(__name__)
-FRAME_TIMEOUT = 10.0
 MAX_CLIENTS = 512
 MAX_WAITS = 128  # get --wait requests waiting at once (each holds a connection)
 MAX_STREAMS = 64  # events streams at once
@@ -148,8 +147,8 @@ class AgentServer:
             self.state.mirror = self.get_socket
         if self.ssh_socket is not None:
             await self.ssh_socket.start()
+        self._warn_config()  # it imports what it needs: before clients can fill the descriptor table
         self._server = await loop.create_unix_server(self._protocol, sock=self.sock, backlog=MAX_CLIENTS)
-        self._warn_config()
         _sd_notify("READY=1")
         log.info("agent ready on %s", self.path or "an inherited socket")
         try:
@@ -320,7 +319,7 @@ def _wait_seconds(request: Request, response: Response) -> float | None:
     return None
 
 
-class _ClientProtocol(asyncio.Protocol):
+class _ClientProtocol(StallingFramesClose):
     """One client connection, driven by the event loop's callbacks (no task per request).
 
     Requests are answered in order, synchronously, as their frames complete. A ``get`` that
@@ -467,18 +466,6 @@ class _ClientProtocol(asyncio.Protocol):
             self.waiting = None
         if self.transport is not None and not self.transport.is_closing():
             self._serve()
-
-    def _arm_stall_timer(self) -> None:
-        if self.conn.pending and self.stall is None:
-            self.stall = asyncio.get_running_loop().call_later(FRAME_TIMEOUT, self._stalled)
-        elif not self.conn.pending and self.stall is not None:
-            self.stall.cancel()
-            self.stall = None
-
-    def _stalled(self) -> None:
-        self.stall = None
-        if self.conn.pending and self.transport is not None:
-            self.transport.close()  # a frame stalled half-way
 
     def _on_event(self, event: Event) -> None:
         self._send(event)

@@ -13,6 +13,7 @@ come from ``SO_PEERCRED``; only our own uid (and root) get past the first read.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -20,6 +21,7 @@ import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .. import _locations, paths
 from ..errors import AgentError, UnsafePath
@@ -120,3 +122,29 @@ def peer_of(sock: socket.socket) -> Peer:
 
 def peer_allowed(peer: Peer) -> bool:
     return _locations.trusted_uid(peer.uid)
+
+
+FRAME_TIMEOUT = 10.0  # a frame half-sent this long closes its connection, on every socket of the agent
+
+
+class StallingFramesClose(asyncio.Protocol):
+    """What the agent's socket protocols share: a connection whose frame stalls half-way is closed
+    (a slow or hostile client must not hold a connection, and the memory of its frame, forever).
+    Subclasses keep the frame parser in ``conn`` (its ``pending`` bytes) and call ``_arm_stall_timer``
+    whenever they wait for more data."""
+
+    conn: Any
+    transport: Any
+    stall: asyncio.TimerHandle | None
+
+    def _arm_stall_timer(self) -> None:
+        if self.conn.pending and self.stall is None:
+            self.stall = asyncio.get_running_loop().call_later(FRAME_TIMEOUT, self._stalled)
+        elif not self.conn.pending and self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
+    def _stalled(self) -> None:
+        self.stall = None
+        if self.conn.pending and self.transport is not None:
+            self.transport.close()  # a frame stalled half-way

@@ -45,11 +45,17 @@ from ..vault.identities import ssh_private_key
 from .config import SshKey
 from .pinentry import Pinentry, _escape
 from .plug import Opened, in_loop, open_with_token
-from .sockets import MAX_BACKLOG, bind_private, clear_old_socket, peer_allowed, peer_of
+from .sockets import (
+    MAX_BACKLOG,
+    StallingFramesClose,
+    bind_private,
+    clear_old_socket,
+    peer_allowed,
+    peer_of,
+)
 from .state import AgentState, Peer, Session
 
 log = logging.getLogger(__name__)
-FRAME_TIMEOUT = 10.0
 MAX_CLIENTS = 128
 MAX_SUN_PATH = 107
 EXTENSIONS = (sshagent.EXT_QUERY, sshagent.EXT_SESSION_BIND)
@@ -360,7 +366,7 @@ class SshSocket:
             os.unlink(self.path)
 
 
-class _SshProtocol(asyncio.Protocol):
+class _SshProtocol(StallingFramesClose):
     """One ssh-agent client: requests answered in order; one waiting for a confirmation holds the rest."""
 
     def __init__(self, server: SshSocket) -> None:
@@ -443,14 +449,3 @@ class _SshProtocol(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self._serve()
 
-    def _arm_stall_timer(self) -> None:
-        if self.conn.pending and self.stall is None:
-            self.stall = asyncio.get_running_loop().call_later(FRAME_TIMEOUT, self._stalled)
-        elif not self.conn.pending and self.stall is not None:
-            self.stall.cancel()
-            self.stall = None
-
-    def _stalled(self) -> None:
-        self.stall = None
-        if self.conn.pending and self.transport is not None:
-            self.transport.close()
