@@ -454,18 +454,12 @@ class _ClientProtocol(StallingFramesClose):
                 if message.args.get("progress") is True:  # asked for: what it waits for, said at once
                     self._send(Event("waiting", {"vault": message.args.get("vault"), "seconds": min(wait, MAX_WAIT),
                                                  "message": response.message}))
-                self.waiting = asyncio.ensure_future(self._answer_later(message, peer, wait))
-                self.waiting.add_done_callback(self.server.wait_done)
+                failure = Response.refusal(message.id, TokenAgentError("internal error in the agent while waiting"
+                                                                       " for an unlock"))
+                self._answer_later(self.server.wait_unlocked(message, peer, wait), self._send, failure,
+                                   "a wait for an unlock").add_done_callback(self.server.wait_done)
                 return
             self._send(response)
-
-    async def _answer_later(self, request: Request, peer: Peer, wait: float) -> None:
-        try:
-            self._send(await self.server.wait_unlocked(request, peer, wait))
-        finally:
-            self.waiting = None
-        if self.transport is not None and not self.transport.is_closing():
-            self._serve()
 
     def _on_event(self, event: Event) -> None:
         self._send(event)

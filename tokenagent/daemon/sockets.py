@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import _locations, paths
 from ..errors import AgentError, UnsafePath
@@ -29,6 +30,9 @@ from .peers import identify
 from .state import Peer
 
 MAX_BACKLOG = 512  # the server's MAX_CLIENTS
+
+log = logging.getLogger(__name__)
+Answer = TypeVar("Answer")
 
 
 @contextlib.contextmanager
@@ -128,14 +132,20 @@ FRAME_TIMEOUT = 10.0  # a frame half-sent this long closes its connection, on ev
 
 
 class StallingFramesClose(asyncio.Protocol):
-    """What the agent's socket protocols share: a connection whose frame stalls half-way is closed
-    (a slow or hostile client must not hold a connection, and the memory of its frame, forever).
-    Subclasses keep the frame parser in ``conn`` (its ``pending`` bytes) and call ``_arm_stall_timer``
-    whenever they wait for more data."""
+    """What the agent's socket protocols share. A connection whose frame stalls half-way is closed
+    (a slow or hostile client must not hold a connection, and the memory of its frame, forever):
+    subclasses keep the frame parser in ``conn`` (its ``pending`` bytes) and call ``_arm_stall_timer``
+    whenever they wait for more data. Requests are answered in order: one that must wait (for an
+    unlock, for a confirmation) becomes the connection's ``waiting`` task (``_answer_later``), and
+    ``_serve`` takes up the frames that arrived meanwhile once it is answered."""
 
     conn: Any
     transport: Any
     stall: asyncio.TimerHandle | None
+    waiting: asyncio.Task[None] | None
+
+    def _serve(self) -> None:
+        raise NotImplementedError
 
     def _arm_stall_timer(self) -> None:
         if self.conn.pending and self.stall is None:
@@ -148,3 +158,24 @@ class StallingFramesClose(asyncio.Protocol):
         self.stall = None
         if self.conn.pending and self.transport is not None:
             self.transport.close()  # a frame stalled half-way
+
+    def _answer_later(self, answer: Awaitable[Answer], deliver: Callable[[Answer], None], failure: Answer,
+                      what: str) -> asyncio.Task[None]:
+        """Await ``answer`` as the ``waiting`` task and ``deliver`` it; a bug on the way (logged by
+        its type) delivers ``failure`` instead, so a client is answered, never left hanging."""
+        self.waiting = asyncio.ensure_future(self._deliver_later(answer, deliver, failure, what))
+        return self.waiting
+
+    async def _deliver_later(self, answer: Awaitable[Answer], deliver: Callable[[Answer], None], failure: Answer,
+                             what: str) -> None:
+        try:
+            try:
+                result = await answer
+            except Exception as err:  # noqa: BLE001 - a bug, or the audit log gone: answer, never hang a client
+                log.error("internal error in %s: %s", what, type(err).__name__)
+                result = failure
+            deliver(result)
+        finally:
+            self.waiting = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._serve()

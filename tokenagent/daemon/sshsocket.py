@@ -433,19 +433,9 @@ class _SshProtocol(StallingFramesClose):
             if isinstance(answer, bytes):
                 transport.write(answer)
             else:
-                self.waiting = asyncio.ensure_future(self._answer_later(answer))
+                self._answer_later(answer, self._write, sshagent.failure(), "an ssh-agent signature")
 
-    async def _answer_later(self, answer: Awaitable[bytes]) -> None:
-        try:
-            try:
-                data = await answer
-            except Exception as err:  # noqa: BLE001 - a bug, or the audit log gone: answer, never hang a client
-                log.error("internal error in an ssh-agent signature: %s", type(err).__name__)
-                data = sshagent.failure()
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(data)
-        finally:
-            self.waiting = None
+    def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self._serve()
+            self.transport.write(data)
 
