@@ -5,7 +5,8 @@ program named in its config, which draws the dialog on the user's desktop (DISPL
 WAYLAND_DISPLAY from the agent's environment) or on ``pinentry_tty``. The exchange is
 GnuPG's Assuan protocol: the program greets with ``OK``; we send ``OPTION``/``SET...``
 lines (``%``-escaped) and ``GETPIN``; it answers ``D <pin>`` (``%``-escaped) and ``OK``, or
-``ERR <code> <text>`` when the user cancels. The PIN is kept in a bytearray and wiped by
+``ERR <code> <text>`` when the user cancels. A yes/no question (the ssh socket's ``confirm``
+keys) is the same dialog with ``CONFIRM``: ``OK`` is yes, anything else no. The PIN is kept in a bytearray and wiped by
 the caller; the program is told ``BYE`` and reaped, and killed if it does not answer.
 """
 
@@ -16,8 +17,9 @@ import os
 import select
 import subprocess
 import time
+from collections.abc import Iterator
 
-from ..errors import Cancelled, UsageError
+from ..errors import Cancelled, TokenAgentError, UsageError
 
 
 def _escape(text: str) -> str:
@@ -44,22 +46,8 @@ class Pinentry:
 
     def ask(self, description: str, prompt: str = "PIN:", error: str | None = None) -> bytearray:
         """The PIN typed; ``Cancelled`` if the user cancelled or nobody answered in time."""
-        args = [self.program]
-        if self.ttyname:
-            args += ["--ttyname", self.ttyname, "--ttytype", self.ttytype]
-        try:
-            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        except OSError as err:
-            raise UsageError(f"cannot run the pinentry program {self.program!r}: {err.strerror}") from None
-        deadline = time.monotonic() + self.timeout
-        try:
-            self._expect_ok(proc, deadline)
-            commands = ["SETTITLE tokenagent", f"SETDESC {_escape(description)}", f"SETPROMPT {_escape(prompt)}"]
-            if error:
-                commands.append(f"SETERROR {_escape(error)}")
-            for command in commands:
-                self._send(proc, command)
-                self._expect_ok(proc, deadline)
+        settings = [f"SETPROMPT {_escape(prompt)}"] + ([f"SETERROR {_escape(error)}"] if error else [])
+        with self._dialog(description, settings) as (proc, deadline):
             self._send(proc, "GETPIN")
             pin = bytearray()
             while True:
@@ -72,6 +60,40 @@ class Pinentry:
                 elif line.startswith(b"ERR"):
                     raise Cancelled("PIN entry cancelled")
                 # S (status) and # (comment) lines are ignored
+
+    def confirm(self, description: str) -> bool:
+        """A yes/no question (Assuan ``CONFIRM``): True only for an explicit OK; a program that cannot
+        run or does not answer, or a cancel, is a no."""
+        try:
+            with self._dialog(description, []) as (proc, deadline):
+                self._send(proc, "CONFIRM")
+                while True:
+                    line = self._line(proc, deadline)
+                    if line.startswith(b"OK"):
+                        return True
+                    if line.startswith(b"ERR"):
+                        return False
+        except TokenAgentError:
+            return False
+
+    @contextlib.contextmanager
+    def _dialog(self, description: str, settings: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], float]]:
+        """The program running, greeted, told the title, ``description`` and ``settings`` (more SET
+        lines), with the deadline of its answer; told ``BYE`` and reaped (killed if it hangs) after."""
+        args = [self.program]
+        if self.ttyname:
+            args += ["--ttyname", self.ttyname, "--ttytype", self.ttytype]
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as err:
+            raise UsageError(f"cannot run the pinentry program {self.program!r}: {err.strerror}") from None
+        deadline = time.monotonic() + self.timeout
+        try:
+            self._expect_ok(proc, deadline)
+            for command in ["SETTITLE tokenagent", f"SETDESC {_escape(description)}", *settings]:
+                self._send(proc, command)
+                self._expect_ok(proc, deadline)
+            yield proc, deadline
         finally:
             with contextlib.suppress(OSError):
                 self._send(proc, "BYE")

@@ -43,7 +43,7 @@ from ..protocol import CLOSED, NEED_DATA, FrameError
 from ..vault import wipe
 from ..vault.identities import ssh_private_key
 from .config import SshKey
-from .pinentry import Pinentry, _escape
+from .pinentry import Pinentry
 from .plug import Opened, in_loop, open_with_token
 from .sockets import (
     MAX_BACKLOG,
@@ -213,10 +213,7 @@ class SshService:
         text = (f"Allow {peer.exe or 'a program'} (pid {peer.pid}) to sign with the SSH key "
                 f"'{key.vault}/{key.label}'? ({_what_text(what)})")
         pinentry = Pinentry(config.pinentry, config.pinentry_tty, timeout=60.0)
-        try:
-            yes = await asyncio.to_thread(confirm, pinentry, text)
-        except TokenAgentError:
-            yes = False
+        yes = await asyncio.to_thread(pinentry.confirm, text)  # a no where the dialog fails
         return None if yes else "cancelled"
 
     async def _touched(self, key: SshKey, session: Session) -> str | None:
@@ -260,41 +257,6 @@ def _what_text(what: dict[str, str | int]) -> str:
     if what.get("kind") == "ssh-userauth":
         return f"log in as {what['user']}" + (f" to host key {what['host']}" if "host" in what else "")
     return "unrecognised data"
-
-
-def confirm(pinentry: Pinentry, description: str) -> bool:
-    """Ask a yes/no question with pinentry's CONFIRM; True only for an explicit OK."""
-    import subprocess
-
-    args = [pinentry.program] + (["--ttyname", pinentry.ttyname, "--ttytype", pinentry.ttytype]
-                                 if pinentry.ttyname else [])
-    try:
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    except OSError:
-        return False
-    deadline = time.monotonic() + pinentry.timeout
-    try:
-        pinentry._expect_ok(proc, deadline)
-        for command in ("SETTITLE tokenagent", f"SETDESC {_escape(description)}"):
-            pinentry._send(proc, command)
-            pinentry._expect_ok(proc, deadline)
-        pinentry._send(proc, "CONFIRM")
-        while True:
-            line = pinentry._line(proc, deadline)
-            if line.startswith(b"OK"):
-                return True
-            if line.startswith(b"ERR"):
-                return False
-    except TokenAgentError:
-        return False
-    finally:
-        with contextlib.suppress(OSError):
-            pinentry._send(proc, "BYE")
-        try:
-            proc.wait(2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # --- keys --------------------------------------------------------------------------------------
