@@ -18,12 +18,12 @@ can change a directory on the way can swap the socket between a check and a conn
   (``SO_PEERCRED``): anyone but us or root is hung up on before a byte is sent.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` (it imports the ``__future__`` module, paid by every
+# ``tokenagent get``) and no ``struct``: the annotations below hold at run time or are quoted.
 import _socket  # not socket: the fast client does not import it (selectors, enums); same calls
 import os
 import stat
-import struct
+import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads it the same)
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ ENV_HOME = "TOKENAGENT_HOME"
 ENV_SOCKET = "TOKENAGENT_SOCKET"
 GET_SUFFIX = ".get"  # the get socket (docs/spec/protocol.md) is the agent socket's path plus this
 MAX_SYMLINKS = 40  # as the kernel's own path walk
-_UCRED = struct.Struct("=iII")
+_UCRED_SIZE = 12  # struct ucred: pid_t pid, uid_t uid, gid_t gid, native order
 _OPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -158,7 +158,7 @@ def fd_path(dir_fd: int, name: str) -> str:
     return f"/proc/self/fd/{dir_fd}/{name}" if os.path.isdir("/proc/self/fd") else ""
 
 
-def connect(path: str, timeout: float | None, lean: bool = False) -> socket.socket:
+def connect(path: str, timeout: float | None, lean: bool = False) -> "socket.socket":
     """A socket connected to ``path`` whose listener is us or root (module docstring); nothing sent.
 
     Raises AgentNotRunning (nothing there, nobody listening, or the backlog full: BlockingIOError
@@ -183,9 +183,9 @@ def connect(path: str, timeout: float | None, lean: bool = False) -> socket.sock
         if lean:  # the C socket object: what the fast client needs (send, recv), without the socket module
             sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)  # type: ignore[assignment]
         else:
-            import socket
+            import socket as socket_module
 
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM | socket_module.SOCK_CLOEXEC)
         try:
             sock.settimeout(timeout)
             sock.connect(fd_path(dir_fd, name) or os.path.join(directory, name))
@@ -201,10 +201,12 @@ def connect(path: str, timeout: float | None, lean: bool = False) -> socket.sock
         os.close(dir_fd)
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+def peer_credentials(sock: "socket.socket") -> tuple[int, int, int]:
     """The pid, uid and gid of the process at the other end of a connected Unix socket (``SO_PEERCRED``)."""
-    pid, uid, gid = _UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size))
-    return pid, uid, gid
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED_SIZE)
+    order = sys.byteorder
+    return (int.from_bytes(cred[0:4], order, signed=True), int.from_bytes(cred[4:8], order),
+            int.from_bytes(cred[8:12], order))
 
 
 def trusted_uid(uid: int) -> bool:
@@ -212,7 +214,7 @@ def trusted_uid(uid: int) -> bool:
     return uid == os.getuid() or uid == 0
 
 
-def check_peer(sock: socket.socket, path: str) -> None:
+def check_peer(sock: "socket.socket", path: str) -> None:
     """Refuse a connected socket whose listener is not us or root (``SO_PEERCRED``)."""
     uid = peer_credentials(sock)[1]
     if not trusted_uid(uid):

@@ -10,11 +10,14 @@ read from a password command), its exact bytes otherwise; the agent socket's ans
 whether a secret was imported, so that case skips the get socket. Any other key is base64.
 Binary output (raw) is never written to a terminal. On failure one line on stderr and the exit
 code of docs/exit-codes.md; with ``--wait`` a locked vault is waited for (plug in the token)
-up to SECONDS before failing."""
+up to SECONDS before failing.
 
-from __future__ import annotations
+What the get socket's path imports is kept to ``_socket``, ``resource`` and this package's
+``_locations`` and ``getwire``: no ``binascii`` (its shared object loads libz; ``_b64`` writes the
+key's base64), no ``struct``, and no ``from __future__ import annotations`` (it imports the
+``__future__`` module; the annotations here are valid at run time). docs/performance.md has the
+figures."""
 
-import binascii
 import os
 import sys
 
@@ -40,6 +43,7 @@ Options:
 
 Exit codes: docs/exit-codes.md (7: the vault is locked; 3: no such vault)."""
 FORMATS = ("raw", "text", "hex", "base64")
+_B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 
 class _Help(Exception):
@@ -108,6 +112,8 @@ def fetch(vault: str, context: str | None, wait: float | None, as_stored: bool) 
             args["progress"] = True  # the agent says at once what the wait is for
             agent.on_event = _say_waiting
         data = agent.request("get", timeout=(wait or 0) + 30.0, **args)
+        import binascii
+
         return bytearray(binascii.a2b_base64(data["key"])), data.get("imported") is True
     finally:
         agent.close()
@@ -118,7 +124,7 @@ def from_get_socket(vault: str, context: str | None) -> bytearray | None:
     the agent socket must answer (no get socket, a refusal, a name the binary form cannot carry).
     The listener is checked as on every connection (``_locations.connect``: us or root)."""
     from . import _locations
-    from .getwire import HEADER, decode_get_answer, encode_get
+    from .getwire import HEADER_SIZE, decode_get_answer, encode_get
 
     request = encode_get(vault, context)
     if request is None:
@@ -134,8 +140,8 @@ def from_get_socket(vault: str, context: str | None) -> bytearray | None:
         return None  # no get socket (an agent without it, or none: the agent socket says which)
     try:
         sock.sendall(request)
-        header = _recv_exactly(sock, HEADER.size)
-        body = _recv_exactly(sock, HEADER.unpack(header)[0]) if header is not None else None
+        header = _recv_exactly(sock, HEADER_SIZE)
+        body = _recv_exactly(sock, int.from_bytes(header, "big")) if header is not None else None
     except OSError:
         body = None
     finally:
@@ -176,16 +182,37 @@ def as_imported(key: bytes | bytearray) -> str:
     return "text" if text and text.isprintable() else "raw"
 
 
+def _b64(key: bytearray) -> bytearray:
+    """The standard base64 of ``key`` (RFC 4648, with padding), in a buffer the caller wipes.
+
+    Written here rather than taken from binascii, whose shared object (and the libz it links)
+    every get would load for this alone; tests hold it to binascii.b2a_base64."""
+    out = bytearray()
+    full = len(key) - len(key) % 3
+    for i in range(0, full, 3):
+        n = int.from_bytes(key[i:i + 3], "big")
+        out += bytes((_B64[n >> 18], _B64[n >> 12 & 63], _B64[n >> 6 & 63], _B64[n & 63]))
+    rest = len(key) - full
+    if rest:
+        n = int.from_bytes(key[full:] + bytes(3 - rest), "big")
+        out += bytes((_B64[n >> 18], _B64[n >> 12 & 63], _B64[n >> 6 & 63] if rest == 2 else 61, 61))
+    return out
+
+
 def _write(key: bytearray, fmt: str) -> None:
-    if fmt == "raw":
-        data = bytes(key)
-    elif fmt == "text":
-        data = bytes(key) if key.endswith(b"\n") else bytes(key) + b"\n"
+    if fmt in ("raw", "text"):
+        data = bytearray(key)
+        if fmt == "text" and not key.endswith(b"\n"):
+            data += b"\n"
     else:
-        data = (key.hex() + "\n").encode() if fmt == "hex" else binascii.b2a_base64(bytes(key))
-    view = memoryview(data)
-    while view:
-        view = view[os.write(sys.stdout.fileno(), view):]
+        data = bytearray(key.hex(), "ascii") if fmt == "hex" else _b64(key)
+        data += b"\n"
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(sys.stdout.fileno(), view):]
+    finally:
+        data[:] = bytes(len(data))
 
 
 def _refuse_terminal(what: str) -> str:
@@ -208,8 +235,11 @@ def _no_core_dumps(piped: bool | None = None) -> None:
         pass
     if piped is None:
         try:
-            with open("/proc/sys/kernel/core_pattern", "rb") as f:
-                piped = f.read(1) == b"|"
+            fd = os.open("/proc/sys/kernel/core_pattern", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                piped = os.read(fd, 1) == b"|"
+            finally:
+                os.close(fd)
         except OSError:
             piped = True
     if piped:
@@ -264,7 +294,7 @@ def main(args: list[str]) -> int:
         if as_json:
             import json
 
-            text = key.hex() if fmt == "hex" else binascii.b2a_base64(bytes(key), newline=False).decode()
+            text = key.hex() if fmt == "hex" else _b64(key).decode()
             answer: dict[str, object] = {"ok": True, "vault": opts["vault"], "key": text,
                                          "format": "hex" if fmt == "hex" else "base64"}
             if imported:

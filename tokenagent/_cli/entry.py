@@ -11,9 +11,7 @@ message could hold data from a vault or a secret) with what to do, and exits 1;
 ``TOKENAGENT_DEBUG=1`` prints the traceback as well, for the report.
 """
 
-from __future__ import annotations
-
-import os
+import os  # no "from __future__ import annotations": it would import __future__ on get's path
 import sys
 
 FAST_COMMANDS = ("get",)
