@@ -4,7 +4,7 @@
 # the project's rules, and run the tier's tests (their results go to $DESK_OUT/results.json).
 set -u
 echo "guest: up at $(cut -d' ' -f1 /proc/uptime) s"
-modprobe -a virtio_scsi sd_mod ext4 uhid loop dm_crypt 2>&1
+modprobe -a virtio_scsi sd_mod ext4 uhid loop dm_crypt vhci-hcd 2>&1
 disk=""
 for _ in $(seq 300); do  # the virtio-scsi disk (vng --disk) shows up a while after the module loads
     disk=$(ls /dev/disk/by-id/*virtme* /dev/sd? /dev/vd? 2>/dev/null | head -1)

@@ -51,13 +51,23 @@ def virtual_token() -> None:
 @click.option("--uhid", is_flag=True,
               help="Also (or, without --vpcd, only) be a USB YubiKey's FIDO and OTP HID interfaces through"
                    " /dev/uhid (Linux, root or access to /dev/uhid).")
+@click.option("--usbip", is_flag=True,
+              help="Also (or, without --vpcd, only) be a USB YubiKey 5 (OTP, FIDO and CCID interfaces) exported by"
+                   " a USB/IP server on 127.0.0.1 (bus id 1-1; attach it with 'usbip attach -r 127.0.0.1 -b 1-1').")
+@click.option("--usbip-port", type=int, default=3240, show_default=True, help="The USB/IP server's TCP port.")
+@click.option("--usbip-attach", is_flag=True,
+              help="With --usbip: attach the device to this machine's vhci-hcd on every plug (root, modprobe"
+                   " vhci-hcd), so plug and unplug are a USB hot-plug.")
 @click.option("--touch", type=click.Choice(TOUCH_MODES), default="auto", show_default=True,
               help="auto: touched at once; delay: after --touch-delay; explicit: 'touch' command; refuse: never.")
 @click.option("--touch-delay", type=float, default=1.0, show_default=True)
 @click.option("--unplugged", is_flag=True, help="Start unplugged (plug it with 'virtual-token plug').")
-def run(state: Path, serial: int | None, vpcd: str | None, uhid: bool, touch: str, touch_delay: float,
-        unplugged: bool) -> None:
+def run(state: Path, serial: int | None, vpcd: str | None, uhid: bool, usbip: bool, usbip_port: int,
+        usbip_attach: bool, touch: str, touch_delay: float, unplugged: bool) -> None:
     """Run a virtual token in the foreground until SIGTERM or Ctrl-C."""
+    usbip = usbip or usbip_attach
+    if usbip and uhid:
+        raise UsageError("--uhid and --usbip are two ways to be the same USB key: give one of them")
     from ..daemon.sockets import bind_private
     from ..virtual.token import VirtualToken
     from ..virtual.vpcd import VpcdClient
@@ -66,8 +76,9 @@ def run(state: Path, serial: int | None, vpcd: str | None, uhid: bool, touch: st
         token = VirtualToken(state, serial, touch, touch_delay)
     except ValueError as err:  # a state file of another token
         raise UsageError(f"{err}: give its --serial, or another --state for a new token") from None
-    transports = _Transports(token, None if vpcd is None and uhid else _parse_vpcd(vpcd or DEFAULT_VPCD), uhid,
-                             VpcdClient)
+    usb = uhid or usbip
+    transports = _Transports(token, None if vpcd is None and usb else _parse_vpcd(vpcd or DEFAULT_VPCD), uhid,
+                             VpcdClient, (usbip_port, usbip_attach) if usbip else None)
     ctl = control_path(state)
     with contextlib.suppress(FileNotFoundError):
         ctl.unlink()
@@ -128,7 +139,8 @@ def run(state: Path, serial: int | None, vpcd: str | None, uhid: bool, touch: st
 class _Transports:
     """The transports a running virtual token is plugged into: vpcd (a card in pcscd), uhid (USB HID)."""
 
-    def __init__(self, token: Any, vpcd: tuple[str, int] | None, uhid: bool, vpcd_client: Any) -> None:
+    def __init__(self, token: Any, vpcd: tuple[str, int] | None, uhid: bool, vpcd_client: Any,
+                 usbip: tuple[int, bool] | None = None) -> None:
         self.vpcd = vpcd
         self.parts: list[Any] = []
         if vpcd is not None:
@@ -137,6 +149,10 @@ class _Transports:
             from ..virtual.uhid import UhidToken
 
             self.parts.append(UhidToken(token))
+        if usbip is not None:
+            from ..virtual.usbip import UsbipServer
+
+            self.parts.append(UsbipServer(token, port=usbip[0], attach=usbip[1]))
 
     @property
     def plugged(self) -> bool:
@@ -144,8 +160,9 @@ class _Transports:
 
     def describe(self) -> str:
         where = f"vpcd at {self.vpcd[0]}:{self.vpcd[1]}" if self.vpcd is not None else ""
-        names = [where if type(part).__name__ == "VpcdClient" else "USB HID (uhid)" for part in self.parts]
-        return " and ".join(names)
+        names = {"VpcdClient": where, "UhidToken": "USB HID (uhid)"}
+        return " and ".join(names.get(type(part).__name__, f"USB/IP (127.0.0.1:{getattr(part, 'port', '')}, bus id"
+                                      " 1-1)") for part in self.parts)
 
     def plug(self) -> None:
         for part in self.parts:
@@ -155,6 +172,10 @@ class _Transports:
                 if self.vpcd is not None and type(part).__name__ == "VpcdClient":
                     raise TokenError(f"cannot reach vpcd at {self.vpcd[0]}:{self.vpcd[1]} ({err.strerror or err}):"
                                      " is pcscd running with the vsmartcard-vpcd driver?") from None
+                if type(part).__name__ == "UsbipServer":
+                    raise TokenError(f"cannot plug in the USB/IP device ({err.strerror or err}): is the port free"
+                                     " and, with --usbip-attach, vhci-hcd loaded (modprobe vhci-hcd) and this root?"
+                                     ) from None
                 raise TokenError(f"cannot create the USB HID device ({err.strerror or err}): is the uhid module"
                                  " loaded (modprobe uhid) and /dev/uhid writable?") from None
 

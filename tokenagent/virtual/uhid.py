@@ -289,19 +289,24 @@ class OtpHidFrontEnd:
                 self._answer, self._answer_seq = with_crc(answer), 0
 
 
+def hid_front_ends(token: Any) -> OtpHidFrontEnd:
+    """A YubiKey's two HID interfaces on ``token``: its CTAPHID front end learns READ CONFIG (yubikit
+    reads the device information there too); the OTP front end is returned."""
+    from .management import ManagementApplet
+
+    management = ManagementApplet(token.serial, tuple(token.otp.version))
+    token.hid.vendor_commands[CTAPHID_YUBIKEY_READ_CONFIG] = lambda data: management.process(
+        Apdu(0, MANAGEMENT_INS_READ_CONFIG, data[0] if data else 0, 0))
+    return OtpHidFrontEnd(token.otp, management, tuple(token.otp.version))
+
+
 class UhidToken:
     """A virtual token's USB HID interfaces (FIDO and OTP) as kernel devices; ``plug``/``unplug``."""
 
     def __init__(self, token: Any) -> None:
-        from .management import ManagementApplet
-
         self.token = token
         serial = str(token.serial)
-        management = ManagementApplet(token.serial, tuple(token.otp.version))
-        self.otp_front = OtpHidFrontEnd(token.otp, management, tuple(token.otp.version))
-        # a YubiKey answers READ CONFIG on its FIDO interface too (yubikit reads the device info there)
-        token.hid.vendor_commands[CTAPHID_YUBIKEY_READ_CONFIG] = lambda data: management.process(
-            Apdu(0, MANAGEMENT_INS_READ_CONFIG, data[0] if data else 0, 0))
+        self.otp_front = hid_front_ends(token)
         self.fido = UhidDevice("Yubico YubiKey OTP+FIDO", serial, FIDO_REPORT_DESCRIPTOR, on_output=self._output)
         self.otp_device = UhidDevice("Yubico YubiKey OTP+FIDO", serial, OTP_REPORT_DESCRIPTOR,
                                      on_get_feature=self.otp_front.get_feature,
