@@ -288,3 +288,25 @@ def test_fast_get_exit_codes_are_the_error_trees() -> None:
     from tokenagent.errors import ExitCode
 
     assert (fastget.EXIT_USAGE, fastget.EXIT_AGENT) == (ExitCode.USAGE, ExitCode.AGENT)
+
+
+def test_cli_get_ends_with_its_output_written(agent: AgentProcess) -> None:
+    """The console script's get ends without the interpreter's teardown (_cli/entry.py: os._exit): what
+    print buffered (--json, --help, an error line) is flushed first, with buffered streams as a user has
+    them (no PYTHONUNBUFFERED), and the exit code is get's own."""
+    unlock(agent)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update({"TOKENAGENT_HOME": str(agent.home), **agent.env()})
+
+    def get(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "tokenagent._cli.entry", "get", *args], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    as_json = get("v1", "--context", "restic:/srv/repo", "--json")
+    answer = json.loads(as_json.stdout)
+    assert as_json.returncode == 0 and answer["ok"] is True
+    assert base64.b64decode(answer["key"]) == derive_subkey(CANARY_SECRET, "restic:/srv/repo")
+    helped = get("--help")
+    assert helped.returncode == 0 and helped.stdout.rstrip().endswith("(7: the vault is locked; 3: no such vault).")
+    missing = get("nosuch", "--context", "x")
+    assert missing.returncode == 3 and missing.stderr.startswith("tokenagent: no vault named 'nosuch'")
