@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deskkit import SETTLE, run
+from deskkit import SETTLE, Agent, run, tokenagent
 
 pytestmark = [pytest.mark.desk, pytest.mark.timeout(1800)]
-SERIAL = 23456789
+SERIAL, SECOND = 23456789, 34567890
 YKMAN = str(Path(sys.executable).parent / "ykman")
 READER = "Yubico YubiKey OTP+FIDO+CCID 00 00"
 HID_ID = "HID_ID=0003:00001050:00000407"
@@ -78,11 +78,11 @@ def _readers() -> list[str]:
 
 
 class UsbipToken:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, serial: int = SERIAL, extra: tuple[str, ...] = ()) -> None:
         self.state, self.log = state, state.with_suffix(".log")
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "tokenagent._cli.entry", "virtual-token", "run",
-                                          "--state", str(state), "--serial", str(SERIAL), "--usbip"],
+                                          "--state", str(state), "--serial", str(serial), "--usbip", *extra],
                                          stdout=out, stderr=subprocess.STDOUT)
         self.ctl = state.with_name(state.name + ".ctl")
         _wait(lambda: self.ctl.exists() or self.proc.poll() is not None, "the virtual token did not start")
@@ -226,3 +226,54 @@ def test_usbip_unplug_disconnects_and_plug_exports_again(usbip_token: UsbipToken
     usbip_token.control("plug")
     usbip_token.attach()
     _wait(lambda: READER in _readers(), "pcscd did not find the reader again", 60)
+
+
+def test_usbip_tokenagent_opens_vaults_over_hid_and_over_libccid(usbip_token: UsbipToken, pcscd: Path,
+                                                                 home: Path, tmp_path: Path) -> None:
+    """tokenagent's own clients through the kernel and pcscd: FIDO2 over hidraw, PIV over libccid."""
+    pins = tmp_path / "pins"
+    pins.write_text("123456\n")
+    found = json.loads(tokenagent(home, "devices", "--json").stdout)["devices"]
+    mine = [(d["type"], d["transport"]) for d in found if d.get("serial") == SERIAL]
+    print("tokenagent devices:", mine)
+    assert ("fido2", "hid") in mine and ("fido2", "pcsc") not in mine, found  # FIDO is HID over USB
+    assert any(kind == "piv" for kind, _ in mine), found
+    tokenagent(home, "init", "f", "--fido2", "--serial", str(SERIAL), "--json")
+    drilled = json.loads(tokenagent(home, "drill", "f", "--json").stdout)
+    assert drilled["results"] == [{"ok": True, "slot": "1"}], drilled
+    tokenagent(home, "init", "p", "--piv", "--serial", str(SERIAL), "--pin-file", str(pins), "--json")
+    drilled = json.loads(tokenagent(home, "drill", "p", "--pin-file", str(pins), "--json").stdout)
+    assert drilled["results"] == [{"ok": True, "slot": "1"}], drilled
+
+
+def test_usbip_agent_unlocks_on_attach_and_locks_on_detach(usbip_token: UsbipToken, pcscd: Path, home: Path,
+                                                           tmp_path: Path) -> None:
+    """``--usbip-attach``: the token plugs itself into vhci-hcd; the agent follows the real hot-plug."""
+    usbip_token.control("unplug")
+    _wait(lambda: not _usb_present(), "the USB device stayed after unplug", 60)
+    second = UsbipToken(tmp_path / "second.json", serial=SECOND, extra=("--usbip-port", "3241", "--usbip-attach"))
+    agent = None
+    try:
+        _wait(_usb_present, "--usbip-attach did not plug the device in")
+        tokenagent(home, "init", "a", "--fido2", "--serial", str(SECOND), "--json")
+        second.control("unplug")
+        _wait(lambda: not _usb_present(), "the USB device stayed after unplug", 60)
+        agent = Agent(home, tmp_path / "agent.log")
+        second.control("plug")
+        agent.wait_event("unlocked")
+        second.control("unplug")
+        agent.wait_event("locked")
+        names = [(e["event"], e.get("reader") or e.get("vault")) for e in agent.events]
+        print("agent events:", json.dumps(agent.events))
+        hid = [n for n in names if n[0] in ("token-added", "token-removed") and str(n[1]).startswith("hid:")]
+        assert [n[0] for n in hid] == ["token-added", "token-removed"], names
+        order = [n for n in names if n in (hid[0], ("unlocked", "a"), hid[1], ("locked", "a"))]
+        assert order == [hid[0], ("unlocked", "a"), hid[1], ("locked", "a")], names
+        assert next(e for e in agent.events if e["event"] == "locked")["reason"] == "token-removed"
+    finally:
+        if agent is not None:
+            agent.stop()
+        second.stop()
+        _wait(lambda: not _usb_present(), "the second device stayed", 60)
+        usbip_token.control("plug")
+        usbip_token.attach()
