@@ -12,7 +12,8 @@ applications (version, PIN tries left, decryption keys in 9d and 82-95) and Yubi
 applications (configured slots), and the tokens of the PKCS#11 modules named (label, maker,
 PIN flags), all read without spending a PIN try.
 
-Serial numbers: HID keys report theirs; over PC/SC the serial is read from the YubiKey
+Serial numbers: HID keys report theirs (a YubiKey without a USB serial string answers it to
+READ CONFIG on its FIDO interface); over PC/SC the serial is read from the YubiKey
 management applet (yubikit's ``ManagementSession``), which the virtual token has too; keys
 of other makers have none there, and ``--serial`` then matches nothing: touch the key to
 choose it instead.
@@ -52,12 +53,41 @@ class SystemDevices:
 
 def device_serial(device: Any) -> int | None:
     """A FIDO2 device's serial as a number: PC/SC devices carry the management applet's, HID
-    devices their USB serial string (a YubiKey's is its serial when it reports one)."""
+    devices their USB serial string (a YubiKey's is its serial when it reports one). A YubiKey
+    over USB shows none by default: its FIDO interface answers the device information (yubikit's
+    READ CONFIG, a CTAPHID vendor command), which carries the serial."""
     value = getattr(device, "serial_number", None)
     try:
-        return int(value) if value not in (None, "") else None
+        if value not in (None, ""):
+            return int(value)
     except (TypeError, ValueError):
         return None
+    return _yubikey_hid_serial(device)
+
+
+YUBICO_VID = 0x1050
+CTAPHID_READ_CONFIG = 0x42  # yubikit.management's CTAP_READ_CONFIG: CTAPHID vendor command 0x40 + 2
+
+
+def _yubikey_hid_serial(device: Any) -> int | None:
+    descriptor = getattr(device, "descriptor", None)
+    if getattr(descriptor, "vid", None) != YUBICO_VID or not hasattr(device, "call"):
+        return None
+    cached = getattr(device, "_tokenagent_serial", False)
+    if cached is not False:
+        return cached  # type: ignore[no-any-return]
+    serial: int | None = None
+    try:
+        from yubikit.core import Version
+        from yubikit.management import DeviceInfo
+
+        info = DeviceInfo.parse(device.call(CTAPHID_READ_CONFIG, b"\0"), Version(*device.device_version))
+        serial = info.serial
+    except Exception as err:  # noqa: BLE001 - an older key, or another firmware: no serial then
+        log.debug("no serial over READ CONFIG: %s", err)
+    with contextlib.suppress(AttributeError):
+        device._tokenagent_serial = serial
+    return serial
 
 
 def _fido2_devices() -> Iterator[Any]:

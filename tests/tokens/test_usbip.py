@@ -370,3 +370,57 @@ def test_libccid_knows_the_product_id() -> None:
     pairs = {(int(v, 16), int(p, 16)): n for v, p, n in
              zip(plist["ifdVendorID"], plist["ifdProductID"], plist["ifdFriendlyName"], strict=True)}
     assert pairs[(0x1050, 0x0407)] == "Yubico YubiKey OTP+FIDO+CCID"
+
+
+def test_ccid_sends_time_extensions_while_the_card_waits() -> None:
+    """A command that waits (for a touch) gets a time extension each second, then its answer."""
+    from tokenagent.virtual.ccid import TIME_EXTENSION_EVERY, CcidSlot
+
+    release = threading.Event()
+
+    class SlowCard:
+        def power_on(self) -> bytes:
+            return b""
+
+        def power_off(self) -> None:
+            pass
+
+        def transmit(self, apdu: bytes) -> bytes:
+            release.wait(30)
+            return b"\x01\x02\x90\x00"
+
+    sent: list[bytes] = []
+    slot = CcidSlot(SlowCard(), sent.append)
+    slot.receive(struct.pack("<BIBBBBB", 0x62, 0, 0, 1, 0, 0, 0))
+    assert sent.pop(0)[10:] == USB_ATR
+    slot.receive(struct.pack("<BIBBBBB", 0x6F, 4, 0, 2, 0, 0, 0))  # the header in one transfer...
+    slot.receive(bytes.fromhex("00A40400"))  # ...and its APDU in the next
+    deadline = time.monotonic() + 30
+    while len(sent) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(TIME_EXTENSION_EVERY / 4)
+    busy = struct.pack("<BIBBBBB", 0x65, 0, 0, 3, 0, 0, 0)
+    slot.receive(busy)  # the slot is busy meanwhile
+    release.set()
+    while not any(m[10:] == b"\x01\x02\x90\x00" for m in sent):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    extensions = [m for m in sent if m[7] & 0xC0 == 0x80]
+    assert len(extensions) >= 2 and all(m[0] == 0x80 and m[6] == 2 for m in extensions)
+    refused = next(m for m in sent if m[6] == 3)
+    assert refused[0] == 0x81 and refused[7] & 0x40 and refused[8] == 0xE0  # CMD_SLOT_BUSY
+    answer = sent[-1]
+    assert answer[0] == 0x80 and answer[6] == 2 and answer[7] == 0
+
+
+def test_discovery_reads_a_yubikeys_serial_over_its_fido_interface(client: Client) -> None:
+    """A YubiKey shows no USB serial string: tokenagent asks its FIDO interface (READ CONFIG) instead."""
+    from tokenagent.discovery import device_serial
+
+    descriptor = HidDescriptor("usbip", 0x1050, 0x0407, 64, 64, "YubiKey OTP+FIDO+CCID", None)
+    device = CtapHidDevice(descriptor, InterruptHid(client))
+    assert device.serial_number is None
+    assert device_serial(device) == SERIAL
+    other = CtapHidDevice(HidDescriptor("other", 0x20A0, 0x42B1, 64, 64, "another maker", None),
+                          InterruptHid(client))
+    assert device_serial(other) is None  # not a YubiKey: nothing asked
