@@ -183,16 +183,17 @@ def decode_body(body: bytes, role: str) -> Message:
     return Response(request_id, False, {}, str(obj.get("error", "error")), str(obj.get("message", "")))
 
 
-class Connection:
-    """One end of a connection: bytes in, messages out; messages in, bytes out."""
+class FrameReader:
+    """Frames out of a byte stream: a 4-byte big-endian length, then that many bytes (from
+    ``min_frame`` to ``max_frame``). The agent protocol and ssh-agent's (tokenagent/sshagent.py)
+    frame alike; each reads its bodies from here. A length out of range loses the framing: it
+    raises a fatal ``FrameTooLarge`` and the stream reads as closed from then on."""
 
-    def __init__(self, role: str, max_frame: int | None = None) -> None:
-        if role not in ("server", "client"):
-            raise ValueError("role is 'server' or 'client'")
-        self.role = role
-        # what this end reads: requests (server) or answers and events (client); and sends
-        self.max_frame = max_frame or (MAX_FRAME if role == "server" else MAX_ANSWER)
-        self.send_limit = MAX_ANSWER if role == "server" else MAX_FRAME
+    what = "frame"
+    min_frame = 0
+
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
         self._buffer = bytearray()
         self._eof = False
         self.broken = False
@@ -204,27 +205,48 @@ class Connection:
         else:
             self._eof = True
 
-    def next_event(self) -> Message | _Sentinel:
+    def next_frame(self) -> bytes | _Sentinel:
+        """The next whole body, ``NEED_DATA``, or ``CLOSED``."""
         if self.broken:
             return CLOSED
         if len(self._buffer) < HEADER.size:
             return CLOSED if self._eof else NEED_DATA
         (length,) = HEADER.unpack_from(self._buffer)
-        if length > self.max_frame:
+        if not self.min_frame <= length <= self.max_frame:
             self.broken = True
-            raise FrameTooLarge(f"frame of {length} bytes is over the {self.max_frame}-byte limit", fatal=True)
+            limit = (f"over the {self.max_frame}-byte limit" if length > self.max_frame
+                     else f"under the {self.min_frame}-byte minimum")
+            raise FrameTooLarge(f"{self.what} of {length} bytes is {limit}", fatal=True)
         if len(self._buffer) < HEADER.size + length:
             return CLOSED if self._eof else NEED_DATA
         body = bytes(self._buffer[HEADER.size : HEADER.size + length])
         del self._buffer[: HEADER.size + length]
-        return decode_body(body, self.role)  # a bad body is answered; the framing is intact
-
-    def send(self, message: Message) -> bytes:
-        return encode(message.to_json(), self.send_limit)
+        return body
 
     @property
     def pending(self) -> int:
         return len(self._buffer)
+
+
+class Connection(FrameReader):
+    """One end of a connection: bytes in, messages out; messages in, bytes out."""
+
+    def __init__(self, role: str, max_frame: int | None = None) -> None:
+        if role not in ("server", "client"):
+            raise ValueError("role is 'server' or 'client'")
+        self.role = role
+        # what this end reads: requests (server) or answers and events (client); and sends
+        super().__init__(max_frame or (MAX_FRAME if role == "server" else MAX_ANSWER))
+        self.send_limit = MAX_ANSWER if role == "server" else MAX_FRAME
+
+    def next_event(self) -> Message | _Sentinel:
+        body = self.next_frame()
+        if isinstance(body, _Sentinel):
+            return body
+        return decode_body(body, self.role)  # a bad body is answered; the framing is intact
+
+    def send(self, message: Message) -> bytes:
+        return encode(message.to_json(), self.send_limit)
 
 
 # --- the get socket (docs/spec/protocol.md, "The get socket"): its binary form is in getwire.py,

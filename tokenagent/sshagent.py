@@ -28,8 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from .errors import FrameTooLarge
-from .protocol import CLOSED, NEED_DATA
+from .protocol import FrameReader
 
 MAX_MESSAGE: Final = 256 * 1024  # OpenSSH's AGENT_MAX_LEN
 
@@ -136,39 +135,20 @@ class Reader:
 
 
 # --- framing ----------------------------------------------------------------------------------
-class AgentConnection:
+class AgentConnection(FrameReader):
     """The server end of one ssh-agent connection: bytes in, (type, payload) out; answers out."""
 
-    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
-        self.max_message = max_message
-        self._buffer = bytearray()
-        self._eof = False
-        self.broken = False
+    what = "ssh-agent message"
+    min_frame = 1  # the type byte
 
-    def receive_data(self, data: bytes) -> None:
-        if data:
-            self._buffer += data
-        else:
-            self._eof = True
+    def __init__(self, max_message: int = MAX_MESSAGE) -> None:
+        super().__init__(max_message)
 
     def next_message(self) -> tuple[int, bytes] | object:
-        if self.broken:
-            return CLOSED
-        if len(self._buffer) < 4:
-            return CLOSED if self._eof else NEED_DATA
-        (length,) = _U32.unpack_from(self._buffer)
-        if length == 0 or length > self.max_message:
-            self.broken = True
-            raise FrameTooLarge(f"ssh-agent message of {length} bytes (1 to {self.max_message})", fatal=True)
-        if len(self._buffer) < 4 + length:
-            return CLOSED if self._eof else NEED_DATA
-        body = bytes(self._buffer[4 : 4 + length])
-        del self._buffer[: 4 + length]
+        body = self.next_frame()
+        if not isinstance(body, bytes):
+            return body
         return body[0], body[1:]
-
-    @property
-    def pending(self) -> int:
-        return len(self._buffer)
 
 
 def message(kind: int, payload: bytes = b"") -> bytes:
