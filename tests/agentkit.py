@@ -46,9 +46,14 @@ def private_home(tmp_path: Path, config: str | None = None) -> Path:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
     if config is not None:
-        (home / "config").mkdir(mode=0o700)
-        (home / "config" / "config.toml").write_text(config)
+        write_config(home, config)
     return home
+
+
+def write_config(home: Path, config: str) -> None:
+    """``config`` as the agent's config.toml in ``home``."""
+    (home / "config").mkdir(mode=0o700, exist_ok=True)
+    (home / "config" / "config.toml").write_text(config)
 
 
 class AgentProcess:
@@ -153,6 +158,40 @@ def recv_exactly(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError(f"closed after {len(data)} of {n} bytes")
         data += chunk
     return data
+
+
+# --- the two ways to ask for a key: the JSON agent socket and the get socket ---------------------
+ASK = (None, "", "")  # decode_get_answer of the get socket's "ask the agent socket"
+
+
+def json_get(agent: AgentProcess, vault: str, context: str | None) -> dict[str, Any]:
+    """A ``get`` on the agent socket, its response."""
+    with agent.connect() as s:
+        s.sendall(frame({"op": "get", "id": 1, "vault": vault, **({"context": context} if context else {})}))
+        return read_response(s)
+
+
+def connect_get(agent: AgentProcess) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(agent.get_socket))
+    return s
+
+
+def read_get_answer(s: socket.socket) -> tuple[bytearray | None, str, str]:
+    from tokenagent.protocol import decode_get_answer
+
+    (length,) = struct.unpack(">I", recv_exactly(s, 4))
+    return decode_get_answer(bytearray(recv_exactly(s, length)))
+
+
+def fast_get(agent: AgentProcess, vault: str, context: str | None) -> tuple[bytearray | None, str, str]:
+    """A ``get`` on the get socket: (key, "", "") released, or ``ASK``."""
+    from tokenagent.protocol import encode_get
+
+    with connect_get(agent) as s:
+        s.sendall(encode_get(vault, context))  # type: ignore[arg-type]
+        return read_get_answer(s)
 
 
 def password_vaults(directory: Path, names: list[str], secret: bytes) -> Any:

@@ -12,8 +12,6 @@ import errno
 import json
 import os
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -26,37 +24,20 @@ from agentkit import (
     CANARY_SECRET,
     AgentProcess,
     cli,
-    frame,
+    fast_get,
+    json_get,
     make_vault,
     password_file,
-    read_response,
-    recv_exactly,
     start_agent,
+    write_config,
 )
 
 from tokenagent.client import AgentClient
 from tokenagent.daemon.audit import AuditLog, audit_line, log_files
 from tokenagent.errors import AgentError
-from tokenagent.protocol import decode_get_answer, encode_get
 from tokenagent.vault import derive_subkey
 
 PAGE = 4096
-ASK = (None, "", "")
-
-
-def fast_get(agent: AgentProcess, vault: str, context: str | None) -> tuple[bytearray | None, str, str]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(agent.get_socket))
-        s.sendall(encode_get(vault, context))  # type: ignore[arg-type]
-        (length,) = struct.unpack(">I", recv_exactly(s, 4))
-        return decode_get_answer(bytearray(recv_exactly(s, length)))
-
-
-def json_get(agent: AgentProcess, vault: str, context: str | None) -> dict[str, Any]:
-    with agent.connect() as s:
-        s.sendall(frame({"op": "get", "id": 1, "vault": vault, **({"context": context} if context else {})}))
-        return read_response(s)
 
 
 def whole_lines(path: Path) -> list[dict[str, Any]]:
@@ -80,8 +61,7 @@ def _tiny_disk(tmp_path: Path, config: str | None = None) -> Iterator[AgentProce
     data.mkdir(parents=True)
     os.chmod(home, 0o700)
     if config is not None:
-        (home / "config").mkdir(mode=0o700)
-        (home / "config" / "config.toml").write_text(config)
+        write_config(home, config)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(data)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
@@ -218,9 +198,7 @@ def test_without_the_get_socket_the_python_writer_also_refuses_whole(tmp_path: P
 # --- rotation ---------------------------------------------------------------------------------------
 
 def test_rotation_keeps_every_line_in_order_with_both_writers(agent_home: Path) -> None:
-    config = agent_home / "config"
-    config.mkdir(mode=0o700)
-    (config / "config.toml").write_text("[agent]\naudit_max_size = 3000\naudit_keep = 3\n")
+    write_config(agent_home, "[agent]\naudit_max_size = 3000\naudit_keep = 3\n")
     agent = start_agent(agent_home)
     try:
         done = agent.cli("unlock", "v1", "--password-file", password_file(agent_home))

@@ -15,25 +15,26 @@ import base64
 import json
 import os
 import random
-import socket
 import stat
 import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from agentkit import (
+    ASK,
     CANARY_SECRET,
     AgentProcess,
     cli,
-    frame,
+    connect_get,
+    fast_get,
+    json_get,
     make_vault,
     password_file,
-    read_response,
-    recv_exactly,
+    read_get_answer,
     start_agent,
+    write_config,
 )
 from getsocket_mutations import mutate  # type: ignore[import-not-found]
 from hypothesis import given, settings
@@ -42,7 +43,7 @@ from hypothesis import strategies as st
 from tokenagent.client import AgentClient
 from tokenagent.daemon import getsocket, state
 from tokenagent.daemon.config import VaultPolicy
-from tokenagent.protocol import GET_ASK, GET_MAX_BODY, decode_get_answer, encode_get
+from tokenagent.protocol import GET_ASK, GET_MAX_BODY, encode_get
 from tokenagent.vault import check_name, crypto, derive_subkey
 from tokenagent.vault.format import MAX_SECRET_LEN
 
@@ -50,7 +51,6 @@ pytestmark = pytest.mark.skipif(not getsocket.available(),
                                 reason="the get socket's C extension is not built (pip install needs gcc and libssl-dev)")
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "get-socket"
-ASK = (None, "", "")  # decode_get_answer of "ask the agent socket"
 
 
 def _native():  # type: ignore[no-untyped-def]
@@ -174,30 +174,6 @@ def test_vaults_with_rules_the_native_code_cannot_decide_are_not_mirrored() -> N
 
 # --- the agent's get socket, end to end ----------------------------------------------------------------
 
-def connect_get(agent: AgentProcess) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
-    s.connect(str(agent.get_socket))
-    return s
-
-
-def read_answer(s: socket.socket) -> tuple[bytearray | None, str, str]:
-    (length,) = struct.unpack(">I", recv_exactly(s, 4))
-    return decode_get_answer(bytearray(recv_exactly(s, length)))
-
-
-def fast_get(agent: AgentProcess, vault: str, context: str | None) -> tuple[bytearray | None, str, str]:
-    with connect_get(agent) as s:
-        s.sendall(encode_get(vault, context))  # type: ignore[arg-type]
-        return read_answer(s)
-
-
-def json_get(agent: AgentProcess, vault: str, context: str | None) -> dict[str, Any]:
-    with agent.connect() as s:
-        s.sendall(frame({"op": "get", "id": 1, "vault": vault, **({"context": context} if context else {})}))
-        return read_response(s)
-
-
 def unlock(agent: AgentProcess, *extra: str) -> None:
     done = agent.cli("unlock", "v1", "--password-file", password_file(agent.home), *extra)
     assert done.returncode == 0, done.stderr
@@ -288,11 +264,9 @@ def test_releases_on_the_get_socket_keep_the_vault_unlocked_then_it_locks(agent:
 def test_get_socket_applies_the_client_rules(agent_home: Path) -> None:
     """allow_uids is decided natively; a vault with allow_exe is not mirrored at all. Refusals and
     their lines come from the agent socket."""
-    config = agent_home / "config"
-    config.mkdir(mode=0o700)
-    (config / "config.toml").write_text('[vaults.v1]\nallow_exe = ["/nonexistent/restic"]\n'
-                                        f'[vaults.v2]\nallow_uids = [{os.getuid() + 1}]\n'
-                                        f'[vaults.v3]\nallow_uids = [{os.getuid()}]\n')
+    write_config(agent_home, '[vaults.v1]\nallow_exe = ["/nonexistent/restic"]\n'
+                             f'[vaults.v2]\nallow_uids = [{os.getuid() + 1}]\n'
+                             f'[vaults.v3]\nallow_uids = [{os.getuid()}]\n')
     make_vault(agent_home, "v2")
     make_vault(agent_home, "v3")
     agent = start_agent(agent_home)
@@ -312,9 +286,7 @@ def test_get_socket_applies_the_client_rules(agent_home: Path) -> None:
 
 
 def test_agent_with_get_socket_off(agent_home: Path) -> None:
-    config = agent_home / "config"
-    config.mkdir(mode=0o700)
-    (config / "config.toml").write_text("[agent]\nget_socket = false\n")
+    write_config(agent_home, "[agent]\nget_socket = false\n")
     agent = start_agent(agent_home)
     try:
         assert not agent.get_socket.exists()
@@ -352,10 +324,10 @@ def test_ten_thousand_malformed_requests_then_a_get_every_hundred(agent: AgentPr
     with connect_get(agent) as s:
         for i in range(10_000):
             s.sendall(_malformed(rng))
-            asked += read_answer(s) == ASK
+            asked += read_get_answer(s) == ASK
             if i % 100 == 99:
                 s.sendall(encode_get("v1", "restic:/x"))  # type: ignore[arg-type]
-                served += read_answer(s)[0] == expected
+                served += read_get_answer(s)[0] == expected
     assert asked == 10_000 and served == 100
     assert all(line["ok"] for line in audit_lines(agent)) and len(audit_lines(agent)) == 100
     print(f"\nget socket, 10,000 malformed requests: {asked} 'ask the agent socket', get served {served}/100")
@@ -365,10 +337,10 @@ def test_oversized_length_closes_only_that_connection(agent: AgentProcess) -> No
     unlock(agent)
     with connect_get(agent) as bystander, connect_get(agent) as attacker:
         attacker.sendall(struct.pack(">I", GET_MAX_BODY + 1) + b"x" * 100)
-        assert read_answer(attacker) == ASK
+        assert read_get_answer(attacker) == ASK
         assert attacker.recv(10) == b""
         bystander.sendall(encode_get("v1", "c"))  # type: ignore[arg-type]
-        assert read_answer(bystander)[0] == derive_subkey(CANARY_SECRET, "c")
+        assert read_get_answer(bystander)[0] == derive_subkey(CANARY_SECRET, "c")
 
 
 def test_pipelined_requests_are_answered_in_order(agent: AgentProcess) -> None:
@@ -376,7 +348,7 @@ def test_pipelined_requests_are_answered_in_order(agent: AgentProcess) -> None:
     contexts = [f"ctx-{i}" for i in range(200)]
     with connect_get(agent) as s:
         s.sendall(b"".join(encode_get("v1", c) for c in contexts))  # type: ignore[misc]
-        keys = [read_answer(s)[0] for _ in contexts]
+        keys = [read_get_answer(s)[0] for _ in contexts]
     assert keys == [derive_subkey(CANARY_SECRET, c) for c in contexts]
 
 
@@ -404,7 +376,7 @@ def test_a_client_that_does_not_read_blocks_nobody(agent: AgentProcess) -> None:
         hog.setblocking(True)
         hog.settimeout(10)
         expected = derive_subkey(CANARY_SECRET, "cc")
-        answered = sum(read_answer(hog)[0] == expected for _ in range(sent // len(one)))
+        answered = sum(read_get_answer(hog)[0] == expected for _ in range(sent // len(one)))
         assert answered == sent // len(one)
     finally:
         hog.close()
