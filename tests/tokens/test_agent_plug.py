@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import threading
 import time
 from pathlib import Path
 
-from agentkit import Person, cli, private_home, start_agent
+from agentkit import cli, private_home, start_agent
 from pcscd import PrivatePcscd, TokenProcess
+from plugkit import EventRecorder, NotificationService, fido2_pin_vaults, pinentry_home
 
 from tokenagent.client import AgentClient
 
@@ -40,17 +39,7 @@ def test_plug_unlocks_unplug_locks_backup_unlocks(pcscd: PrivatePcscd, tokens: l
 
     agent = start_agent(home, extra_env=pcscd.env)
     try:
-        events: list[dict[str, object]] = []
-        listener = AgentClient(agent.socket, timeout=None)
-
-        def listen() -> None:
-            try:
-                for event in listener.events():
-                    events.append(event)
-            except Exception:  # noqa: BLE001 - closed at the end of the test
-                pass
-
-        threading.Thread(target=listen, daemon=True).start()
+        recorder = EventRecorder(agent.socket)
         with AgentClient(agent.socket) as client:
             assert [v["unlocked"] for v in client.status()["vaults"]] == [False]
 
@@ -77,7 +66,8 @@ def test_plug_unlocks_unplug_locks_backup_unlocks(pcscd: PrivatePcscd, tokens: l
             assert again == key and client.status()["vaults"][0]["slot"] == "2"
             full = agent.cli("open", "docs", "--reveal", "--json", env=pcscd.env)
             assert json.loads(full.stdout)["key"] == expected
-        listener.close()
+        recorder.close()
+        events = recorder.events
         names = [e["event"] for e in events]
         for expected_event in ("token-added", "unlocked", "token-removed", "locked"):
             assert expected_event in names, names
@@ -86,33 +76,10 @@ def test_plug_unlocks_unplug_locks_backup_unlocks(pcscd: PrivatePcscd, tokens: l
         agent.stop()
 
 
-def pinentry_home(tmp_path: Path) -> tuple[Path, Person]:
-    """A home whose agent asks PINs with the real pinentry-curses, on the terminal of a Person."""
-    program = shutil.which("pinentry-curses")
-    assert program, "pinentry-curses is not installed (Debian package pinentry-curses)"
-    person = Person()
-    return private_home(tmp_path, f'[agent]\npinentry = "{program}"\npinentry_tty = "{person.tty}"\n'), person
-
-
 def test_pin_slot_unlocked_on_plug_through_pinentry(pcscd: PrivatePcscd, tokens: list[TokenProcess],
                                                     tmp_path: Path) -> None:
     """A slot that needs the key's PIN: the agent asks for it with pinentry-curses when the key arrives."""
-    from fido2.ctap2 import Ctap2
-    from fido2.ctap2.pin import ClientPin
-    from fido2.pcsc import CtapPcscDevice
-
-    from tokenagent.virtual.token import VirtualToken
-
-    state = tmp_path / "pin.json"
-    ClientPin(Ctap2(CtapPcscDevice(VirtualToken(state, serial=8001).connection(), "setup"))).set_pin("135790")
-    home, person = pinentry_home(tmp_path)
-    token = TokenProcess(pcscd, state, 8001)
-    tokens.append(token)
-    pin = tmp_path / "pin"
-    pin.write_text("135790\n")
-    done = cli(home, "init", "docs", "--fido2", "--fido2-uv", "--pin-file", str(pin), env=pcscd.env)
-    assert done.returncode == 0, done.stderr
-    token.unplug()
+    home, person, state, token = fido2_pin_vaults(pcscd, tokens, tmp_path, 8001, ("docs",))
     agent = start_agent(home, extra_env=pcscd.env)
     try:
         person.will_type(b"135790\r")
@@ -155,14 +122,7 @@ def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[To
     assert made.returncode == 0, made.stderr
     token.unplug()
     agent = start_agent(home, extra_env=pcscd.env)
-    events: list[tuple[str, object]] = []
-    listener = AgentClient(agent.socket, timeout=None)
-
-    def listen() -> None:
-        for event in listener.events():  # ends when the listener is closed
-            events.append((str(event["event"]), event.get("vault")))
-
-    threading.Thread(target=listen, daemon=True).start()
+    recorder = EventRecorder(agent.socket)
     try:
         time.sleep(0.3)
         person.will_type(b"123456\r")
@@ -173,65 +133,14 @@ def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[To
             assert {v["vault"]: v["slot"] for v in client.status()["vaults"]} == {"backups": "1", "mail": "1"}
         assert b"unlock vault 'mail'" in person.screen and b"3 tries left" in person.screen
         # The event stream said what the agent waited for: the PIN of the PIV vault, none for OTP.
+        events = [(str(e["event"]), e.get("vault")) for e in recorder.events]
         assert ("pin", "mail") in events and ("pin", "backups") not in events
         assert ("unlocked", "mail") in events and ("unlocked", "backups") in events
         assert json.loads(state.read_text())["piv"]["pin"]["remaining"] == 3
     finally:
-        listener.close()
+        recorder.close()
         person.close()
         agent.stop()
-
-
-class NotificationService:
-    """A desktop's notification service on a private session bus: it records what it is asked to show."""
-
-    def __init__(self, workdir: Path) -> None:
-        import subprocess
-
-        from jeepney.bus_messages import message_bus
-        from jeepney.io.blocking import open_dbus_connection
-
-        daemon = shutil.which("dbus-daemon")
-        assert daemon, "dbus-daemon is not installed (Debian packages dbus-daemon, dbus-session-bus-common)"
-        socket_path = workdir / "session-bus"
-        self.address = f"unix:path={socket_path}"
-        self.daemon = subprocess.Popen([daemon, "--session", "--nofork", f"--address={self.address}"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert time.monotonic() < deadline and self.daemon.poll() is None, "dbus-daemon did not start"
-            time.sleep(0.05)
-        self.connection = open_dbus_connection(bus=self.address)
-        self.connection.send_and_get_reply(message_bus.RequestName("org.freedesktop.Notifications"))
-        self.calls: list[tuple[str, tuple[object, ...]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        from jeepney import HeaderFields, MessageType, new_method_return
-
-        while not self._stop.is_set():
-            try:
-                message = self.connection.receive(timeout=0.2)
-            except TimeoutError:
-                continue
-            if message.header.message_type != MessageType.method_call:
-                continue
-            member = message.header.fields.get(HeaderFields.member)
-            self.calls.append((str(member), tuple(message.body)))
-            if member == "Notify":
-                self.connection.send(new_method_return(message, "u", (len(self.calls),)))
-            else:
-                self.connection.send(new_method_return(message))
-
-    def stop(self) -> None:
-        from agentkit import stop_process
-
-        self._stop.set()
-        self._thread.join(5)
-        self.connection.close()
-        stop_process(self.daemon)
 
 
 def test_desktop_notifications_for_touch_and_removal(pcscd: PrivatePcscd, tokens: list[TokenProcess],

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agentkit import cli, private_home, start_agent
 from pcscd import PrivatePcscd, TokenProcess
-from test_agent_plug import NotificationService, pinentry_home
+from plugkit import EventRecorder, NotificationService, fido2_pin_vaults
 
 from tokenagent.client import AgentClient
 
@@ -109,32 +109,9 @@ def test_get_wait_tells_what_it_waits_for_and_the_desktop_names_the_program(
 
 def test_one_pin_dialog_for_several_vaults_on_one_card(pcscd: PrivatePcscd, tokens: list[TokenProcess],
                                                        tmp_path: Path) -> None:
-    from fido2.ctap2 import Ctap2
-    from fido2.ctap2.pin import ClientPin
-    from fido2.pcsc import CtapPcscDevice
-
-    from tokenagent.virtual.token import VirtualToken
-
-    state = tmp_path / "pin.json"
-    ClientPin(Ctap2(CtapPcscDevice(VirtualToken(state, serial=7303).connection(), "setup"))).set_pin("135790")
-    home, person = pinentry_home(tmp_path)
-    token = TokenProcess(pcscd, state, 7303)
-    tokens.append(token)
-    pin = tmp_path / "pin"
-    pin.write_text("135790\n")
-    for vault in ("docs", "mail"):
-        done = cli(home, "init", vault, "--fido2", "--fido2-uv", "--pin-file", str(pin), env=pcscd.env)
-        assert done.returncode == 0, done.stderr
-    token.unplug()
+    home, person, state, token = fido2_pin_vaults(pcscd, tokens, tmp_path, 7303, ("docs", "mail"))
     agent = start_agent(home, extra_env=pcscd.env)
-    events: list[dict[str, object]] = []
-    listener = AgentClient(agent.socket, timeout=None)
-
-    def listen() -> None:
-        for event in listener.events():
-            events.append(event)
-
-    threading.Thread(target=listen, daemon=True).start()
+    recorder = EventRecorder(agent.socket)
     try:
         person.will_type(b"135790\r")  # once
         time.sleep(0.5)
@@ -142,9 +119,9 @@ def test_one_pin_dialog_for_several_vaults_on_one_card(pcscd: PrivatePcscd, toke
         with AgentClient(agent.socket) as client:
             for vault in ("docs", "mail"):
                 assert len(client.get(vault, context="x", wait=60)) == 32
-        assert [e["vault"] for e in events if e["event"] == "pin"] == ["docs"]  # one dialog: mail used the same PIN
+        assert [e["vault"] for e in recorder.events if e["event"] == "pin"] == ["docs"]  # one dialog: mail used the same PIN
         assert json.loads(state.read_text())["fido2"]["pin_retries"] == 8
     finally:
-        listener.close()
+        recorder.close()
         person.close()
         agent.stop()
