@@ -1,8 +1,10 @@
-"""Shared parts of the benchmarks: a private agent with unlocked vaults, a raw framed client, stats."""
+"""Shared parts of the benchmarks: a private agent with unlocked vaults, a raw framed client, a
+private pcscd with a virtual token, stats."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -12,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENAGENT = str(Path(sys.executable).parent / "tokenagent")
@@ -127,6 +131,31 @@ class SshAgent:
 
 
 SSH_REQUEST_IDENTITIES = struct.pack(">IB", 1, 11)  # SSH_AGENTC_REQUEST_IDENTITIES
+
+
+@contextlib.contextmanager
+def pcscd_with_token(bench: str, serial: int, **token_options: Any) -> Iterator[tuple[Path, Any, Any]]:
+    """A private pcscd (tests/pcscd.py: root, pcscd, vsmartcard-vpcd) with one virtual token plugged
+    in, in a temporary directory: (the directory, the PrivatePcscd, the TokenProcess); both stopped
+    after. Without those parts the bench ends with the reason."""
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
+    from pcscd import PrivatePcscd, TokenProcess, missing
+
+    reason = missing()
+    if reason:
+        sys.exit(f"{bench}: {reason}")
+    with tempfile.TemporaryDirectory(prefix="tokenagent-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        pcscd = PrivatePcscd(tmp / "pcscd")
+        token = None
+        try:
+            token = TokenProcess(pcscd, tmp / "token.json", serial, **token_options)
+            yield tmp, pcscd, token
+        finally:
+            if token is not None:
+                token.stop()
+            pcscd.stop()
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:

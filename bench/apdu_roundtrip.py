@@ -20,12 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, machine
+from _common import machine, pcscd_with_token
 
-sys.path.insert(0, str(ROOT / "tests"))
-from pcscd import PrivatePcscd, TokenProcess, missing  # noqa: E402
-
-from tokenagent.virtual.token import VirtualToken  # noqa: E402
+from tokenagent.virtual.token import VirtualToken
 
 SELECT_PIV = bytes.fromhex("00A4040009A00000030800001000")
 GET_VERSION = bytes.fromhex("00FD000000")
@@ -49,18 +46,10 @@ print(" ".join(f"{x:.9f}" for x in times))
 
 
 def through_pcscd(n: int) -> list[float]:
-    with tempfile.TemporaryDirectory(prefix="tokenagent-bench-") as tmp:
-        daemon = PrivatePcscd(Path(tmp) / "pcscd")
-        token = None
-        try:
-            token = TokenProcess(daemon, Path(tmp) / "token.json", serial=1000)
-            out = subprocess.run([sys.executable, "-c", _LOOP, str(n), SELECT_PIV.hex(), GET_VERSION.hex()],
-                                 env={**os.environ, **daemon.env}, capture_output=True, text=True, check=True)
-            return [float(x) for x in out.stdout.split()]
-        finally:
-            if token is not None:
-                token.stop()
-            daemon.stop()
+    with pcscd_with_token("apdu_roundtrip", 1000) as (_, daemon, _token):
+        out = subprocess.run([sys.executable, "-c", _LOOP, str(n), SELECT_PIV.hex(), GET_VERSION.hex()],
+                             env={**os.environ, **daemon.env}, capture_output=True, text=True, check=True)
+        return [float(x) for x in out.stdout.split()]
 
 
 def in_process(n: int) -> list[float]:
@@ -80,11 +69,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=100)
     args = parser.parse_args()
-    reason = missing()
-    if reason:
-        sys.exit(f"apdu_roundtrip: {reason}")
-    print(machine())
     pcsc, local = through_pcscd(args.n), in_process(args.n)
+    print(machine())
     mean_pcsc, mean_local = statistics.mean(pcsc), statistics.mean(local)
     print(f"PIV GET VERSION x{args.n} through pcscd+vpcd: mean {mean_pcsc * 1e3:.3f} ms,"
           f" p50 {statistics.median(pcsc) * 1e3:.3f} ms, max {max(pcsc) * 1e3:.3f} ms")

@@ -29,16 +29,15 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, machine
+from _common import ROOT, machine, pcscd_with_token
 
 sys.path.insert(0, str(ROOT / "tests"))
 from agentkit import cli, private_home, start_agent  # noqa: E402
-from pcscd import PrivatePcscd, TokenProcess, missing  # noqa: E402
+from pcscd import PrivatePcscd, TokenProcess  # noqa: E402
 
 from tokenagent.client import AgentClient  # noqa: E402
 
@@ -171,28 +170,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=10)
     args = parser.parse_args()
-    reason = missing()
-    if reason:
-        sys.exit(f"plug_unlock: {reason}")
-    with tempfile.TemporaryDirectory(prefix="tokenagent-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        pcscd = PrivatePcscd(tmp / "pcscd")
-        token = None
-        try:
-            token = TokenProcess(pcscd, tmp / "key.json", 7001, touch_delay=0.0)
-            home = private_home(tmp, "[agent]\nremoval_grace = 0\nnotify = false\n")
-            done = cli(home, "init", "docs", "--fido2", env=pcscd.env)
-            if done.returncode != 0:
-                sys.exit(f"plug_unlock: init failed: {done.stderr}")
-            vault = json.loads((home / "data" / "vaults" / "docs.vault").read_text())
-            params = vault["slots"][0]["factors"][0]["params"]
-            token.unplug()
-            agent = agent_rounds(pcscd, token, home, params, args.n)
-            peer = peer_rounds(pcscd, token, params, args.n)
-        finally:
-            if token is not None:
-                token.stop()
-            pcscd.stop()
+    with pcscd_with_token("plug_unlock", 7001, touch_delay=0.0) as (tmp, pcscd, token):
+        home = private_home(tmp, "[agent]\nremoval_grace = 0\nnotify = false\n")
+        done = cli(home, "init", "docs", "--fido2", env=pcscd.env)
+        if done.returncode != 0:
+            sys.exit(f"plug_unlock: init failed: {done.stderr}")
+        vault = json.loads((home / "data" / "vaults" / "docs.vault").read_text())
+        params = vault["slots"][0]["factors"][0]["params"]
+        token.unplug()
+        agent = agent_rounds(pcscd, token, home, params, args.n)
+        peer = peer_rounds(pcscd, token, params, args.n)
     a, p = statistics.median(agent), statistics.median(peer)
     print(f"plug to unlocked through pcscd, median of {args.n}, {machine()}")
     print(f"  bare python-fido2 client (hmac-secret)   {p * 1000:7.1f} ms   (min {min(peer) * 1000:.1f})")
