@@ -27,32 +27,38 @@ STRICT = os.environ.get("TOKENAGENT_STRICT_SKIPS") == "1"
 
 # --- host: one guest boot, every test reports its guest outcome ----------------------------------
 
-_GUEST: dict[str, Any] = {}
+_GUESTS: dict[bool, dict[str, Any]] = {}
 
 
-def _desk_items(session: pytest.Session) -> list[pytest.Item]:
-    return [item for item in session.items if item.get_closest_marker("desk") is not None]
+def _systemd_boot(item: pytest.Item) -> bool:
+    """Whether ``item`` runs in the systemd-as-PID-1 boot (marker ``desk_systemd``) or the plain one."""
+    return item.get_closest_marker("desk_systemd") is not None
 
 
-def _boot(session: pytest.Session) -> dict[str, Any]:
-    if "results" in _GUEST:
-        return _GUEST
+def _desk_items(session: pytest.Session, systemd: bool) -> list[pytest.Item]:
+    return [item for item in session.items
+            if item.get_closest_marker("desk") is not None and _systemd_boot(item) == systemd]
+
+
+def _boot(session: pytest.Session, systemd: bool) -> dict[str, Any]:
+    guest = _GUESTS.setdefault(systemd, {})
+    if "results" in guest:
+        return guest
     from guest import guest_log, missing, run_guest
 
     why = missing()
     if why is not None:
-        _GUEST.update(results={}, skip=why, log="")
-        return _GUEST
+        guest.update(results={}, skip=why, log="")
+        return guest
     out = Path(tempfile.mkdtemp(prefix="tokenagent-desk-"))
     work = Path(tempfile.mkdtemp(prefix="tokenagent-desk-work-"))
-    ids = [item.nodeid for item in _desk_items(session)]
+    ids = [item.nodeid for item in _desk_items(session, systemd)]
     started = time.monotonic()
-    results = run_guest(ids, out, work)
-    _GUEST.update(results=results, skip=None, log=guest_log(out), out=out,
-                  seconds=time.monotonic() - started)
-    sys.stderr.write(f"\ndesk: one guest boot ran {len(results)} tests in {_GUEST['seconds']:.0f} s"
-                     f" (results and logs in {out})\n")
-    return _GUEST
+    results = run_guest(ids, out, work, systemd=systemd)
+    guest.update(results=results, skip=None, log=guest_log(out), out=out, seconds=time.monotonic() - started)
+    sys.stderr.write(f"\ndesk: one {'systemd ' if systemd else ''}guest boot ran {len(results)} tests in"
+                     f" {guest['seconds']:.0f} s (results and logs in {out})\n")
+    return guest
 
 
 def _report(item: pytest.Item, outcome: str, longrepr: Any, duration: float, sections: list[Any]) -> None:
@@ -74,7 +80,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if IN_GUEST or item.get_closest_marker("desk") is None:
         return None
     item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    guest = _boot(item.session)
+    guest = _boot(item.session, _systemd_boot(item))
     result = guest["results"].get(item.nodeid)
     if guest["skip"] is not None:
         reason = f"desk tier: {guest['skip']}"

@@ -26,6 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_INIT = REPO / "tests" / "desk" / "guest-init.sh"
+GENERATORS = REPO / "tests" / "desk" / "systemd"  # the systemd boot's only generator (desk-generator)
 BOOT_TIMEOUT = 25 * 60  # the whole guest run; CI's budget for the tier is well under 30 minutes
 SKIP_DIRS = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "__phello__", "lib2to3", "mypy",
              "mypyc", "ruff", "IPython", "pip"}
@@ -110,8 +111,11 @@ def python_image(work: Path) -> Path:
     return cached
 
 
-def run_guest(nodeids: list[str], out: Path, work: Path) -> dict[str, dict[str, object]]:
-    """Boot the guest once, run ``nodeids`` in it; their results by id (also written to out/)."""
+def run_guest(nodeids: list[str], out: Path, work: Path, systemd: bool = False) -> dict[str, dict[str, object]]:
+    """Boot the guest once, run ``nodeids`` in it; their results by id (also written to out/).
+
+    ``systemd``: boot systemd as PID 1 (``vng --systemd``) with ``desk.target``, which
+    ``systemd/desk-generator`` writes; its test runner is ``guest-systemd.sh`` (docs/desk.md)."""
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "tokenagent"), str(REPO / "tests")],
                    capture_output=True)  # the guest's root is read-only: no bytecode written there
     started = time.monotonic()
@@ -122,7 +126,15 @@ def run_guest(nodeids: list[str], out: Path, work: Path) -> dict[str, dict[str, 
                   f" DESK_STRICT={os.environ.get('TOKENAGENT_STRICT_SKIPS', '0')}")
     command = f"{env_prefix} bash {GUEST_INIT} > {out}/guest.log 2>&1"
     args = [str(vng()), "-r", kernels()[-1], "--user", "root", "--disable-kvm", "--cpus", str(os.cpu_count() or 2),
-            "--memory", "3G", "--rwdir", str(out), "--disk", str(image), "--", command]
+            "--memory", "3G", "--rwdir", str(out), "--disk", str(image)]
+    if systemd:
+        kernel_args = [f"SYSTEMD_GENERATOR_PATH={GENERATORS}", "SYSTEMD_ENVIRONMENT_GENERATOR_PATH=/nonexistent",
+                       "systemd.unit=desk.target", "systemd.show_status=1", "systemd.default_timeout_start_sec=300",
+                       f"DESK_OUT={out}", f"DESK_REPO={REPO}", f"DESK_BASE={sys.base_prefix}",
+                       f"DESK_VENV={sys.prefix}", f"DESK_STRICT={os.environ.get('TOKENAGENT_STRICT_SKIPS', '0')}"]
+        args += ["--systemd", "--append", " ".join(kernel_args)]
+    else:
+        args += ["--", command]
     with open(out / "vng.log", "wb") as log:
         try:
             env = {**os.environ, "PATH": f"{Path(str(vng())).parent}:{os.environ.get('PATH', '')}"}  # virtme-run
