@@ -33,6 +33,7 @@ def test_units_name_the_installed_executable_and_the_data_dir(tmp_path: Path) ->
     assert f"ExecStart={exe} agent" in service
     assert f"ReadWritePaths=-{data_home / 'tokenagent'}" in service
     assert f"Environment=XDG_DATA_HOME={data_home}" in service
+    assert f"ExecStartPre=+/bin/mkdir -p -m 0700 {data_home / 'tokenagent'}" in service  # a fresh home
     assert "%h/.local/bin" not in service
     data = data_home / "tokenagent"
     assert data.is_dir() and stat.S_IMODE(data.stat().st_mode) == 0o700  # a fresh home: made for the sandbox
@@ -53,6 +54,7 @@ def test_default_data_dir_without_xdg(tmp_path: Path) -> None:
     service = (units / "tokenagent.service").read_text()
     assert f"ReadWritePaths=-{tmp_path / 'home' / '.local/share/tokenagent'}" in service
     assert "Environment=XDG_DATA_HOME" not in service
+    assert f"ExecStartPre=+/bin/mkdir -p -m 0700 {tmp_path / 'home' / '.local/share/tokenagent'}" in service
 
 
 def test_refuses_under_tokenagent_home(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from deskkit import SETTLE, UhidToken, run
 
-pytestmark = [pytest.mark.desk, pytest.mark.desk_systemd]
+pytestmark = [pytest.mark.desk, pytest.mark.desk_systemd, pytest.mark.timeout(1800)]  # the host waits for the guest
 
 USER, UID = "desk", 4242
 HOME = Path("/home/desk")

@@ -5,8 +5,8 @@
 The units shipped in ``tokenagent/data/systemd`` name ``%h/.local/bin/tokenagent`` and the
 default data directory; this writes them with ``ExecStart=`` naming the executable that runs
 this command, ``ReadWritePaths=`` naming the data directory in use (``XDG_DATA_HOME`` is
-honoured and, when set, passed to the agent with ``Environment=``), creates that directory
-(0700) so that the sandboxed agent can write its audit log before any vault exists, and runs
+honoured and, when set, passed to the agent with ``Environment=``) and ``ExecStartPre=`` making it (the sandbox cannot make a missing
+path writable, so on a fresh home the agent could not), creates that directory (0700) too, and runs
 ``systemctl --user daemon-reload`` and ``enable --now tokenagent.socket`` when a user manager
 is there. udev rules need root: it prints the commands instead of running them.
 """
@@ -54,6 +54,8 @@ def render_service(exec_path: str, data: Path, xdg_data_home: str | None) -> str
         raise UsageError(f"the executable's path {exec_path!r} has spaces, which ExecStart= cannot take")
     text = text.replace(f"ExecStart={DEFAULT_EXEC} agent", f"ExecStart={exec_path} agent")
     text = text.replace(f"ReadWritePaths={DEFAULT_RW}", f"ReadWritePaths=-{data}")
+    text = text.replace(f"ExecStartPre=+/bin/mkdir -p -m 0700 {DEFAULT_RW[1:]}",
+                        f"ExecStartPre=+/bin/mkdir -p -m 0700 {data}")
     if xdg_data_home:
         text = text.replace("[Service]\n", f"[Service]\nEnvironment=XDG_DATA_HOME={xdg_data_home}\n", 1)
     return text
