@@ -20,6 +20,8 @@ else
 fi || { echo "guest: cannot mount the results directory"; exit 1; }
 exec >> "$DESK_OUT/guest.log" 2>&1
 echo "guest: results directory mounted at $(cut -d' ' -f1 /proc/uptime) s"
+set -x  # the steps below, with their times, in guest.log
+PS4='+ $(cut -d" " -f1 /proc/uptime) s: '
 # The test user must reach the interpreter, the venv and the repository: a parent directory
 # the host keeps private (/root) is opened with an overlay whose copy has o+x.
 n=0
@@ -29,7 +31,7 @@ for top in "$DESK_BASE" "$DESK_VENV" "$DESK_REPO"; do
         d=$(dirname "$d")
         if [ "$d" != / ] && [ $(( 0$(stat -c %a "$d") & 1 )) = 0 ] && ! grep -q " $d overlay " /proc/mounts; then
             n=$((n + 1)); mkdir -p /run/desk-ov/$n/u /run/desk-ov/$n/w
-            mount -t overlay overlay -o "lowerdir=$d,upperdir=/run/desk-ov/$n/u,workdir=/run/desk-ov/$n/w" "$d" && chmod o+x "$d"
+            timeout 60 mount -t overlay overlay -o "lowerdir=$d,upperdir=/run/desk-ov/$n/u,workdir=/run/desk-ov/$n/w" "$d" && chmod o+x "$d"
         fi
     done
 done
@@ -40,7 +42,7 @@ for _ in $(seq 300); do
     sleep 0.2
 done
 mkdir -p /run/desk-py
-mount -t ext4 -o ro "$disk" /run/desk-py || { echo "guest: cannot mount the Python image ($disk)"; exit 1; }
+timeout 60 mount -t ext4 -o ro "$disk" /run/desk-py || { echo "guest: cannot mount the Python image ($disk)"; exit 1; }
 mount --bind /run/desk-py/base "$DESK_BASE"
 mount --bind /run/desk-py/venv "$DESK_VENV"
 # the test user: a real account in copies of the account files
@@ -55,6 +57,7 @@ install -d -m 700 -o 4242 -g 4242 /home/desk
 mkdir -p /run/udev/rules.d && cp "$DESK_REPO"/udev/*.rules /run/udev/rules.d/
 systemctl start systemd-udevd.service
 udevadm settle --timeout=60
+set +x
 echo "guest: udev ready at $(cut -d' ' -f1 /proc/uptime) s"
 export DESK_RESULTS="$DESK_OUT/results.json" HOME=/root TOKENAGENT_DESK_GUEST=1 TOKENAGENT_DESK_SYSTEMD=1 \
     TOKENAGENT_STRICT_SKIPS="$DESK_STRICT" PYTHONDONTWRITEBYTECODE=1 PATH=/usr/sbin:/usr/bin:/sbin:/bin

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 from deskkit import SETTLE, UhidToken, run
 
-pytestmark = [pytest.mark.desk, pytest.mark.desk_systemd, pytest.mark.timeout(1800)]  # the host waits for the guest
+# the host side waits for the whole guest
+pytestmark = [pytest.mark.desk, pytest.mark.desk_systemd, pytest.mark.timeout(1800)]
 
 USER, UID = "desk", 4242
 HOME = Path("/home/desk")
