@@ -9,7 +9,7 @@ echo "guest: systemd up, tests start at $(cut -d' ' -f1 /proc/uptime) s"
 for kv in $(tr ' ' '\n' < /proc/cmdline | grep -E '^(DESK_[A-Z]+|virtme_initmount0(_fstype)?)='); do
     export "${kv?}"
 done
-modprobe -a virtio_scsi sd_mod ext4 uhid overlay 9p 9pnet_virtio 2>&1
+modprobe -a 9p 9pnet_virtio 2>&1
 mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs -o mode=1777 tmpfs /var/tmp
 mount -t tmpfs -o mode=755 tmpfs /home
 mkdir -p "$DESK_OUT"
@@ -22,6 +22,7 @@ exec >> "$DESK_OUT/guest.log" 2>&1
 echo "guest: results directory mounted at $(cut -d' ' -f1 /proc/uptime) s"
 set -x  # the steps below, with their times, in guest.log
 PS4='+ $(cut -d" " -f1 /proc/uptime) s: '
+modprobe -a virtio_scsi sd_mod ext4 uhid overlay
 # The test user must reach the interpreter, the venv and the repository: a parent directory
 # the host keeps private (/root) is opened with an overlay whose copy has o+x.
 n=0
@@ -36,13 +37,14 @@ for top in "$DESK_BASE" "$DESK_VENV" "$DESK_REPO"; do
     done
 done
 disk=""
-for _ in $(seq 300); do
+for _ in $(seq 100); do
     disk=$(ls /dev/disk/by-id/*virtme* /dev/sd? /dev/vd? 2>/dev/null | head -1)
     [ -n "$disk" ] && break
     sleep 0.2
 done
 mkdir -p /run/desk-py
-timeout 60 mount -t ext4 -o ro "$disk" /run/desk-py || { echo "guest: cannot mount the Python image ($disk)"; exit 1; }
+timeout 60 mount -t ext4 -o ro "$disk" /run/desk-py || {
+    echo "guest: cannot mount the Python image ($disk)"; lsmod; ls -l /sys/block /sys/bus/virtio/devices; dmesg | tail -40; exit 1; }
 mount --bind /run/desk-py/base "$DESK_BASE"
 mount --bind /run/desk-py/venv "$DESK_VENV"
 # the test user: a real account in copies of the account files
