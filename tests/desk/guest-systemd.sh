@@ -22,7 +22,7 @@ exec >> "$DESK_OUT/guest.log" 2>&1
 echo "guest: results directory mounted at $(cut -d' ' -f1 /proc/uptime) s"
 set -x  # the steps below, with their times, in guest.log
 PS4='+ $(cut -d" " -f1 /proc/uptime) s: '
-modprobe -a virtio_scsi sd_mod ext4 uhid overlay
+modprobe -a virtio_blk virtio_scsi sd_mod ext4 uhid overlay
 # The test user must reach the interpreter, the venv and the repository: a parent directory
 # the host keeps private (/root) is opened with an overlay whose copy has o+x.
 n=0
