@@ -424,3 +424,24 @@ def test_discovery_reads_a_yubikeys_serial_over_its_fido_interface(client: Clien
     other = CtapHidDevice(HidDescriptor("other", 0x20A0, 0x42B1, 64, 64, "another maker", None),
                           InterruptHid(client))
     assert device_serial(other) is None  # not a YubiKey: nothing asked
+
+
+def test_cli_refuses_two_usb_identities_and_says_why_a_port_is_taken(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tmp_path.chmod(0o700)
+    command = [sys.executable, "-m", "tokenagent._cli.entry", "virtual-token", "run", "--state",
+               str(tmp_path / "t.json")]
+    both = subprocess.run([*command, "--usbip", "--uhid"], capture_output=True, text=True, timeout=120)
+    assert both.returncode != 0 and "Traceback" not in both.stderr
+    assert "--uhid and --usbip" in both.stderr and len(both.stderr.strip().splitlines()) == 1, both.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = subprocess.run([*command, "--usbip", "--usbip-port", str(port)], capture_output=True, text=True,
+                              timeout=120)
+    assert busy.returncode != 0 and "Traceback" not in busy.stderr
+    assert "cannot plug in the USB/IP device" in busy.stderr and len(busy.stderr.strip().splitlines()) == 1, \
+        busy.stderr
