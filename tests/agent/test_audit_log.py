@@ -304,3 +304,32 @@ def test_the_audit_command_filters_and_reads_rotated_files(tmp_path: Path) -> No
     empty = cli(home, "audit", "--json")
     assert empty.returncode == 0 and json.loads(empty.stdout)["records"] == []
 
+
+
+# --- an audit log that is not a regular file ------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["FIFO", "directory"])
+def test_an_audit_log_that_is_not_a_file_blocks_nothing_and_releases_nothing(agent_home: Path, kind: str) -> None:
+    """A FIFO (nothing reading it) or a directory at the audit log's path: the agent starts, says so,
+    answers status and lock, and refuses every get with that reason on both sockets (no hang: each
+    client has a timeout)."""
+    log = agent_home / "data" / "audit.log"
+    if kind == "FIFO":
+        os.mkfifo(log, 0o600)
+    else:
+        log.mkdir()
+    agent = start_agent(agent_home)
+    try:
+        done = agent.cli("unlock", "v1", "--password-file", password_file(agent_home), timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert fast_get(agent, "v1", "c")[0] is None  # not released by the get socket
+        answer = json_get(agent, "v1", "c")
+        assert answer["ok"] is False and f"is a {kind.lower()}, not a regular file" in answer["message"].lower()
+        assert "remove it" in answer["message"] and str(log) in answer["message"]
+        got = agent.cli("get", "v1", "--context", "c", timeout=30)
+        assert got.returncode != 0 and "not a regular file" in got.stderr and "Traceback" not in got.stderr
+        assert agent.cli("status", timeout=30).returncode == 0
+        assert agent.cli("lock", "--all", timeout=30).returncode == 0
+        assert "not a regular file" in agent.log_text()  # said at start
+    finally:
+        agent.stop()

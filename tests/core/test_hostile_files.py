@@ -128,3 +128,81 @@ def test_secret_files_naming_dev_zero_are_refused_not_read_forever(tmp_path: Pat
     r = run(home, "init", "v", "--password", "--password-file", str(pw), "--import-secret", "/dev/zero")
     assert r.returncode == 2 and "more than 4096" in r.stderr and "Traceback" not in r.stderr
     assert not (home / "data" / "vaults" / "v.vault").exists()
+
+
+# --- other files the CLI and the agent open by a user's path: regular files only, with a size cap ------
+
+def _sparse(path: Path, size: int = 100 << 20) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)  # 100 MB that take no disk
+    return path
+
+
+def _one_clean_line(r: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert all(w in r.stderr for w in words), r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "directory", "/dev/zero", "huge"])
+def test_piv_cert_files_are_small_regular_files(tmp_path: Path, fifo: Path, kind: str) -> None:
+    """``--piv-cert``: a FIFO with no writer must not hang the CLI (the run has a timeout), a device or
+    a directory is refused by name, and a 100 MB file is refused without being read."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    given = {"FIFO": str(fifo), "directory": str(tmp_path), "/dev/zero": "/dev/zero",
+             "huge": str(_sparse(tmp_path / "big.pem"))}[kind]
+    r = run(home, "init", "v", "--piv", "--piv-cert", given)
+    _one_clean_line(r, given, "larger than" if kind == "huge" else "not a regular file")
+    assert not (home / "data" / "vaults" / "v.vault").exists()
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "huge", "directory"])
+@pytest.mark.parametrize("option", ["--import-secret", "--password-file"])
+def test_secret_files_never_block_at_open(tmp_path: Path, fifo: Path, kind: str, option: str) -> None:
+    """Secret files may be pipes (a script's ``<(pass show x)``), so a FIFO is read, not refused; one
+    with nothing writing must not hang the CLI (the run has a timeout): it reads as empty."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    pw = tmp_path / "pw"
+    pw.write_text("a long enough password for the policy 4711\n")
+    given = {"FIFO": str(fifo), "huge": str(_sparse(tmp_path / "big")), "directory": str(tmp_path)}[kind]
+    args = ["--password-file", str(pw), "--import-secret", given] if option == "--import-secret" else [
+        "--password-file", given]
+    r = run(home, "init", "v", "--password", *args)
+    code, said = {"FIFO": (2, "not 0") if option == "--import-secret" else (4, "no more lines"),
+                  "huge": (2, "more than"), "directory": (2, "Is a directory")}[kind]
+    assert r.returncode == code and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (home / "data" / "vaults" / "v.vault").exists()
+
+
+def test_a_fifo_as_config_toml_does_not_hang(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "config").mkdir(parents=True, mode=0o700)
+    os.chmod(home, 0o700)
+    os.mkfifo(home / "config" / "config.toml", 0o600)
+    r = run(home, "config", "check")
+    _one_clean_line(r, str(home / "config" / "config.toml"), "FIFO, not a regular file")
+    agent = subprocess.run([sys.executable, "-m", "tokenagent._cli.entry", "agent"], capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL,
+                           env={**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1"})
+    assert agent.returncode != 0 and "config.toml is a FIFO" in agent.stderr and "Traceback" not in agent.stderr
+
+
+def test_a_huge_config_toml_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "config").mkdir(parents=True, mode=0o700)
+    os.chmod(home, 0o700)
+    _sparse(home / "config" / "config.toml")
+    _one_clean_line(run(home, "config", "check"), "config.toml", "larger than")
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "huge"])
+def test_cryptomator_masterkey_files_are_small_regular_files(tmp_path: Path, fifo: Path, kind: str) -> None:
+    """Read in a child process: on the old code the FIFO blocked the open for ever (the timeout fails it)."""
+    given = str(fifo) if kind == "FIFO" else str(_sparse(tmp_path / "masterkey.cryptomator"))
+    code = ("import sys\nfrom tokenagent.errors import TokenAgentError\nfrom tokenagent.integrations import cryptomator\n"
+            "try:\n    cryptomator.read_masterkey(sys.argv[1])\nexcept TokenAgentError as err:\n    print(err)\n")
+    r = subprocess.run([sys.executable, "-c", code, given], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert ("not a regular file" if kind == "FIFO" else "too large") in r.stdout, r.stdout

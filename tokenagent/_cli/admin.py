@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from .._files import open_secret_stream
 from ..errors import LastSlot, TokenNotPresent, UsageError, VaultExists, VaultFormatError
 from ..factors.base import REGISTRY, Factor, FactorContext
 from ..plugins import load_factor_types
@@ -271,8 +272,8 @@ def _read_import(path: str) -> bytearray:
     try:  # at most one byte more than a secret can be: /dev/zero or a huge file is refused, not read for ever
         if path == "-":
             data = bytearray(sys.stdin.buffer.read(4098))
-        else:
-            with open(path, "rb") as f:
+        else:  # a FIFO with no writer is not waited on: it reads as empty
+            with open_secret_stream(path) as f:
                 data = bytearray(f.read(4098))
     except OSError as err:
         raise UsageError(f"--import-secret {path}: {err.strerror}") from None

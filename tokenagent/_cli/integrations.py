@@ -186,9 +186,9 @@ def adopt(vault_dir: Path, name: str, cryptomator_password_file: str | None, kee
         raise VaultExists(f"a vault named {name!r} exists already; choose another --name")
     config = cm.read_config(vault_dir)
     mk_path = cm.masterkey_path(vault_dir, config)
-    mk_bytes = mk_path.read_bytes() if mk_path.exists() else None
-    if mk_bytes is None:
+    if not os.path.lexists(mk_path):
         raise UsageError(f"{mk_path} is not there: was this vault adopted already?")
+    mk_bytes = cm.read_small(mk_path, "the masterkey file")
     password = _ask("--cryptomator-password-file", cryptomator_password_file,
                     SecretRequest("password", f"Cryptomator password of {vault_dir}"))
     with progress(f"opening {cm.MASTERKEY_NAME} with its password (scrypt)", quiet=kw["as_json"]):
@@ -204,7 +204,7 @@ def adopt(vault_dir: Path, name: str, cryptomator_password_file: str | None, kee
     cm.write_new_file(_record_path(name), json.dumps(record, indent=2).encode() + b"\n")
     moved = False
     if not keep_masterkey:
-        if kept.read_bytes() != mk_bytes:
+        if cm.read_small(kept, "the kept masterkey file") != mk_bytes:
             raise UsageError(f"the copy {kept} does not match {mk_path}; the original was left in place")
         if placeholder:  # tools such as pycryptomator open the file even when given the keys
             cm.replace_with_placeholder(mk_path, name)

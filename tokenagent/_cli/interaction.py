@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import click
 
+from .._files import open_secret_stream
 from ..errors import Cancelled, NotMine, UsageError
 from ..factors.base import Answers, DeviceProvider, FactorContext, Interaction, SecretRequest
 from ..factors.password import test_costs_allowed
@@ -40,7 +41,7 @@ class SecretLines:
         if self._lines is None:
             stream: IO[bytes]
             try:
-                stream = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")
+                stream = sys.stdin.buffer if self.path == "-" else open_secret_stream(self.path)
             except OSError as err:
                 raise UsageError(f"{self.option} {self.path}: {err.strerror}") from None
             try:

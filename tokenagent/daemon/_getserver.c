@@ -335,13 +335,21 @@ static int audit_append(const char *line, size_t n)
     if (audit_path == NULL)
         return 0;
     if (audit_fd < 0) {
-        audit_fd = open(audit_path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+        /* O_NONBLOCK: a FIFO planted at the path must not block this thread (and the mutex the
+         * agent socket's writer waits on); anything but a regular file is refused (daemon/audit.py) */
+        audit_fd = open(audit_path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
+                        0600);
         if (audit_fd < 0)
             return -1;
         if (fstat(audit_fd, &st) != 0) {
             err = errno;
             audit_close();
             errno = err;
+            return -1;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            audit_close();
+            errno = ENXIO;
             return -1;
         }
         audit_size = st.st_size;

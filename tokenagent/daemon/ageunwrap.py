@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..errors import AgentError, TokenAgentError, UsageError
+from ..errors import TokenAgentError, UsageError
 from ..vault.crypto import hkdf
 from ..vault.identities import age_x25519_key, check_label
 
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 
 X25519_INFO = b"age-encryption.org/v1/X25519"
 MAX_STANZAS = 64
-_AUDIT_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _stanzas(value: Any) -> list[tuple[bytes, bytes]]:
@@ -109,11 +107,4 @@ def _audit(state: AgentState, vault: str, label: str, peer: Peer, error: str | N
     line = json.dumps({"op": "age-unwrap", "time": round(time.time(), 3), "vault": vault, "key": label,
                        "ok": error is None, "error": error, "stanza": index, "pid": peer.pid, "uid": peer.uid,
                        "exe": peer.exe, "parent_exe": peer.parent_exe}, sort_keys=True) + "\n"
-    try:
-        fd = os.open(state.audit_path, _AUDIT_FLAGS, 0o600)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-    except OSError as err:  # fail closed: no file key without its audit line
-        raise AgentError(f"cannot write the audit log {state.audit_path}: {err.strerror}") from None
+    state.write_audit(line.encode())  # the agent's one audit writer (whole lines, rotation); fails closed

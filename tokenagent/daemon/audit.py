@@ -17,6 +17,11 @@ new file. The get socket never rotates: a line that would pass the cap there is 
 the request is sent to the agent socket ("ask the agent socket"), whose write rotates first.
 Lines written between the rename and the reopen go to the end of ``audit.log.1``: they are
 older than the line that rotated, so the order across the files is kept.
+
+The log is a regular file or nothing is written: both writers open it with ``O_NONBLOCK`` (a FIFO
+planted at the path would block the open, and with it the agent, until someone read it) and
+refuse anything that ``fstat`` does not call a regular file. The agent keeps running and says so
+at start (``check_path``); every get is refused, with that reason, until the thing is removed.
 """
 
 from __future__ import annotations
@@ -25,14 +30,19 @@ import contextlib
 import errno
 import json
 import os
+import stat
 from collections.abc import Iterator
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, Protocol
 
+from .._files import not_regular, open_regular
+from ..errors import UnsafePath
+
 FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 DEFAULT_MAX_SIZE = 16 * 1024 * 1024
 DEFAULT_KEEP = 4
+ADVICE = "remove it (the agent then starts a new log); until then no key is released"
 
 # One JSON object per line, keys sorted. The get socket writes the same line for its releases
 # (tests/vectors/get-socket pins both to this format).
@@ -79,7 +89,7 @@ class AuditLog:
                 self.native.audit_write(line)  # an empty file takes any line
             return
         if self._fd is None:
-            self._fd = os.open(self.path, FLAGS, 0o600)
+            self._fd = open_regular(self.path, FLAGS, follow=False, what="the audit log", advice=ADVICE)
             self._size = os.fstat(self._fd).st_size
         if self.max_size > 0 and self._size > 0 and self._size + len(line) > self.max_size:
             os.fsync(self._fd)
@@ -111,6 +121,27 @@ class AuditLog:
             self._fd = None
 
 
+def check_path(path: os.PathLike[str] | str) -> str | None:
+    """Why nothing can be written at ``path`` (something there that is not a regular file), or None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # absent (made at the first line) or unreadable (the write says why)
+    if stat.S_ISLNK(st.st_mode):
+        return f"the audit log {os.fspath(path)} is a symbolic link; tokenagent refuses it: {ADVICE}"
+    if not stat.S_ISREG(st.st_mode):
+        return not_regular(os.fspath(path), st.st_mode, "the audit log", ADVICE).message
+    return None
+
+
+def write_refusal(path: os.PathLike[str] | str, err: OSError | UnsafePath) -> str:
+    """The one line that says why a line could not go into the log at ``path``."""
+    if isinstance(err, UnsafePath):
+        return err.message
+    return check_path(path) or (f"cannot write the audit log {os.fspath(path)}: {err.strerror or err};"
+                                " nothing is released without its audit line")
+
+
 def rotated_name(path: str, index: int) -> str:
     return path if index == 0 else f"{path}.{index}"
 
@@ -133,7 +164,7 @@ def read_records(path: os.PathLike[str] | str) -> Iterator[dict[str, Any]]:
     """Every line of the log and its rotated files, oldest first; a line that is not a JSON object
     (from a damaged file) is given as ``{"unreadable": TEXT}``."""
     for name in log_files(path):
-        with open(name, "rb") as f:
+        with os.fdopen(open_regular(name, follow=False, what="the audit log", advice="remove it"), "rb") as f:
             for raw in f:
                 text = raw.decode("utf-8", "replace").rstrip("\n")
                 if not text:

@@ -45,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import paths
-from ..errors import UsageError
+from .._files import FileTooLarge, read_regular
+from ..errors import UnsafePath, UsageError
 from ..factors.quality import PasswordPolicy
 
+MAX_CONFIG_BYTES = 1 << 20  # config.toml: far more than any configuration needs
 MAX_SECONDS = 10 * 366 * 86400  # a TTL, grace or wait beyond ten years is a mistake (and overflows clocks)
 _SECONDS = ("idle_ttl", "max_ttl", "removal_grace", "touch_timeout", "client_idle_timeout")
 
@@ -144,10 +146,14 @@ def _check(table: dict[str, Any], allowed: dict[str, Any], where: str) -> None:
 
 def load_config(path: Path | None = None) -> AgentConfig:
     path = path or paths.config_dir() / "config.toml"
-    try:
-        raw = tomllib.loads(path.read_text())
+    try:  # a regular file only (a FIFO there must not block the agent or the CLI), of a sane size
+        raw = tomllib.loads(read_regular(path, MAX_CONFIG_BYTES, what="the configuration file").decode())
     except FileNotFoundError:
         return AgentConfig()
+    except (UnsafePath, FileTooLarge) as err:
+        raise UsageError(f"{err.message}") from None
+    except OSError as err:
+        raise UsageError(f"config {path}: {err.strerror or err}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"config {path}: {err}") from None
     agent = raw.pop("agent", {})

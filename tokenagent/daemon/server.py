@@ -34,6 +34,7 @@ from ..errors import AgentBusy, AgentError, TokenAgentError, VaultLocked
 from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request, Response
 from ..vault import VaultStore, wipe
 from . import plug
+from .audit import check_path as audit_path_problem
 from .config import AgentConfig, load_config, unknown_vault_sections
 from .getsocket import GetSocket
 from .hardening import harden_process
@@ -543,6 +544,8 @@ def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None
     load_factor_types()
     data = paths.ensure_private_dir(paths.data_dir())
     state = AgentState(VaultStore(), config, audit_path=data / "audit.log" if config.audit else None)
+    if state.audit_path is not None and (problem := audit_path_problem(state.audit_path)):
+        log.warning("%s", problem)  # the agent runs on: status and lock work, gets are refused with this reason
     ssh_socket = SshSocket.bind(Path(name), state) if config.ssh_socket and isinstance(name, str) and name else None
     server = AgentServer(state, sock, path, get_socket, ssh_socket)
     log.info("memory protection: %s", ", ".join(k for k, v in hardened.items() if v) or "none available")

@@ -29,6 +29,7 @@ from ..errors import (
     AgentError,
     PolicyError,
     TokenAgentError,
+    UnsafePath,
     Unsupported,
     UsageError,
     VaultLocked,
@@ -39,7 +40,7 @@ from ..protocol import OPS, SUPPORTED_VERSIONS, VERSION, Event, Request, Respons
 from ..vault import Vault, VaultStore, check_name, derive_subkey, verify, wipe
 from ..vault.operations import is_token_slot
 from . import peers
-from .audit import AuditLog, audit_line
+from .audit import AuditLog, audit_line, write_refusal
 from .config import AgentConfig, VaultPolicy, check_seconds
 from .hardening import lock_in_memory, unlock_memory
 
@@ -406,9 +407,8 @@ class AgentState:
                                        self.mirror)
         try:
             self._audit_log.write(line)
-        except OSError as err:
-            raise AgentError(f"cannot write the audit log {self.audit_path}: {err.strerror or err};"
-                             " nothing is released without its audit line") from None
+        except (OSError, UnsafePath) as err:
+            raise AgentError(write_refusal(self.audit_path, err)) from None
 
     def close_audit(self) -> None:
         if self._audit_log is not None:

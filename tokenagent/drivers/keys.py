@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .._files import read_small_file
 from ..errors import UsageError
 
 
@@ -18,12 +18,12 @@ def spki_sha256(public: Any) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+MAX_KEY_FILE_BYTES = 1 << 20  # a certificate or public key file (even a long chain is far smaller)
+
+
 def load_public_key(path: str) -> Any:
     """A certificate or public key file (PEM or DER)."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise UsageError(f"cannot read {path}: {err.strerror}") from None
+    data = read_small_file(path, MAX_KEY_FILE_BYTES, "the certificate or public key file")
     loaders = (lambda d: x509.load_pem_x509_certificate(d).public_key(),
                lambda d: x509.load_der_x509_certificate(d).public_key(),
                serialization.load_pem_public_key, serialization.load_der_public_key)

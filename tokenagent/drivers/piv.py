@@ -34,12 +34,12 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from .._files import read_small_file
 from ..errors import (
     Cancelled,
     NotSupported,
@@ -333,8 +333,9 @@ class PivFactor(Factor):
         key_file = options.get("piv_management_key_file")
         if key_file:
             try:
-                management_key, which = bytes.fromhex(Path(str(key_file)).read_text().strip()), "given"
-            except (OSError, ValueError):
+                text = read_small_file(str(key_file), 4096, "the management key file").decode()
+                management_key, which = bytes.fromhex(text.strip()), "given"
+            except (UnicodeDecodeError, ValueError):
                 raise UsageError(f"{key_file}: expected the management key in hex") from None
         else:
             stored = _protected_management_key(session, ctx, name)

@@ -44,7 +44,8 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from ..errors import ForeignFormatError, UsageError, WrongSecret
+from .._files import FileTooLarge, read_regular
+from ..errors import ForeignFormatError, UnsafePath, UsageError, WrongSecret
 from ..factors.params import no_duplicates, strict_b64
 
 CONFIG_NAME = "vault.cryptomator"
@@ -125,7 +126,7 @@ def parse_config(data: bytes) -> VaultConfig:
 
 
 def read_config(vault_dir: str | Path) -> VaultConfig:
-    return parse_config(_read_small(Path(vault_dir) / CONFIG_NAME, "the vault configuration"))
+    return parse_config(read_small(Path(vault_dir) / CONFIG_NAME, "the vault configuration"))
 
 
 def verify_config(config: VaultConfig, keys: bytes | bytearray) -> None:
@@ -203,7 +204,7 @@ def parse_masterkey(data: bytes) -> MasterkeyFile:
 
 
 def read_masterkey(path: str | Path) -> MasterkeyFile:
-    return parse_masterkey(_read_small(Path(path), "the masterkey file"))
+    return parse_masterkey(read_small(Path(path), "the masterkey file"))
 
 
 def unwrap_masterkey(mk: MasterkeyFile, password: str) -> bytearray:
@@ -320,19 +321,21 @@ def _check_raw(keys: bytes | bytearray) -> None:
         raise UsageError(f"a Cryptomator key is {RAW_LEN} bytes (encryption key + MAC key), not {len(keys)}")
 
 
-def _read_small(path: Path, what: str) -> bytes:
+def read_small(path: Path, what: str) -> bytes:
+    """A Cryptomator file: a regular file (a FIFO or a device is refused, not waited on) of at most
+    ``MAX_FILE_BYTES``."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        return read_regular(path, MAX_FILE_BYTES, what=what)
     except FileNotFoundError:
         raise UsageError(f"{path} not found: is this a Cryptomator vault folder ({what})?") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not {what}") from None
     except PermissionError:
         raise UsageError(f"{path} cannot be read (permission denied)") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ForeignFormatError(f"{path} is too large to be {what}")
-    return data
+    except OSError as err:
+        raise UsageError(f"{path}: {err.strerror or err}") from None
+    except UnsafePath as err:
+        raise UsageError(err.message) from None
+    except FileTooLarge:
+        raise ForeignFormatError(f"{path} is too large to be {what}") from None
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
