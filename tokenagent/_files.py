@@ -117,5 +117,9 @@ def read_small_file(path: str | Path, max_bytes: int, what: str, advice: str = "
         return read_regular(path, max_bytes, what=what, advice=advice)
     except (UnsafePath, FileTooLarge) as err:
         raise UsageError(err.message) from None
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} not found") from None
+    except PermissionError:
+        raise UsageError(f"{what} {path} cannot be read (permission denied)") from None
     except OSError as err:
-        raise UsageError(f"cannot read {what} {path}: {err.strerror or err}") from None
+        raise UsageError(f"{what} {path} cannot be read ({err.strerror or type(err).__name__})") from None

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-from ..errors import NotMine, UnsafePath, UsageError, VaultExists, VaultFormatError
+from ..errors import NotMine, UsageError, VaultExists, VaultFormatError
 from .base import Factor, FactorContext, JSONValue, register
 from .params import expect_hex, expect_keys, expect_str
 
@@ -158,19 +158,9 @@ def resolve_hint(hint: str) -> str:
 def read_keyfile(path: str | Path) -> bytearray:
     """The KeePass key of the key file at ``path``: a regular file (never a FIFO or a device) of at
     most MAX_KEYFILE_BYTES, so a path planted in a vault file cannot make the reader hang."""
-    from .._files import FileTooLarge, read_regular
+    from .._files import read_small_file
 
-    try:
-        data = read_regular(path, MAX_KEYFILE_BYTES, what="key file")
-    except FileNotFoundError:
-        raise UsageError(f"key file {path} not found") from None
-    except PermissionError:
-        raise UsageError(f"key file {path} cannot be read (permission denied)") from None
-    except OSError as err:
-        raise UsageError(f"key file {path} cannot be read ({err.strerror or type(err).__name__})") from None
-    except (UnsafePath, FileTooLarge) as err:
-        raise UsageError(err.message) from None
-    return bytearray(keepass_key(data))
+    return bytearray(keepass_key(read_small_file(path, MAX_KEYFILE_BYTES, "key file")))
 
 
 def _check(key: bytes | bytearray) -> str:
