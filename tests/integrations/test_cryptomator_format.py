@@ -214,3 +214,31 @@ def test_pycryptomator_key_arguments_never_look_like_options() -> None:
         assert not enc.startswith("-") and not mac.startswith("-")
         # decoded the way pycryptomator's tryDecode falls back to: urlsafe_b64decode
         assert base64.urlsafe_b64decode(enc) + base64.urlsafe_b64decode(mac) == keys
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "huge"])
+def test_adopt_refuses_a_masterkey_that_is_not_a_small_file(cm_vault: Path, tmp_path: Path, kind: str) -> None:
+    """``cryptomator adopt`` with masterkey.cryptomator replaced by a FIFO nobody writes (the run has
+    a timeout: the old code blocked in the open) or a 100 MB file (the old code read it whole)."""
+    import shutil
+
+    vault = tmp_path / "vault"
+    shutil.copytree(cm_vault, vault)
+    (vault / cm.MASTERKEY_NAME).unlink()
+    if kind == "FIFO":
+        os.mkfifo(vault / cm.MASTERKEY_NAME, 0o600)
+    else:
+        with open(vault / cm.MASTERKEY_NAME, "wb") as f:
+            f.truncate(100 << 20)
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    secrets = tmp_path / "secrets"
+    secrets.write_text(PASSWORD + "\n")
+    done = subprocess.run([sys.executable, "-m", "tokenagent._cli.entry", "cryptomator", "adopt", str(vault),
+                           "--name", "cm", "--password", "--password-file", str(secrets),
+                           "--cryptomator-password-file", str(secrets)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1"})
+    assert done.returncode != 0 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert ("not a regular file" if kind == "FIFO" else "too large") in done.stderr, done.stderr
+    assert not (home / "data" / "vaults" / "cm.vault").exists()

@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from .. import paths
-from ..errors import UsageError, VaultExists, VaultNotFound
+from .._files import FileTooLarge, read_regular
+from ..errors import UnsafePath, UsageError, VaultExists, VaultNotFound
 from ..factors.base import SecretRequest
 from ..integrations import cryptomator as cm
 from ..integrations import keepass
@@ -158,10 +159,12 @@ def _kept_masterkey(name: str) -> Path:
 
 def _record(name: str) -> dict[str, Any]:
     try:
-        return json.loads(_record_path(name).read_text())
+        return json.loads(read_regular(_record_path(name), cm.MAX_FILE_BYTES, follow=False, what="the record"))
     except FileNotFoundError:
         raise VaultNotFound(f"no adopted Cryptomator vault named {name!r}; see 'tokenagent cryptomator adopt'") \
             from None
+    except (UnsafePath, FileTooLarge) as err:
+        raise UsageError(err.message) from None
 
 
 @click.group()
