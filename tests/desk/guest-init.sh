@@ -1,7 +1,8 @@
 #!/bin/bash
 # The desk guest's first command (tests/desk/guest.py boots it with virtme-ng): put the Python
 # image over the interpreter's and the venv's paths, load uhid and loop, start systemd-udevd with
-# the project's rules, and run the tier's tests (their results go to $DESK_OUT/results.json).
+# the project's rules, and run the tier's tests (their results go to $DESK_OUT/results.json) or the
+# bench script named in $DESK_OUT/script.
 set -u
 echo "guest: up at $(cut -d' ' -f1 /proc/uptime) s"
 modprobe -a virtio_scsi sd_mod ext4 uhid loop dm_crypt vhci-hcd 2>&1
@@ -26,6 +27,12 @@ echo "guest: udev ready at $(cut -d' ' -f1 /proc/uptime) s"
 export DESK_RESULTS="$DESK_OUT/results.json" HOME=/tmp/desk-home TOKENAGENT_DESK_GUEST=1 TOKENAGENT_STRICT_SKIPS="$DESK_STRICT" PYTHONDONTWRITEBYTECODE=1
 mkdir -p "$HOME"
 cd "$DESK_REPO" || exit 1
+read -r -a script < "$DESK_OUT/script"  # a bench script instead of the tests (guest.py's boot)
+if [ "${#script[@]}" -gt 0 ]; then
+    "$DESK_VENV/bin/python" "${script[@]}"
+    echo "guest: ${script[0]} exited $? at $(cut -d' ' -f1 /proc/uptime) s"
+    exit 0
+fi
 mapfile -t ids < "$DESK_OUT/nodeids"
 "$DESK_VENV/bin/python" -m pytest -q -p no:cacheprovider -m desk \
     --timeout 900 "${ids[@]}"

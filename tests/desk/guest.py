@@ -116,12 +116,24 @@ def run_guest(nodeids: list[str], out: Path, work: Path, systemd: bool = False) 
 
     ``systemd``: boot systemd as PID 1 (``vng --systemd``) with ``desk.target``, which
     ``systemd/desk-generator`` writes; its test runner is ``guest-systemd.sh`` (docs/desk.md)."""
+    (out / "nodeids").write_text("\n".join(nodeids) + "\n")
+    boot(out, work, systemd=systemd)
+    try:
+        results: dict[str, dict[str, object]] = json.loads((out / "results.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        results = {}
+    return results
+
+
+def boot(out: Path, work: Path, script: str = "", systemd: bool = False) -> None:
+    """Boot the guest once: guest-init.sh runs the tier's tests (out/nodeids), or, with ``script``
+    (a path in the repository and its arguments), that Python script instead (bench/plug_unlock_hid.py)."""
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "tokenagent"), str(REPO / "tests")],
                    capture_output=True)  # the guest's root is read-only: no bytecode written there
     started = time.monotonic()
     image = python_image(work)
     (out / "image-seconds").write_text(f"{time.monotonic() - started:.0f}\n")
-    (out / "nodeids").write_text("\n".join(nodeids) + "\n")
+    (out / "script").write_text(script + "\n")
     env_prefix = (f"DESK_OUT={out} DESK_REPO={REPO} DESK_BASE={sys.base_prefix} DESK_VENV={sys.prefix}"
                   f" DESK_STRICT={os.environ.get('TOKENAGENT_STRICT_SKIPS', '0')}")
     command = f"{env_prefix} bash {GUEST_INIT} > {out}/guest.log 2>&1"
@@ -143,11 +155,6 @@ def run_guest(nodeids: list[str], out: Path, work: Path, systemd: bool = False) 
         except subprocess.TimeoutExpired:
             pass
     (out / "wall-seconds").write_text(f"{time.monotonic() - started:.0f}\n")
-    try:
-        results: dict[str, dict[str, object]] = json.loads((out / "results.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        results = {}
-    return results
 
 
 def guest_log(out: Path) -> str:

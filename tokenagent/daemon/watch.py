@@ -37,7 +37,7 @@ from ..vault import VaultStore
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 3.0
 HID_POLL = 2.0  # without udev (containers): how often the hidraw devices are listed again
-HID_SETTLE = 0.3
+DISK_SETTLE = 0.3
 DISK_PREFIX = "disk:"  # a key disk, named by its filesystem UUID
 
 
@@ -78,11 +78,11 @@ class _Watcher:
 
     def _publish(self, now: set[str], reinserted: set[str] | None = None) -> None:
         again = reinserted or set()
-        for name in sorted((self.present - now) | again):
+        before, self.present = self.present, now  # first: a report's handler asks whether the token is present
+        for name in sorted((before - now) | again):
             self.loop.call_soon_threadsafe(self.report, "removed", name)
-        for name in sorted((now - self.present) | again):
+        for name in sorted((now - before) | again):
             self.loop.call_soon_threadsafe(self.report, "added", name)
-        self.present = now
 
 
 class PcscWatcher(_Watcher):
@@ -158,7 +158,7 @@ class HidWatcher(_Watcher):
             try:
                 if not self._wait_readable(monitor.fileno()) or monitor.poll(timeout=0) is None:
                     continue  # stopped, or nothing for us
-                time.sleep(HID_SETTLE)  # let the node get its permissions (udev rules)
+                # no settle wait: udev sends the event after its rules ran (permissions, uaccess ACL)
                 while monitor.poll(timeout=0) is not None:
                     pass
             except Exception as err:  # noqa: BLE001 - udev went away: fall back to polling
@@ -208,7 +208,7 @@ class KeyDiskWatcher(_Watcher):
                     log.debug("key disk watch: %s", err)
                 if not self._wait_readable(table.fileno(), select.POLLPRI):
                     break
-                time.sleep(HID_SETTLE)  # udev may still be making the by-uuid link
+                time.sleep(DISK_SETTLE)  # udev may still be making the by-uuid link
 
 
 def key_disks(store: VaultStore) -> set[str]:
