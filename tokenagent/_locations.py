@@ -224,3 +224,81 @@ def check_peer(sock: "socket.socket", path: str) -> None:
 def _not_running(path: str) -> str:
     return (f"no agent is running ({path} does not exist); start one: tokenagent agent"
             " (or systemctl --user start tokenagent.socket)")
+
+
+# --- the vault files' directory (paths.py wraps these in Path; the rules are documented there) ----------
+# Here with ``os`` alone so that ``tokenagent list`` and the shell completion of vault names (_cli/agentverbs.py)
+# find the names without pathlib, the error tree or the vault code.
+
+VAULT_SUFFIX = ".vault"  # vault/store.py's SUFFIX
+
+
+def as_path(path: str) -> str:
+    """``path`` as ``str(pathlib.PurePosixPath(path))`` spells it: repeated and trailing slashes and
+    ``.`` components dropped (so that messages name a directory as paths.py's Path objects do)."""
+    root = "//" if path.startswith("//") and not path.startswith("///") else "/" if path.startswith("/") else ""
+    return (root + "/".join(c for c in path.split("/") if c and c != ".")) or "."
+
+
+def _xdg(var: str, fallback: str) -> str:
+    value = os.environ.get(var)
+    if value and os.path.isabs(value):
+        return as_path(value)
+    home = os.path.expanduser("~")
+    if home.startswith("~"):  # as pathlib.Path.home()
+        raise RuntimeError("Could not determine home directory.")
+    return as_path(os.path.join(home, fallback))
+
+
+def data_dir() -> str:
+    """Vault files live here (not created by this call)."""
+    home = os.environ.get(ENV_HOME)
+    if home:
+        return as_path(os.path.join(home, "data"))
+    return os.path.join(_xdg("XDG_DATA_HOME", ".local/share"), "tokenagent")
+
+
+def config_dir() -> str:
+    home = os.environ.get(ENV_HOME)
+    if home:
+        return as_path(os.path.join(home, "config"))
+    return os.path.join(_xdg("XDG_CONFIG_HOME", ".config"), "tokenagent")
+
+
+def check_private_dir(path: str) -> None:
+    """Refuse a directory that is a symlink, not ours, or reachable by group/other."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise UnsafePath(f"{path} does not exist") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise UnsafePath(f"{path} is a symbolic link; tokenagent refuses it: replace it with a real directory")
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePath(f"{path} is not a directory; move it away")
+    if st.st_uid != os.getuid():
+        raise UnsafePath(f"{path} is owned by uid {st.st_uid}, not by you; tokenagent refuses to use it")
+    if st.st_mode & 0o077:
+        raise UnsafePath(f"{path} is open to other users (mode {stat.S_IMODE(st.st_mode):o}); run: chmod 700 {path}")
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create ``path`` (and missing parents) as 0700 if absent, then check it."""
+    if not os.path.lexists(path):
+        old = os.umask(0o077)
+        try:
+            os.makedirs(path, 0o700, exist_ok=True)
+        finally:
+            os.umask(old)
+    check_private_dir(path)
+    return path
+
+
+def vault_dir() -> str:
+    """The directory of vault files, created private on first use."""
+    return ensure_private_dir(os.path.join(ensure_private_dir(data_dir()), "vaults"))
+
+
+def vault_names(directory: str) -> list[str]:
+    """The vaults in ``directory``, from their file names (``NAME.vault``; not hidden files), sorted."""
+    suffix = VAULT_SUFFIX
+    return sorted(n[: -len(suffix)] for n in os.listdir(directory) if n.endswith(suffix) and not n.startswith("."))

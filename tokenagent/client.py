@@ -14,17 +14,20 @@ one: one binary request, no ``hello``, answered by the agent's native thread wit
 "ask the agent socket". Then, and without a get socket (an agent built without its C
 extension, or ``get_socket = false``), ``get`` uses the agent socket, which gives the refusal
 and its message, or waits.
+
+It imports no ``socket`` module (the C ``_socket`` object does all it needs), no ``base64`` (its
+``re``), no ``json`` (protocol.py's ``wirejson``) and, until something fails, no error tree: the
+verbs that only talk to the agent (``_cli/agentverbs.py``) start on it in a few milliseconds.
 """
 
 from __future__ import annotations
 
-import base64
+import _socket
+import binascii
 import os
-import socket
 import time
 
 from . import _locations
-from .errors import AgentError, AgentNotRunning, ProtocolError, UnsafePath, UsageError, error_for_code
 from .protocol import (
     CLOSED,
     HEADER,
@@ -41,14 +44,37 @@ from .protocol import (
 
 TYPE_CHECKING = False  # keep typing, pathlib and collections.abc out of "tokenagent get"
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable, Iterator
     from os import PathLike
     from types import TracebackType
     from typing import Any
 
+    from .errors import TokenAgentError
 
-class _ConnectionLost(ProtocolError):
-    """The connection ended (closed or reset) before the answer."""
+
+class _ConnectionLost(Exception):
+    """The connection ended (closed or reset) before the answer (a ProtocolError where it leaves the client)."""
+
+
+def _errors() -> Any:
+    """tokenagent.errors, imported when an error is raised or caught: an ``except _errors().X:`` clause
+    is evaluated only when something was raised (the success path never imports the tree)."""
+    from . import errors
+
+    return errors
+
+
+def _error(name: str, message: str) -> TokenAgentError:
+    """The error tree's class ``name`` for ``message``."""
+    cls: type[TokenAgentError] = getattr(_errors(), name)
+    return cls(message)
+
+
+def _agent_error(code: str, message: str) -> TokenAgentError:
+    from .errors import error_for_code
+
+    return error_for_code(code)(message)
 
 
 class AgentClient:
@@ -73,14 +99,14 @@ class AgentClient:
     def connect(self, hello: bool = True) -> None:
         for attempt in range(50):
             try:
-                sock = _locations.connect(self.path, self.timeout)
+                sock = _locations.connect(self.path, self.timeout, lean=True)
                 break
             except BlockingIOError:  # the agent's backlog is full for a moment: it is busy accepting
                 if attempt == 49:
-                    raise AgentNotRunning(f"the agent on {self.path} accepts no connection; is it stuck?") from None
+                    raise _error("AgentNotRunning", f"the agent on {self.path} accepts no connection; is it stuck?") from None
                 time.sleep(0.02)
             except OSError as err:
-                raise AgentNotRunning(f"cannot connect to the agent on {self.path}: {err.strerror or err}") from None
+                raise _error("AgentNotRunning", f"cannot connect to the agent on {self.path}: {err.strerror or err}") from None
         self._sock = sock
         self._conn = Connection("client")
         self._fresh = True
@@ -96,7 +122,7 @@ class AgentClient:
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes an events() reader blocked in another thread
+                sock.shutdown(_socket.SHUT_RDWR)  # wakes an events() reader blocked in another thread
             except OSError:
                 pass
             sock.close()
@@ -114,7 +140,7 @@ class AgentClient:
                 try:
                     data = sock.recv(65536)
                 except TimeoutError:
-                    raise AgentNotRunning("the agent did not answer in time") from None
+                    raise _error("AgentNotRunning", "the agent did not answer in time") from None
                 except OSError:
                     data = b""  # reset: as closed
                 self._conn.receive_data(data)
@@ -144,10 +170,10 @@ class AgentClient:
             except (OSError, _ConnectionLost) as err:
                 self._drop()
                 if not kept or attempt == 2:
-                    raise AgentError(f"the agent closed the connection ({_why(err)}); see its log"
-                                     " (journalctl --user -u tokenagent) and try again") from None
+                    raise _error("AgentError", f"the agent closed the connection ({_why(err)}); see its log"
+                                 " (journalctl --user -u tokenagent) and try again") from None
         if not message.ok:
-            raise error_for_code(message.error or "error")(message.message or message.error)
+            raise _agent_error(message.error or "error", message.message or message.error or "error")
         return message.data
 
     def _exchange(self, sock: socket.socket, request: Request, timeout: float | None) -> Response:
@@ -166,7 +192,7 @@ class AgentClient:
 
     def get(self, vault: str, context: str | None = None, wait: float | None = None) -> bytearray:
         if context is not None and not context:  # "" is no label: never read as "the key itself"
-            raise UsageError("a context label must not be empty (leave --context out for the key itself, where allowed)")
+            raise _error("UsageError", "a context label must not be empty (leave --context out for the key itself, where allowed)")
         key = self._get_fast(vault, context, wait)
         if key is not None:
             return key
@@ -178,7 +204,7 @@ class AgentClient:
             args["wait"] = wait
             timeout = wait + (self.timeout or 30.0)
         data = self.request("get", timeout=timeout, **args)
-        return bytearray(base64.b64decode(data["key"]))
+        return bytearray(binascii.a2b_base64(data["key"]))
 
     def _get_fast(self, vault: str, context: str | None, wait: float | None) -> bytearray | None:
         """The key from the get socket; None when the agent socket must answer instead."""
@@ -194,7 +220,7 @@ class AgentClient:
                 body = _read_frame(sock)
             except TimeoutError:
                 self.close()
-                raise AgentNotRunning("the agent did not answer in time") from None
+                raise _error("AgentNotRunning", "the agent did not answer in time") from None
             except OSError:
                 body = None
             if body is not None:
@@ -211,21 +237,20 @@ class AgentClient:
             return key
         if not code or (code == "locked" and wait):
             return None  # the agent socket answers: the refusal and its message, or it waits for the unlock
-        raise error_for_code(code)(message)
+        raise _agent_error(code, message)
 
     def _connect_get(self) -> socket.socket | None:
         path = _locations.get_socket(self.path)
         try:
-            sock = _locations.connect(path, self.timeout)
-        except UnsafePath:
-            raise
-        except (AgentNotRunning, OSError):
+            sock = _locations.connect(path, self.timeout, lean=True)
+        except (OSError, _errors().AgentNotRunning):  # UnsafePath goes up
             return None  # no get socket (this agent serves get on its own socket), stale, or busy
         self._get_sock = sock
         return sock
 
     def unlock(self, vault: str, key: bytes | bytearray, slot: str = "?", **ttl: float) -> dict[str, Any]:
-        return self.request("unlock", vault=vault, key=base64.b64encode(bytes(key)).decode(), slot=slot, **ttl)
+        return self.request("unlock", vault=vault, key=binascii.b2a_base64(bytes(key), newline=False).decode(), slot=slot,
+                            **ttl)
 
     def lock(self, vault: str) -> dict[str, Any]:
         return self.request("lock", vault=vault)
@@ -241,9 +266,11 @@ class AgentClient:
         while True:
             try:
                 message = self._read_message()
-            except (OSError, ProtocolError):
+            except (OSError, _ConnectionLost, _errors().ProtocolError) as err:
                 if self._sock is None:
                     return  # closed by close(): the stream ends
+                if isinstance(err, _ConnectionLost):
+                    raise _error("ProtocolError", str(err)) from None
                 raise
             if isinstance(message, Event):
                 yield {"event": message.name, **message.data}
@@ -262,7 +289,7 @@ def _read_frame(sock: socket.socket) -> bytearray | None:
         return None
     (length,) = HEADER.unpack(header)
     if length > MAX_FRAME:
-        raise ProtocolError("the agent's get socket sent an oversized answer")
+        raise _error("ProtocolError", "the agent's get socket sent an oversized answer")
     return _recv_exactly(sock, length)
 
 

@@ -13,20 +13,22 @@ error ``protocol``). A request length over ``MAX_FRAME`` loses the framing: it i
 
 ``Connection`` holds no socket: feed it bytes with ``receive_data``, take parsed messages
 from ``next_event`` (``NEED_DATA`` when a frame is incomplete), turn messages into bytes with
-``send``. It imports only the standard library and the error tree, so ``tokenagent get`` stays fast.
+``send``. It imports ``struct`` and ``wirejson`` (json's C half, without ``re``) and, only when a
+frame is refused, the error tree: the verbs that only talk to the agent start fast on it.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 
-from .errors import FrameError, FrameTooLarge
+from . import wirejson
 
 TYPE_CHECKING = False  # typing and dataclasses stay unimported: they cost "tokenagent get" ~20 ms
 if TYPE_CHECKING:
     from typing import Any, Final
 
+    from .errors import FrameError as FrameError  # re-exported (below, imported when first asked for)
+    from .errors import FrameTooLarge as FrameTooLarge
     from .errors import TokenAgentError
 
 VERSION: Final = 1
@@ -142,10 +144,32 @@ if TYPE_CHECKING:
     Message = Request | Response | Event
 
 
+def __getattr__(name: str) -> object:
+    """``FrameError`` and ``FrameTooLarge`` (the error tree's) for importers of this module; the tree
+    (enum, collections.abc) is imported when one is first asked for or raised, not with this module."""
+    if name in ("FrameError", "FrameTooLarge"):
+        from . import errors
+
+        return getattr(errors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _frame_error(message: str) -> Exception:
+    from .errors import FrameError
+
+    return FrameError(message)
+
+
+def _too_large(message: str, fatal: bool = False) -> Exception:
+    from .errors import FrameTooLarge
+
+    return FrameTooLarge(message, fatal=fatal)
+
+
 def encode(obj: dict[str, Any], limit: int = MAX_FRAME) -> bytes:
-    body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    body = wirejson.dumps(obj, compact=True, allow_nan=False).encode()
     if len(body) > limit:
-        raise FrameTooLarge(f"frame of {len(body)} bytes is over the {limit}-byte limit")
+        raise _too_large(f"frame of {len(body)} bytes is over the {limit}-byte limit")
     return HEADER.pack(len(body)) + body
 
 
@@ -156,28 +180,28 @@ def _reject_constant(name: str) -> Any:
 def decode_body(body: bytes, role: str) -> Message:
     """Parse one frame body; ``role`` is "server" (expects requests) or "client"."""
     try:
-        obj = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        obj = wirejson.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise FrameError("frame is not UTF-8 JSON") from None
+        raise _frame_error("frame is not UTF-8 JSON") from None
     if not isinstance(obj, dict):
-        raise FrameError("frame must hold a JSON object")
+        raise _frame_error("frame must hold a JSON object")
     if role == "server":
         op = obj.pop("op", None)
         request_id = obj.pop("id", None)
         if not isinstance(op, str) or not op or len(op) > 64:
-            raise FrameError("request needs an 'op' string")
+            raise _frame_error("request needs an 'op' string")
         if request_id is not None and (type(request_id) is not int or not 0 <= request_id < 2**53):
-            raise FrameError("request 'id' must be a non-negative integer")
+            raise _frame_error("request 'id' must be a non-negative integer")
         return Request(op, request_id, obj)
     if "event" in obj:
         name = obj.pop("event")
         if not isinstance(name, str):
-            raise FrameError("event name must be a string")
+            raise _frame_error("event name must be a string")
         return Event(name, obj)
     ok = obj.pop("ok", None)
     request_id = obj.pop("id", None)
     if not isinstance(ok, bool):
-        raise FrameError("response needs 'ok'")
+        raise _frame_error("response needs 'ok'")
     if ok:
         return Response(request_id, True, obj)
     return Response(request_id, False, {}, str(obj.get("error", "error")), str(obj.get("message", "")))
@@ -216,7 +240,7 @@ class FrameReader:
             self.broken = True
             limit = (f"over the {self.max_frame}-byte limit" if length > self.max_frame
                      else f"under the {self.min_frame}-byte minimum")
-            raise FrameTooLarge(f"{self.what} of {length} bytes is {limit}", fatal=True)
+            raise _too_large(f"{self.what} of {length} bytes is {limit}", fatal=True)
         if len(self._buffer) < HEADER.size + length:
             return CLOSED if self._eof else NEED_DATA
         body = bytes(self._buffer[HEADER.size : HEADER.size + length])

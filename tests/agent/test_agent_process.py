@@ -253,8 +253,9 @@ def test_cli_get_imports_no_heavy_module(agent: AgentProcess) -> None:
 
 
 def test_agent_verbs_import_no_heavy_module(agent: AgentProcess) -> None:
-    """status, lock and events only talk to the agent: like get, they start without click, the vault
-    code or any driver (tokenagent/_cli/agentverbs.py), and they answer as the click commands did."""
+    """status, lock and events only talk to the agent, list reads vault names: like get, they start
+    without click, the vault code or any driver (tokenagent/_cli/agentverbs.py), and they answer as
+    the click commands did."""
     unlock(agent)
     env = {**os.environ, "TOKENAGENT_HOME": str(agent.home), **agent.env()}
     heavy = {"click", "cryptography", "fido2", "yubikit", "ykman", "smartcard", "pkcs11"}
@@ -276,6 +277,18 @@ def test_agent_verbs_import_no_heavy_module(agent: AgentProcess) -> None:
     unknown, imported = run("lock", "nosuch", "--json")
     assert unknown.returncode != 0 and json.loads(unknown.stdout)["error"] == "vault-not-found"
     assert not imported & heavy
+    # nor the JSON module (wirejson), the socket module, pathlib, typing or the error tree, beyond what
+    # this interpreter's start-up imports anyway (an editable install's finder imports some)
+    bare = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    at_start = {line.rsplit("|", 1)[-1].strip() for line in bare.stderr.splitlines() if line.startswith("import time:")}
+    lean = {"json", "socket", "selectors", "base64", "re", "enum", "typing", "pathlib", "tokenagent.errors"}
+    for args in (("status", "--json"), ("status",), ("lock", "v1"), ("list",), ("list", "--json")):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "tokenagent._cli.entry", *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+        names = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+        assert done.returncode == 0 and "tokenagent._cli.agentverbs" in names, (args, done.stderr[-300:])
+        assert not (names - at_start) & lean, (args, (names - at_start) & lean)
     usage, imported = run("lock")  # not a form the quick parser takes: click says what is wrong
     assert usage.returncode == 2 and "click" in imported
     helped, _ = run("status", "--help")

@@ -95,3 +95,105 @@ def test_man_page_renders_without_warnings_and_lists_every_command(home: Path, t
         if not command.hidden:
             assert f"tokenagent {name}" in text
     assert "--password-file" in text and "--otp-show-secret" in text  # options come from the parser itself
+
+
+def _answer(monkeypatch: pytest.MonkeyPatch, capfdbinary: pytest.CaptureFixture[bytes], quick: bool,
+            instruction: str, words: str, cword: str) -> bytes:
+    """One completion request, answered by the quick path (agentverbs) or by click's (main.run)."""
+    from tokenagent._cli import agentverbs
+    from tokenagent._cli.main import run
+
+    monkeypatch.setenv("_TOKENAGENT_COMPLETE", instruction)
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", cword)
+    capfdbinary.readouterr()
+    if quick:
+        assert agentverbs.run([]) == 0, "the quick path left this case to click"
+    else:
+        with pytest.raises(SystemExit) as done:
+            run([])
+        assert done.value.code == 0
+    sys.stdout.flush()
+    return capfdbinary.readouterr().out
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_quick_vault_name_completion_answers_as_click(home: Path, shell: str, monkeypatch: pytest.MonkeyPatch,
+                                                      capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    """A vault name after a command is completed without click (every TAB runs it): the same bytes as
+    click's completion, for each shell's request form."""
+    monkeypatch.setenv("TOKENAGENT_HOME", str(home))
+    cases = [("tokenagent unlock d", "2", "d"), ("tokenagent lock ", "2", ""), ("tokenagent slots ph", "2", "ph"),
+             ("tokenagent drill x", "2", "x")]
+    for words, cword, incomplete in cases:
+        if shell == "fish":
+            words, cword = (words, incomplete)
+        instruction = f"{shell}_complete"
+        quick = _answer(monkeypatch, capfdbinary, True, instruction, words, cword)
+        slow = _answer(monkeypatch, capfdbinary, False, instruction, words, cword)
+        assert quick == slow, (words, quick, slow)
+    assert b"docs" in _answer(monkeypatch, capfdbinary, True, f"{shell}_complete", "tokenagent info do",
+                              "do" if shell == "fish" else "2")
+
+
+def test_quick_completion_leaves_the_rest_to_click(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Command names, options, later arguments, quoting and odd file names are click's to answer."""
+    from tokenagent._cli import agentverbs
+
+    monkeypatch.setenv("TOKENAGENT_HOME", str(home))
+    monkeypatch.setenv("_TOKENAGENT_COMPLETE", "bash_complete")
+    for words, cword in (("tokenagent sl", "1"), ("tokenagent lock --a", "2"), ("tokenagent lock docs ", "3"),
+                         ("tokenagent 'lock' d", "2"), ("tokenagent keyfile ", "2"), ("tokenagent get d", "2")):
+        monkeypatch.setenv("COMP_WORDS", words)
+        monkeypatch.setenv("COMP_CWORD", cword)
+        assert agentverbs.run([]) is None, words
+    monkeypatch.setenv("COMP_WORDS", "tokenagent lock d")
+    monkeypatch.setenv("COMP_CWORD", "2")
+    (home / "data" / "vaults" / ("d\u00e9j\u00e0" + SUFFIX)).write_text("{}")
+    assert agentverbs.run([]) is None  # a name that is not plain ASCII: click's path prints it
+    monkeypatch.setenv("_TOKENAGENT_COMPLETE", "bash_source")
+    assert agentverbs.run([]) is None
+
+
+def test_quick_completion_knows_click_s_vault_commands() -> None:
+    """The quick path's list of commands whose first argument is a vault is click's own tree."""
+    import click
+
+    from tokenagent._cli.agentverbs import VAULT_FIRST
+    from tokenagent._cli.completion import VaultName
+    from tokenagent._cli.main import _load_commands, cli
+
+    _load_commands()
+    first = set()
+    for name, command in cli.commands.items():
+        arguments = [p for p in command.params if isinstance(p, click.Argument)]
+        if not isinstance(command, click.Group) and arguments and isinstance(arguments[0].type, VaultName):
+            first.add(name)
+    assert first == VAULT_FIRST
+
+
+def test_quick_list_answers_as_click(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    """'tokenagent list' runs without click and prints what click's list prints (text and --json);
+    a name that is not plain ASCII goes to click's path."""
+    from tokenagent._cli import agentverbs
+    from tokenagent._cli.main import run
+
+    monkeypatch.setenv("TOKENAGENT_HOME", str(home))
+    (home / "data" / "vaults" / (".hidden" + SUFFIX)).write_text("{}")
+    for args in (["list"], ["list", "--json"]):
+        capfdbinary.readouterr()
+        assert agentverbs.run(args) == 0
+        sys.stdout.flush()
+        quick = capfdbinary.readouterr().out
+        assert run(args) == 0
+        sys.stdout.flush()
+        assert quick == capfdbinary.readouterr().out and b"docs" in quick and b"hidden" not in quick
+    (home / "data" / "vaults" / ("d\u00e9j\u00e0" + SUFFIX)).write_text("{}")
+    assert agentverbs.run(["list"]) is None
+    empty = home.parent / "empty"
+    monkeypatch.setenv("TOKENAGENT_HOME", str(empty))  # no directory yet: made private, nothing listed
+    capfdbinary.readouterr()
+    assert agentverbs.run(["list"]) == 0
+    assert capfdbinary.readouterr().out == b"" and (empty / "data" / "vaults").is_dir()
+    assert (empty / "data").stat().st_mode & 0o777 == 0o700

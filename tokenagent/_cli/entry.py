@@ -3,7 +3,9 @@
 ``tokenagent get`` is on the hot path of password commands (restic, borg...), so it is
 dispatched before click, cryptography, fido2 or yubikit are imported: its cold start
 is a benchmark figure (docs/performance.md). ``status``, ``lock`` and ``events`` only talk to
-the agent and run on every prompt or status-bar refresh: they too skip click (agentverbs.py).
+the agent and run on every prompt or status-bar refresh, ``list`` and the shell completion of a
+vault name (no arguments, ``_TOKENAGENT_COMPLETE`` set) on every TAB: they too skip click
+(agentverbs.py).
 
 Our errors become one line and an exit code in ``main.run`` (``fastget.main`` for get). What
 reaches this boundary is a bug: it prints one line naming the exception's type only (its
@@ -15,7 +17,7 @@ import os  # no "from __future__ import annotations": it would import __future__
 import sys
 
 FAST_COMMANDS = ("get",)
-AGENT_VERBS = ("status", "lock", "events", "agent")
+AGENT_VERBS = ("status", "lock", "events", "agent", "list")
 ENV_DEBUG = "TOKENAGENT_DEBUG"
 
 
@@ -24,7 +26,7 @@ def _dispatch(args: list[str]) -> int:
         from ..fastget import main as fast_main
 
         return fast_main(args[1:])
-    if args and args[0] in AGENT_VERBS:  # the agent, and verbs that only talk to it: no click (agentverbs.py)
+    if not args or args[0] in AGENT_VERBS:  # the agent, verbs that only talk to it, completion: no click
         from .agentverbs import run as run_verb
 
         code = run_verb(args)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from .. import paths
+from .. import _locations, paths
 from .._files import FileTooLarge, read_regular
 from ..errors import (
     StorageError,
@@ -49,7 +49,7 @@ from ..errors import (
 )
 from .format import MAX_FILE_BYTES, Vault, parse
 
-SUFFIX = ".vault"
+SUFFIX = _locations.VAULT_SUFFIX  # ".vault"
 BACKUP_SUFFIX = ".vault.bak"
 DAMAGED_INFIX = ".vault.damaged-"
 LOCK_TIMEOUT = 30.0
@@ -154,8 +154,7 @@ class VaultStore:
         return self.directory / (check_name(name) + BACKUP_SUFFIX)
 
     def list(self) -> list[str]:
-        return sorted(p.name[: -len(SUFFIX)] for p in self.directory.iterdir() if p.name.endswith(SUFFIX)
-                      and not p.name.startswith("."))
+        return _locations.vault_names(str(self.directory))
 
     def exists(self, name: str) -> bool:
         return os.path.lexists(self.path(name))
