@@ -400,8 +400,34 @@ class PcscCardEvents:
                 self.scard.SCardReleaseContext(context)
 
 
+FIDO_USAGE_PAGE = (b"\x06\xd0\xf1", b"\x07\xd0\xf1\x00\x00")  # Usage Page (0xF1D0), 2- or 4-byte item
+SYS_HIDRAW = "/sys/class/hidraw"
+
+
+def _fido_hid_possible() -> bool:
+    """Whether a hidraw device may be a FIDO key: its report descriptor (sysfs, readable without
+    opening the device) holds the FIDO usage page item. A look before python-fido2 (and cryptography
+    with it) is imported: an agent on a machine with a keyboard and a mouse but no key stays small.
+    python-fido2's parser decides; this only skips it when no device could match."""
+    try:
+        names = os.listdir(SYS_HIDRAW)
+    except OSError:
+        return os.path.isdir("/dev") and any(n.startswith("hidraw") for n in os.listdir("/dev"))
+    for name in names:
+        try:
+            with open(os.path.join(SYS_HIDRAW, name, "device", "report_descriptor"), "rb") as f:
+                descriptor = f.read()
+        except OSError:
+            return True  # cannot tell: python-fido2 looks
+        if any(item in descriptor for item in FIDO_USAGE_PAGE):
+            return True
+    return False
+
+
 def fido_hid_paths() -> list[str]:
     """The hidraw paths of the FIDO keys this user can open ([] without any, or without access)."""
+    if not _fido_hid_possible():
+        return []
     try:
         from fido2.hid import list_descriptors
 

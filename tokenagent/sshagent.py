@@ -22,13 +22,12 @@ import base64
 import hashlib
 import struct
 from collections.abc import Sequence
-from typing import Final
-
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from typing import TYPE_CHECKING, Final
 
 from .protocol import FrameReader
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 MAX_MESSAGE: Final = 256 * 1024  # OpenSSH's AGENT_MAX_LEN
 
@@ -237,6 +236,10 @@ def fingerprint(blob: bytes) -> str:
 
 
 def public_blob(private: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    # imported here: an idle agent has not loaded cryptography
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     if isinstance(private, ed25519.Ed25519PrivateKey):
         raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return ed25519_blob(raw)
@@ -246,6 +249,10 @@ def public_blob(private: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey)
 
 
 def sign(private: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
     if isinstance(private, ed25519.Ed25519PrivateKey):
         return ed25519_signature(private.sign(data))
     r, s = decode_dss_signature(private.sign(data, ec.ECDSA(hashes.SHA256())))

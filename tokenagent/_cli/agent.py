@@ -26,6 +26,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @click.option("--json", "as_json", is_flag=True, help="Log one JSON object per line (for log collectors).")
 def agent(socket_file: Path | None, as_json: bool) -> None:
     """Run the agent in the foreground (systemd runs it with socket activation)."""
+    from ..daemon.resources import asyncio_without_tls
+
+    asyncio_without_tls()  # before the daemon imports asyncio: no TLS support loaded (daemon/resources.py)
     from ..daemon.server import run_agent
 
     sys.exit(run_agent(socket_file=socket_file, json_logs=as_json))

@@ -185,6 +185,9 @@ def complete(instruction: str) -> None:
 def agent(as_json: bool, socket_file: str | None = None) -> None:
     from pathlib import Path
 
+    from ..daemon.resources import asyncio_without_tls
+
+    asyncio_without_tls()  # before the daemon imports asyncio: no TLS support loaded (daemon/resources.py)
     from ..daemon.server import run_agent
 
     code = run_agent(socket_file=Path(socket_file) if socket_file else None, json_logs=as_json)

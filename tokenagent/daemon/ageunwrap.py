@@ -19,14 +19,8 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from ..errors import TokenAgentError, UsageError
 from ..vault.crypto import hkdf
-from ..vault.identities import age_x25519_key, check_label
 
 if TYPE_CHECKING:
     from .state import AgentState, Peer
@@ -54,6 +48,13 @@ def _stanzas(value: Any) -> list[tuple[bytes, bytes]]:
 
 def unwrap_x25519(secret: bytes | bytearray, label: str, stanzas: list[tuple[bytes, bytes]]) -> tuple[int, bytes] | None:
     """(index, file key) of the first stanza the key ``label`` opens; None if none does."""
+    from cryptography.exceptions import InvalidTag  # here: an idle agent has not loaded cryptography
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from ..vault.identities import age_x25519_key
+
     private = age_x25519_key(secret, label)
     ours = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     for index, (share, body) in enumerate(stanzas):
@@ -77,6 +78,8 @@ def age_unwrap(state: AgentState, args: dict[str, Any], peer: Peer) -> dict[str,
     from .state import _vault_arg
 
     vault = _vault_arg(args)
+    from ..vault.identities import check_label
+
     label = check_label(args.get("label"))  # type: ignore[arg-type]
     stanzas = _stanzas(args.get("stanzas"))
     try:

@@ -32,7 +32,7 @@ from typing import Any
 from .. import paths
 from ..errors import AgentBusy, AgentError, TokenAgentError, VaultLocked
 from ..protocol import CLOSED, NEED_DATA, Connection, Event, FrameError, Request, Response
-from ..vault import VaultStore, wipe
+from ..vault import wipe
 from . import plug
 from .audit import check_path as audit_path_problem
 from .config import AgentConfig, load_config, unknown_vault_sections
@@ -41,7 +41,17 @@ from .hardening import harden_process
 from .notify import Notifier
 from .pinentry import Pinentry
 from .plug import PlugPins
-from .sockets import FRAME_TIMEOUT, StallingFramesClose, bind_socket, inherited_socket, peer_allowed, peer_of
+from .resources import AgentStore, client_budget, split_budget
+from .sockets import (
+    FRAME_TIMEOUT,
+    Acceptor,
+    StallingFramesClose,
+    bind_socket,
+    inherited_socket,
+    peer_allowed,
+    peer_of,
+)
+from .sshsocket import MAX_CLIENTS as MAX_SSH_CLIENTS
 from .sshsocket import SshSocket
 from .state import AgentState, Peer
 from .watch import HidWatcher, KeyDiskWatcher, PcscWatcher, key_disks
@@ -64,10 +74,11 @@ class AgentServer:
         self.path = path
         self.get_socket = get_socket
         self.clients = 0
+        self.max_clients = MAX_CLIENTS  # lowered at start under a low descriptor limit (daemon/resources.py)
+        self.acceptor: Acceptor | None = None
         self.idle: dict[_ClientProtocol, None] = {}  # counted connections with nothing in flight, oldest first
         self.waits = 0
         self.streams = 0
-        self._server: asyncio.AbstractServer | None = None
         self._stopping = asyncio.Event()
         self._deadlines_moved = asyncio.Event()  # a vault unlocked: the expiry timer looks again
         self._unlocked: dict[str, asyncio.Event] = {}
@@ -142,14 +153,22 @@ class AgentServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        wanted = {"agent": MAX_CLIENTS + 1}  # + 1: a newcomer at the cap is let in to make room or hear "busy"
         if self.get_socket is not None:
-            self.get_socket.start(self.state.audit_path if self.state.config.audit else None, MAX_CLIENTS,
+            wanted["get"] = MAX_CLIENTS
+        if self.ssh_socket is not None:
+            wanted["ssh"] = MAX_SSH_CLIENTS
+        caps = split_budget(client_budget(sum(wanted.values())), wanted)  # the rest is the reserve
+        if self.get_socket is not None:
+            self.get_socket.start(self.state.audit_path if self.state.config.audit else None, caps["get"],
                                   FRAME_TIMEOUT, self.state.config.audit_max_size)
             self.state.mirror = self.get_socket
         if self.ssh_socket is not None:
-            await self.ssh_socket.start()
-        self._warn_config()  # it imports what it needs: before clients can fill the descriptor table
-        self._server = await loop.create_unix_server(self._protocol, sock=self.sock, backlog=MAX_CLIENTS)
+            await self.ssh_socket.start(caps["ssh"])
+        self._warn_config()
+        self.max_clients = max(1, caps["agent"] - 1)
+        self.acceptor = Acceptor(self.sock, self._protocol, caps["agent"])
+        self.acceptor.start()
         _sd_notify("READY=1")
         log.info("agent ready on %s", self.path or "an inherited socket")
         try:
@@ -165,7 +184,7 @@ class AgentServer:
                 self.state.mirror = None
                 self.get_socket.stop()
             self.state.close_audit()
-            self._server.close()
+            self.acceptor.close()
             if self.path is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
@@ -353,8 +372,9 @@ class _ClientProtocol(StallingFramesClose):
         if not peer_allowed(peer):
             transport.abort()  # not a byte read from a stranger
             return
-        if self.server.clients >= MAX_CLIENTS and not self.server.make_room():
-            self._refuse_busy(f"the agent is serving {MAX_CLIENTS} connections that are all busy; try again")
+        if self.server.clients >= self.server.max_clients and not self.server.make_room():
+            self._refuse_busy(f"the agent is serving {self.server.max_clients} connections that are all busy;"
+                              " try again")
             return
         self.peer = peer
         self.server.clients += 1
@@ -378,6 +398,8 @@ class _ClientProtocol(StallingFramesClose):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._uncount()
+        if self.server.acceptor is not None:
+            self.server.acceptor.release()
         if self.streaming:
             self.streaming = False
             self.server.streams -= 1
@@ -537,13 +559,10 @@ def run_agent(config: AgentConfig | None = None, socket_file: Path | None = None
         sock, path = bind_socket(socket_file)
     name = str(path) if path is not None else sock.getsockname()  # ours is bound by a /proc/self/fd name
     get_socket = GetSocket.bind(Path(name)) if config.get_socket and isinstance(name, str) and name else None
-    # Every factor type now, not at the first vault read: an import then could meet a full
-    # descriptor table (a flood of clients) and fail half-way; the agent is long-lived, the cost is once.
-    from ..plugins import load_factor_types
-
-    load_factor_types()
+    # Factor types, drivers and cryptography are loaded at the first vault read (AgentStore), with
+    # descriptors kept in reserve for it (daemon/resources.py), not here: an idle agent stays small.
     data = paths.ensure_private_dir(paths.data_dir())
-    state = AgentState(VaultStore(), config, audit_path=data / "audit.log" if config.audit else None)
+    state = AgentState(AgentStore(), config, audit_path=data / "audit.log" if config.audit else None)
     if state.audit_path is not None and (problem := audit_path_problem(state.audit_path)):
         log.warning("%s", problem)  # the agent runs on: status and lock work, gets are refused with this reason
     ssh_socket = SshSocket.bind(Path(name), state) if config.ssh_socket and isinstance(name, str) and name else None

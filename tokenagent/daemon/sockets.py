@@ -179,3 +179,68 @@ class StallingFramesClose(asyncio.Protocol):
             self.waiting = None
         if self.transport is not None and not self.transport.is_closing():
             self._serve()
+
+
+ACCEPT_BACKOFF = 1.0  # out of descriptors all the same (another thread took them): look again this much later
+
+
+class Acceptor:
+    """Accepts the clients of a listening socket, holding at most ``cap`` at once: at the cap the
+    socket is not read, so newcomers wait in the listen backlog and are accepted as held ones close
+    (asyncio's own server accepts a backlog's worth in one go, whatever the descriptor table holds).
+    Each accepted client gets ``factory()``'s protocol; the protocol calls ``release()`` from
+    ``connection_lost``, once (daemon/resources.py: why the agent keeps descriptors in reserve)."""
+
+    def __init__(self, sock: socket.socket, factory: Any, cap: int) -> None:
+        self.sock, self.factory, self.cap = sock, factory, max(1, cap)
+        self.held = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._closed = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._resume()
+
+    def close(self) -> None:
+        self._closed = True
+        self._pause()
+
+    def release(self) -> None:
+        self.held -= 1
+        if not self._reading and self.held < self.cap:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self._loop is not None and not self._reading and not self._closed:
+            self._loop.add_reader(self.sock.fileno(), self._accept)
+            self._reading = True
+
+    def _pause(self) -> None:
+        if self._loop is not None and self._reading:
+            self._loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def _accept(self) -> None:
+        assert self._loop is not None
+        while self.held < self.cap:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # EMFILE, ENOBUFS...: stop reading the socket for a while
+                self._pause()
+                self._loop.call_later(ACCEPT_BACKOFF, self._resume)
+                return
+            conn.setblocking(False)
+            self.held += 1
+            self._loop.create_task(self._connect(conn))
+        self._pause()  # at the cap: the backlog holds the rest
+
+    async def _connect(self, conn: socket.socket) -> None:
+        assert self._loop is not None
+        try:
+            await self._loop.connect_accepted_socket(self.factory, conn)
+        except OSError:
+            conn.close()
+            self.release()  # no protocol got it: nothing else gives it back

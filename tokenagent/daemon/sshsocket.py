@@ -32,21 +32,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
 from .. import _locations, sshagent
 from ..errors import AgentError, TokenAgentError, UnsafePath
 from ..protocol import CLOSED, NEED_DATA, FrameError
 from ..vault import wipe
-from ..vault.identities import ssh_private_key
 from .config import SshKey
 from .pinentry import Pinentry
 from .plug import Opened, in_loop, open_with_token
 from .sockets import (
     MAX_BACKLOG,
+    Acceptor,
     StallingFramesClose,
     bind_private,
     clear_old_socket,
@@ -105,6 +100,8 @@ class SshService:
         cache = (session.vault, session.fingerprint, key.label, key.type)
         blob = self._blobs.get(cache)
         if blob is None:
+            from ..vault.identities import ssh_private_key  # cryptography: loaded once a vault is unlocked
+
             blob = sshagent.public_blob(ssh_private_key(session.secret, key.label, key.type))
             self._blobs[cache] = blob
         return blob
@@ -184,6 +181,8 @@ class SshService:
             self.audit(key, session, peer, what, None)
         except AgentError:
             return sshagent.failure()  # no audit line, no signature
+        from ..vault.identities import ssh_private_key
+
         private = ssh_private_key(session.secret, key.label, key.type)
         signature = sshagent.sign(private, data)
         del private
@@ -260,14 +259,18 @@ def _what_text(what: dict[str, str | int]) -> str:
 
 
 # --- keys --------------------------------------------------------------------------------------
-_ECDSA_HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {
-    b"ecdsa-sha2-nistp256": hashes.SHA256, b"ecdsa-sha2-nistp384": hashes.SHA384, b"ecdsa-sha2-nistp521": hashes.SHA512}
-_RSA_HASHES: dict[bytes, type[hashes.HashAlgorithm]] = {b"rsa-sha2-256": hashes.SHA256, b"rsa-sha2-512": hashes.SHA512}
+_ECDSA_HASHES = {b"ecdsa-sha2-nistp256": "SHA256", b"ecdsa-sha2-nistp384": "SHA384", b"ecdsa-sha2-nistp521": "SHA512"}
+_RSA_HASHES = {b"rsa-sha2-256": "SHA256", b"rsa-sha2-512": "SHA512"}
 
 
 def verify_host_signature(hostkey: bytes, data: bytes, signature: bytes) -> bool:
     """Is ``signature`` (SSH format) the host key's signature of ``data``? (session-bind)"""
     import base64
+
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
     try:
         key = serialization.load_ssh_public_key(sshagent.key_type_of(hostkey) + b" " + base64.b64encode(hostkey))
@@ -280,9 +283,9 @@ def verify_host_signature(hostkey: bytes, data: bytes, signature: bytes) -> bool
             parts = sshagent.Reader(raw)
             rs = int.from_bytes(parts.string(), "big"), int.from_bytes(parts.string(), "big")
             parts.end()
-            key.verify(encode_dss_signature(*rs), data, ec.ECDSA(_ECDSA_HASHES[alg]()))
+            key.verify(encode_dss_signature(*rs), data, ec.ECDSA(getattr(hashes, _ECDSA_HASHES[alg])()))
         elif isinstance(key, rsa.RSAPublicKey) and alg in _RSA_HASHES:
-            key.verify(raw, data, padding.PKCS1v15(), _RSA_HASHES[alg]())
+            key.verify(raw, data, padding.PKCS1v15(), getattr(hashes, _RSA_HASHES[alg])())
         else:
             return False
     except (sshagent.WireError, ValueError, UnsupportedAlgorithm, InvalidSignature):
@@ -297,7 +300,8 @@ class SshSocket:
     def __init__(self, sock: socket.socket, path: Path, service: SshService) -> None:
         self.sock, self.path, self.service = sock, path, service
         self.clients = 0
-        self._server: asyncio.AbstractServer | None = None
+        self.max_clients = MAX_CLIENTS
+        self._acceptor: Acceptor | None = None
 
     @classmethod
     def bind(cls, agent_socket: Path, state: AgentState) -> SshSocket | None:
@@ -315,14 +319,15 @@ class SshSocket:
         sock.setblocking(False)
         return cls(sock, path, SshService(state))
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(lambda: _SshProtocol(self), sock=self.sock, backlog=MAX_BACKLOG)
+    async def start(self, cap: int = MAX_CLIENTS) -> None:
+        self.max_clients = max(1, cap - 1)  # one more accepted than served: it is closed at once
+        self._acceptor = Acceptor(self.sock, lambda: _SshProtocol(self), cap)
+        self._acceptor.start()
         log.info("ssh-agent socket on %s (%d keys configured)", self.path, len(self.service.keys))
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.close()
         self.service.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
@@ -349,7 +354,7 @@ class _SshProtocol(StallingFramesClose):
         except OSError:
             transport.abort()
             return
-        if not peer_allowed(peer) or self.server.clients >= MAX_CLIENTS:
+        if not peer_allowed(peer) or self.server.clients >= self.server.max_clients:
             transport.abort()  # not a byte read from a stranger
             return
         self.peer = peer
@@ -368,6 +373,8 @@ class _SshProtocol(StallingFramesClose):
         return self.waiting is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.server._acceptor is not None:
+            self.server._acceptor.release()
         if self.counted:
             self.server.clients -= 1
             self.counted = False

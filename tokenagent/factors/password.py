@@ -15,8 +15,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
-
 from ..errors import UsageError, VaultFormatError
 from .base import Factor, FactorContext, JSONValue, SecretRequest, register
 from .limits import ENV_ITERATIONS, ENV_LANES, ENV_MEMORY, kdf_limits
@@ -39,6 +37,8 @@ def test_costs_allowed() -> bool:
 
 
 def argon2id(password: bytes | bytearray, salt: bytes, t: int, m: int, p: int) -> bytearray:
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id  # here: parsing a vault does not need it
+
     kdf = Argon2id(salt=salt, length=OUT_LEN, iterations=t, lanes=p, memory_cost=m)
     return bytearray(kdf.derive(bytes(password)))
 

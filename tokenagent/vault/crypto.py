@@ -20,9 +20,6 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from ..errors import UsageError, WrongSecret
 
 LABEL_KEK = b"tokenagent/v1/kek"
@@ -81,11 +78,17 @@ def derive_share_key(secret: bytes | bytearray, salt: bytes, bound: bytes, index
 
 def seal(key: bytes | bytearray, plaintext: bytes | bytearray, ad: bytes) -> tuple[bytes, bytes]:
     """AES-256-GCM with a random nonce; returns (nonce, ciphertext||tag)."""
+    # imported here: the agent loads cryptography only at its first vault read
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = secrets.token_bytes(NONCE_LEN)
     return nonce, AESGCM(bytes(key)).encrypt(nonce, bytes(plaintext), ad)
 
 
 def open_sealed(key: bytes | bytearray, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytearray:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     try:
         return bytearray(AESGCM(bytes(key)).decrypt(nonce, ciphertext, ad))
     except InvalidTag:
