@@ -123,7 +123,8 @@ def test_quick_vault_name_completion_answers_as_click(home: Path, shell: str, mo
     """A vault name after a command is completed without click (every TAB runs it): the same bytes as
     click's completion, for each shell's request form."""
     monkeypatch.setenv("TOKENAGENT_HOME", str(home))
-    cases = [("tokenagent unlock d", "2", "d"), ("tokenagent lock ", "2", ""), ("tokenagent slots ph", "2", "ph"),
+    (home / "data" / "vaults" / (".dotted" + SUFFIX)).write_text("{}")  # hidden: not a vault, in neither answer
+    cases = [("tokenagent unlock ", "2", ""), ("tokenagent unlock d", "2", "d"), ("tokenagent lock ", "2", ""), ("tokenagent slots ph", "2", "ph"),
              ("tokenagent drill x", "2", "x")]
     for words, cword, incomplete in cases:
         if shell == "fish":

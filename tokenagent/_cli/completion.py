@@ -25,12 +25,14 @@ VAULT_ARGUMENTS = ("vault",)  # the parameter names that hold a vault name
 
 
 def vault_names() -> list[str]:
-    """The vaults present, from their file names."""
+    """The vaults present, from their file names (as ``tokenagent list`` and the quick completion
+    in agentverbs.py read them: hidden files are not vaults)."""
+    from .. import _locations
     from ..errors import TokenAgentError
-    from ..vault.store import SUFFIX, VaultStore
+    from ..vault.store import VaultStore
 
     try:
-        return sorted(p.name[: -len(SUFFIX)] for p in VaultStore().directory.iterdir() if p.name.endswith(SUFFIX))
+        return _locations.vault_names(str(VaultStore().directory))
     except (OSError, TokenAgentError):  # no vaults yet, or a directory the store refuses: nothing to offer
         return []
 
