@@ -26,7 +26,8 @@ class Agent:
     """``tokenagent agent`` in a temporary TOKENAGENT_HOME with ``vaults`` vaults, ``v0`` unlocked
     (unless ``unlocked`` is false)."""
 
-    def __init__(self, vaults: int = 1, config: str | None = None, unlocked: bool = True) -> None:
+    def __init__(self, vaults: int = 1, config: str | None = None, unlocked: bool = True,
+                 exe: str = TOKENAGENT) -> None:
         self.tmp = tempfile.TemporaryDirectory(prefix="tokenagent-bench-")
         self.home = Path(self.tmp.name) / "home"
         self.home.mkdir(mode=0o700)
@@ -54,7 +55,7 @@ class Agent:
         for i in range(vaults):
             vault, _ = new_vault(f"v{i}", [factor], secret=self.secret)
             store.create(vault)
-        self.proc = subprocess.Popen([TOKENAGENT, "agent"], env=self.env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([exe, "agent"], env=self.env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         for _ in range(400):
             try:

@@ -4,7 +4,9 @@
 Both run with nothing to do (the agent: one vault, locked; no token). After a settling pause
 the wake-ups of every thread are counted for ``-s`` seconds from /proc (voluntary context
 switches: each is a thread going to sleep again after it woke), and the resident memory is read.
-Without pcscd running, the agent's PC/SC watcher looks for it every few seconds; with udev it
+The agent runs twice: from this repository's editable .venv and from a wheel install (as pip and
+pipx install it: bench/cold_get.py's ``plain_install``; the editable-install finder alone costs
+about half a MiB). Without pcscd running, the agent's PC/SC watcher looks for it every few seconds; with udev it
 gets HID changes as events.
 
     .venv/bin/python bench/idle_agent.py [-s 10]
@@ -13,10 +15,12 @@ gets HID changes as events.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 from _common import Agent, SshAgent, machine
+from cold_get import plain_install
 
 
 def wakeups(pid: int) -> int:
@@ -49,18 +53,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-s", "--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    agent = Agent(unlocked=False)
-    ssh = SshAgent()
-    try:
-        ours = idle_figures(agent.proc.pid, args.seconds)
-        theirs = idle_figures(ssh.proc.pid, args.seconds)
-    finally:
-        agent.close()
-        ssh.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel_exe, _ = plain_install(Path(tmp))
+        editable, wheel, ssh = Agent(unlocked=False), Agent(unlocked=False, exe=wheel_exe), SshAgent()
+        try:
+            ours = idle_figures(editable.proc.pid, args.seconds)
+            installed = idle_figures(wheel.proc.pid, args.seconds)
+            theirs = idle_figures(ssh.proc.pid, args.seconds)
+        finally:
+            editable.close()
+            wheel.close()
+            ssh.close()
     print(f"idle, nothing unlocked, {args.seconds:.0f} s, {machine()}")
-    print(f"  tokenagent agent  {ours[0]:6.2f} wake-ups/s   {ours[1]:6.1f} MiB resident")
+    print(f"  tokenagent agent  {installed[0]:6.2f} wake-ups/s   {installed[1]:6.1f} MiB resident   (wheel install)")
+    print(f"  tokenagent agent  {ours[0]:6.2f} wake-ups/s   {ours[1]:6.1f} MiB resident   (editable .venv)")
     print(f"  ssh-agent         {theirs[0]:6.2f} wake-ups/s   {theirs[1]:6.1f} MiB resident"
-          f"   (memory: agent = {ours[1] / theirs[1]:.1f}x)")
+          f"   (memory: installed agent = {installed[1] / theirs[1]:.1f}x)")
     print("  goals: no periodic wake-up with udev (at most 1/s without), at most 25 MiB before a token is seen")
 
 

@@ -164,3 +164,15 @@ def test_slot_added_without_the_key_is_detected(store: VaultStore) -> None:
     store.path("mac").write_bytes(forged.to_bytes())
     with pytest.raises(VaultIntegrityError):
         unlock(store.load("mac"), context([b"pw"]))
+
+
+def test_recovery_modhex_alphabet_is_yubikits() -> None:
+    """The recovery factor names the modhex alphabet itself (yubikit is imported only when a key is shown
+    or typed); it must be yubikit's."""
+    from yubikit.core.otp import MODHEX_ALPHABET
+
+    from tokenagent.factors import recovery
+
+    assert recovery.MODHEX == MODHEX_ALPHABET
+    key = bytes(range(32))
+    assert recovery.from_modhex(recovery.to_modhex(key)) == key

@@ -29,7 +29,6 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree
 
 from ..errors import NotMine, UsageError, VaultExists, VaultFormatError
 from .base import Factor, FactorContext, JSONValue, register
@@ -61,6 +60,8 @@ def keepass_key(data: bytes) -> bytes:
 
 
 def _xml_key(data: bytes) -> bytes | None:
+    from xml.etree import ElementTree  # here, not at the top: the agent loads this module at start
+
     try:
         root = ElementTree.fromstring(data)
     except ElementTree.ParseError:

@@ -15,19 +15,20 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from yubikit.core.otp import MODHEX_ALPHABET, modhex_decode, modhex_encode
-
 from ..errors import NotMine, UsageError, VaultFormatError
 from .base import Factor, FactorContext, JSONValue, SecretRequest, register
 from .params import expect_hex, expect_keys
 
-MODHEX = MODHEX_ALPHABET
+MODHEX = "cbdefghijklnrtuv"  # yubikit.core.otp.MODHEX_ALPHABET (imported when a key is shown or typed: the agent
+# loads this module at start, and yubikit.core costs it about 2 MiB)
 KEY_LEN = 32
 CHECK_LABEL = b"tokenagent/v1/recovery-check"
 _MODHEX_INPUT = re.compile(r"^[cbdefghijklnrtuv]{64}$")
 
 
 def to_modhex(key: bytes | bytearray) -> str:
+    from yubikit.core.otp import modhex_encode
+
     text = modhex_encode(key)  # type: ignore[arg-type]  # it only iterates: no copy of the key
     return "-".join(text[i : i + 8] for i in range(0, len(text), 8))
 
@@ -37,6 +38,8 @@ def from_modhex(text: str) -> bytearray | None:
     cleaned = re.sub(r"[\s-]", "", text).lower()
     if not _MODHEX_INPUT.match(cleaned):
         return None
+    from yubikit.core.otp import modhex_decode
+
     return bytearray(modhex_decode(cleaned))
 
 
