@@ -10,8 +10,17 @@ for kv in $(tr ' ' '\n' < /proc/cmdline | grep -E '^(DESK_[A-Z]+|virtme_initmoun
     export "${kv?}"
 done
 modprobe -a 9p 9pnet_virtio 2>&1
+mkdir -p /run/desk-hostroot && mount --bind / /run/desk-hostroot  # the 9p root as it is, below the tmpfs
 mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs -o mode=1777 tmpfs /var/tmp
 mount -t tmpfs -o mode=755 tmpfs /home
+# A checkout (or an interpreter) under one of those (CI clones into /tmp) is bound back from the 9p root.
+for top in "$DESK_REPO" "$DESK_BASE" "$DESK_VENV"; do
+    case "$top" in
+        /tmp/*|/var/tmp/*|/home/*)
+            [ -e "$top" ] || { mkdir -p "$top" && mount --bind "/run/desk-hostroot$top" "$top"; } ||
+                { echo "guest: cannot bind $top back over the tmpfs"; exit 1; } ;;
+    esac
+done
 mkdir -p "$DESK_OUT"
 if [ "${virtme_initmount0_fstype:-9p}" = virtiofs ]; then
     mount -t virtiofs virtme.initmount0 "$DESK_OUT"
