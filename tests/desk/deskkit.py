@@ -70,18 +70,7 @@ class UhidToken:
         self._wait(lambda: bool(fido_hidraw()) == present, f"the hidraw node did not {'appear' if present else 'go'}")
 
     def control(self, command: str) -> dict[str, Any]:
-        import socket
-
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(60)
-            s.connect(str(self.ctl))
-            s.sendall(command.encode() + b"\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        answer: dict[str, Any] = json.loads(data)
-        assert answer.get("ok"), answer
-        return answer
+        return control(self.ctl, command)
 
     def plug(self) -> None:
         self.control("plug")
@@ -145,3 +134,19 @@ class Agent:
         from agentkit import stop_process
 
         stop_process(self.proc)
+
+
+def control(ctl: Path, command: str) -> dict[str, Any]:
+    """One command on a virtual token's control socket (plug, unplug, ...); its answer must be ok."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(60)
+        s.connect(str(ctl))
+        s.sendall(command.encode() + b"\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    answer: dict[str, Any] = json.loads(data)
+    assert answer.get("ok"), answer
+    return answer

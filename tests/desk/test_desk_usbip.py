@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deskkit import SETTLE, Agent, run, tokenagent
+from deskkit import SETTLE, Agent, control, run, tokenagent
 
 pytestmark = [pytest.mark.desk, pytest.mark.timeout(1800)]
 SERIAL, SECOND = 23456789, 34567890
@@ -89,16 +88,7 @@ class UsbipToken:
         assert self.proc.poll() is None, self.log.read_text()
 
     def control(self, command: str) -> dict[str, Any]:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(60)
-            s.connect(str(self.ctl))
-            s.sendall(command.encode() + b"\n")
-            data = b""
-            while chunk := s.recv(4096):
-                data += chunk
-        answer: dict[str, Any] = json.loads(data)
-        assert answer.get("ok"), answer
-        return answer
+        return control(self.ctl, command)
 
     def attach(self) -> None:
         run("usbip", "attach", "-r", "127.0.0.1", "-b", "1-1")
