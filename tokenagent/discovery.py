@@ -424,6 +424,38 @@ def _fido_hid_possible() -> bool:
     return False
 
 
+def is_fido_hid(path: str) -> bool:
+    """Whether the hidraw node ``path`` (a udev event's) is a FIDO key this user can open, decided
+    as python-fido2's listing decides (its report descriptor parser: the FIDO usage page and usage)
+    but from sysfs, without opening the node: an open and close are work for the key (and for a
+    keyboard, nothing is imported)."""
+    try:
+        with open(os.path.join(SYS_HIDRAW, os.path.basename(path), "device", "report_descriptor"), "rb") as f:
+            descriptor = f.read()
+    except OSError:
+        return _opens_as_fido(path)  # no sysfs entry to read: python-fido2 opens the node and looks
+    if not any(item in descriptor for item in FIDO_USAGE_PAGE):
+        return False
+    from fido2.hid.base import parse_report_descriptor
+
+    try:
+        parse_report_descriptor(descriptor)
+    except ValueError:
+        return False  # the usage page, but not the FIDO usage
+    return os.access(path, os.R_OK | os.W_OK)
+
+
+def _opens_as_fido(path: str) -> bool:
+    try:
+        from fido2.hid import get_descriptor
+
+        get_descriptor(path)
+        return True
+    except Exception as err:  # noqa: BLE001 - not a FIDO device, gone again, no permission
+        log.debug("HID device %s is not a FIDO key this user can open: %s", path, err)
+        return False
+
+
 def fido_hid_paths() -> list[str]:
     """The hidraw paths of the FIDO keys this user can open ([] without any, or without access)."""
     if not _fido_hid_possible():

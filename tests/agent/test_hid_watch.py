@@ -76,25 +76,26 @@ class _Monitor:
         import os
 
         self.r, self.w = os.pipe()
-        self.queued = 0
+        self.events: list[object] = []
 
     def fileno(self) -> int:
         return self.r
 
-    def event(self) -> None:
+    def event(self, action: str | None = None, node: str | None = None) -> None:
+        """One event; without ``action``, one that names no node (the whole list is taken again)."""
         import os
+        from types import SimpleNamespace
 
-        self.queued += 1
+        self.events.append(object() if action is None else SimpleNamespace(action=action, device_node=node))
         os.write(self.w, b"x")
 
     def poll(self, timeout: float = 0) -> object | None:
         import os
 
-        if not self.queued:
+        if not self.events:
             return None
-        self.queued -= 1
         os.read(self.r, 1)
-        return object()
+        return self.events.pop(0)
 
 
 def test_a_udev_event_is_followed_by_the_listing_without_a_fixed_wait(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -125,3 +126,89 @@ def test_a_udev_event_is_followed_by_the_listing_without_a_fixed_wait(monkeypatc
     asyncio.run(scenario())
     assert reports == [("added", "hid:/dev/hidraw1")]
     assert slept == []
+
+
+def test_each_udev_event_is_handled_by_the_node_it_names(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An ``add`` has only its own node looked at (not every hidraw device listed again, which
+    competed with the unlock the arrival starts), a ``remove`` is reported as it comes, a node
+    that is not a FIDO key is no news, and an event of another kind has everything listed again."""
+    monitor = _Monitor()
+    monkeypatch.setattr(watch, "udev_hidraw_monitor", lambda: monitor)
+    listed: list[int] = []
+    checked: list[str] = []
+    keys = {"/dev/hidraw1", "/dev/hidraw4"}
+    present: list[str] = []
+    reports: list[tuple[str, str]] = []
+
+    def list_paths() -> list[str]:
+        listed.append(1)
+        return list(present)
+
+    def check_path(node: str) -> bool:
+        checked.append(node)
+        return node in keys
+
+    async def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 5
+        while len(reports) < count:
+            assert time.monotonic() < deadline, reports
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> None:
+        watcher = HidWatcher(asyncio.get_running_loop(), lambda change, name: reports.append((change, name)),
+                             list_paths=list_paths, check_path=check_path)
+        watcher.start()
+        try:
+            deadline = time.monotonic() + 5
+            while not listed:  # the listing at start
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            monitor.event("add", "/dev/hidraw0")  # the key's OTP interface: a keyboard
+            monitor.event("add", "/dev/hidraw1")
+            await wait_for(1)
+            assert listed == [1], "an add event had every device listed again"
+            monitor.event("remove", "/dev/hidraw0")  # not a key: no news
+            monitor.event("remove", "/dev/hidraw1")
+            await wait_for(2)
+            present[:] = ["/dev/hidraw4"]
+            monitor.event("change", "/dev/hidraw4")  # another kind: everything listed again
+            await wait_for(3)
+        finally:
+            watcher.stop()
+
+    asyncio.run(scenario())
+    assert reports == [("added", "hid:/dev/hidraw1"), ("removed", "hid:/dev/hidraw1"), ("added", "hid:/dev/hidraw4")]
+    assert checked == ["/dev/hidraw0", "/dev/hidraw1"]
+    assert len(listed) == 2
+
+
+def test_a_node_is_a_fido_key_by_its_report_descriptor_in_sysfs(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``is_fido_hid`` (the watcher's look at one udev event's node) decides from sysfs as
+    python-fido2's listing does, without opening the node: the YubiKey's FIDO interface is a key,
+    its OTP keyboard interface is not, nor another usage on the FIDO page, nor a node this user
+    cannot open."""
+    import os
+
+    from tokenagent import discovery
+    from tokenagent.virtual.uhid import FIDO_REPORT_DESCRIPTOR, OTP_REPORT_DESCRIPTOR
+
+    sysfs, dev = tmp_path / "sys", tmp_path / "dev"
+    dev.mkdir()
+    for name, descriptor in (("hidraw0", OTP_REPORT_DESCRIPTOR), ("hidraw1", FIDO_REPORT_DESCRIPTOR),
+                             ("hidraw2", FIDO_REPORT_DESCRIPTOR),
+                             ("hidraw3", FIDO_REPORT_DESCRIPTOR.replace(b"\x06\xd0\xf1\x09\x01", b"\x06\xd0\xf1\x09\x02"))):
+        (sysfs / name / "device").mkdir(parents=True)
+        (sysfs / name / "device" / "report_descriptor").write_bytes(descriptor)
+        (dev / name).write_bytes(b"")
+    (dev / "hidraw2").chmod(0)
+    monkeypatch.setattr(discovery, "SYS_HIDRAW", str(sysfs))
+    opened: list[str] = []
+    monkeypatch.setattr(discovery, "_opens_as_fido", lambda path: bool(opened.append(path)))
+    assert not discovery.is_fido_hid(str(dev / "hidraw0"))
+    assert discovery.is_fido_hid(str(dev / "hidraw1"))
+    assert not discovery.is_fido_hid(str(dev / "hidraw3"))  # the FIDO usage page, another usage
+    if os.geteuid() != 0:  # root opens anything
+        assert not discovery.is_fido_hid(str(dev / "hidraw2"))
+    assert opened == []  # sysfs was enough: no node opened
+    assert not discovery.is_fido_hid(str(dev / "hidraw9"))  # no sysfs entry: the node itself is asked
+    assert opened == [str(dev / "hidraw9")]

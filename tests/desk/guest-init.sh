@@ -17,9 +17,16 @@ mount -t ext4 -o ro "$disk" /run/desk-py || { echo "guest: cannot mount the Pyth
 mount --bind /run/desk-py/base "$DESK_BASE"
 mount --bind /run/desk-py/venv "$DESK_VENV"
 
-# udev with the project's rules (and systemd's own: 60-fido-id, 70-uaccess, 99-systemd)
+# udev with the project's rules (and systemd's own: 60-fido-id, 70-uaccess, 99-systemd). virtme-ng's
+# init has started systemd-udevd already when it found one: that one reloads its rules. A second
+# daemon would run every rule twice and announce every device twice.
 cp "$DESK_REPO"/udev/*.rules /etc/udev/rules.d/
-/lib/systemd/systemd-udevd --daemon
+if [ -S /run/udev/control ]; then
+    udevadm control --reload
+else
+    /lib/systemd/systemd-udevd --daemon
+fi
+echo "guest: udev daemons: $(pgrep -c -P 1 systemd-udevd)"
 # no "udevadm trigger": the devices the tests use are all made after udevd starts
 udevadm settle --timeout=60
 echo "guest: udev ready at $(cut -d' ' -f1 /proc/uptime) s"

@@ -53,6 +53,25 @@ def test_udev_tags_both_interfaces_for_the_user_and_the_agent(uhid_token: UhidTo
     assert f"HID_UNIQ={SERIAL}" in uniq
 
 
+def test_udev_announces_each_interface_once_per_plug(uhid_token: UhidToken) -> None:
+    """One plug, one ``add`` per hidraw node, as on a desk. The agent's HID watcher acts on each
+    event; a guest running two udev daemons announced every node twice (the rules ran twice)."""
+    import pyudev
+
+    monitor = pyudev.Monitor.from_netlink(pyudev.Context())
+    monitor.filter_by("hidraw")
+    monitor.start()
+    uhid_token.unplug()
+    while monitor.poll(timeout=0.5) is not None:
+        pass  # the removes
+    uhid_token.plug()
+    events = []
+    while (event := monitor.poll(timeout=2)) is not None:
+        events.append((event.action, event.device_node))
+    adds = [node for action, node in events if action == "add"]
+    assert len(adds) == 2 and len(set(adds)) == 2, f"expected one add per interface (FIDO, OTP): {events}"
+
+
 def test_libfido2_lists_and_describes_the_key(uhid_token: UhidToken) -> None:
     node = fido_hidraw()[0]
     listed = run("fido2-token", "-L").stdout

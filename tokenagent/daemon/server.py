@@ -230,11 +230,16 @@ class AgentServer:
 
     # --- tokens coming and going ----------------------------------------------------------
     def _token_changed(self, change: str, reader: str) -> None:
-        self.state.emit(f"token-{change}", reader=reader)
+        loop = asyncio.get_running_loop()
         if change == "added":
+            # The plug-in unlock's first step (the worker thread started on the token) runs before the
+            # "token-added" event is sent, not after it; the event still goes out before any of its own.
             asyncio.ensure_future(self._unlock_on_plug(reader))
-        elif self.state.config.lock_on_remove:
-            asyncio.get_running_loop().call_later(self.state.config.removal_grace, self._removed, reader)
+            loop.call_soon(lambda: self.state.emit("token-added", reader=reader))
+            return
+        self.state.emit("token-removed", reader=reader)
+        if self.state.config.lock_on_remove:
+            loop.call_later(self.state.config.removal_grace, self._removed, reader)
 
     def _present(self, token: str) -> bool:
         return any(token in watcher.present for watcher in self.watchers)

@@ -1,9 +1,10 @@
 """Token arrival and removal: the threads that watch for tokens coming and going.
 
-Theory of operation. ``PcscWatcher`` runs one thread that asks pcscd which readers hold a card
-(``SCardGetStatusChange``, half-second timeout, readers re-listed each round; when pcscd is
-not running it retries every few seconds); ``HidWatcher`` runs another that lists the FIDO
-keys on USB HID (/dev/hidraw*) when udev reports a hidraw change (every second without udev). Each reports
+Theory of operation. ``PcscWatcher`` runs one thread that blocks in pcscd's status-change wait
+(``SCardGetStatusChange`` with no timeout, woken by a reader or card change or by ``stop()``;
+when pcscd is not running it looks again every few seconds); ``HidWatcher`` runs another that
+follows udev's hidraw events, looking at the node each one names (the whole list of FIDO keys on
+/dev/hidraw* at start, and every ``HID_POLL`` seconds without udev). Each reports
 every change to the event loop with ``loop.call_soon_threadsafe``, naming the token by its
 reader or by "hid:" and its hidraw path; the devices of one such token are reached through
 ``tokenagent.discovery.ReaderDevices`` (discovery keeps every platform import). What the agent
@@ -28,6 +29,7 @@ from ..discovery import (
     MOUNTINFO,
     PcscCardEvents,
     fido_hid_paths,
+    is_fido_hid,
     mounted_filesystems,
     udev_hidraw_monitor,
 )
@@ -132,18 +134,23 @@ class HidWatcher(_Watcher):
     """Reports ("added" | "removed", "hid:PATH") for FIDO keys on USB HID (/dev/hidraw*).
 
     The list is python-fido2's (``list_descriptors``: hidraw devices whose report descriptor
-    has the FIDO usage page), taken once at start and again whenever udev reports a hidraw
-    add or remove (pyudev's netlink monitor; nothing is polled then). Without udev
-    (containers, no /run/udev) it is taken every ``HID_POLL`` seconds instead. Keys that also have a PC/SC interface show up in both watchers; a vault
-    opened through one is tied to that one.
+    has the FIDO usage page), taken once at start. Then each udev hidraw event (pyudev's netlink
+    monitor; nothing is polled) is handled by the node it names: an ``add`` is looked at alone
+    (``is_fido_hid``), a ``remove`` is taken as it comes, and any other event (or one without a
+    node) has the whole list taken again. udev sends its event after its rules ran (permissions,
+    the uaccess ACL), so there is no settle wait. Without udev (containers, no /run/udev) the list
+    is taken every ``HID_POLL`` seconds instead. Keys that also have a PC/SC interface show up in
+    both watchers; a vault opened through one is tied to that one.
     """
 
     thread_name = "hid-watch"
 
     def __init__(self, loop: asyncio.AbstractEventLoop, report: Callable[[str, str], None],
-                 list_paths: Callable[[], list[str]] | None = None) -> None:
+                 list_paths: Callable[[], list[str]] | None = None,
+                 check_path: Callable[[str], bool] | None = None) -> None:
         super().__init__(loop, report)
         self.list_paths = list_paths or fido_hid_paths
+        self.check_path = check_path or is_fido_hid
 
     def _run(self) -> None:
         monitor = udev_hidraw_monitor()
@@ -156,15 +163,25 @@ class HidWatcher(_Watcher):
                 self._list()
                 continue
             try:
-                if not self._wait_readable(monitor.fileno()) or monitor.poll(timeout=0) is None:
-                    continue  # stopped, or nothing for us
-                # no settle wait: udev sends the event after its rules ran (permissions, uaccess ACL)
-                while monitor.poll(timeout=0) is not None:
-                    pass
+                if not self._wait_readable(monitor.fileno()):
+                    continue  # stopped
+                while (event := monitor.poll(timeout=0)) is not None:
+                    self._event(getattr(event, "action", None), getattr(event, "device_node", None))
             except Exception as err:  # noqa: BLE001 - udev went away: fall back to polling
                 log.info("udev monitor failed (%s): HID keys are looked for by polling", err)
                 monitor = None
+                self._list()
+
+    def _event(self, action: str | None, node: str | None) -> None:
+        """One udev hidraw event: the node it names looked at alone, or (another kind) everything."""
+        if not node or action not in ("add", "remove"):
             self._list()
+            return
+        name = HID_PREFIX + node
+        if action == "remove":
+            self._publish(self.present - {name})
+        elif name not in self.present and self.check_path(node):
+            self._publish(self.present | {name})
 
     def _list(self) -> None:
         try:
