@@ -38,6 +38,7 @@ from typing import Any
 
 from fido2.ctap import STATUS, CtapDevice, CtapError
 from fido2.ctap2 import Ctap2
+from fido2.ctap2.base import args as ctap2_args
 from fido2.ctap2.pin import ClientPin, PinProtocol, PinProtocolV1, PinProtocolV2
 
 from ..errors import (
@@ -294,13 +295,16 @@ class Fido2Factor(Factor):
         return self._find([device]) is not None
 
     def _find(self, devices: list[CtapDevice]) -> tuple[CtapDevice, Ctap2] | None:
-        """Pre-flight: the key holding this credential, asked with up=false (no touch, no PIN)."""
+        """Pre-flight: the key holding this credential, asked with up=false (no touch, no PIN). Only
+        whether it answers matters, so its assertion is not parsed (python-fido2's ``send_cbor``,
+        the request ``get_assertion`` would send)."""
         for device in devices:
             for _attempt in range(PREFLIGHT_ATTEMPTS):
                 try:
                     ctap = Ctap2(device)
-                    ctap.get_assertion(self.rp, secrets.token_bytes(32),
-                                       [{"type": "public-key", "id": self.credential}], None, {"up": False})
+                    ctap.send_cbor(Ctap2.CMD.GET_ASSERTION, ctap2_args(
+                        self.rp, secrets.token_bytes(32), [{"type": "public-key", "id": self.credential}], None,
+                        {"up": False}))
                     return device, ctap
                 except CtapError as err:
                     if err.code == CtapError.ERR.OTHER and hasattr(device, "_select"):
