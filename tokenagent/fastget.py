@@ -300,11 +300,16 @@ def main(args: list[str]) -> int:
             if imported:
                 answer["imported"] = True
             print(json.dumps(answer))
+            sys.stdout.flush()
         elif fmt == "raw" and os.isatty(sys.stdout.fileno()):
             print(_refuse_terminal(f"the secret of vault {opts['vault']!r} is binary and"), file=sys.stderr)
             return EXIT_USAGE
         else:
             _write(key, fmt)  # type: ignore[arg-type]
+    except OSError as err:  # standard output: the key could not be handed over
+        from ._cli.output import output_failed
+
+        return output_failed(err)
     finally:
         for i in range(len(key)):
             key[i] = 0

@@ -28,7 +28,22 @@ if TYPE_CHECKING:
 
 
 def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
+    try:
+        sys.stdout.write(line + "\n")
+    except OSError as err:
+        from .output import stdout_error
+
+        raise stdout_error(err) from None
+
+
+def _flush() -> None:
+    """What the verb wrote, out now: a failure is standard output's (output.py), said by the boundary."""
+    try:
+        sys.stdout.flush()
+    except OSError as err:
+        from .output import stdout_error
+
+        raise stdout_error(err) from None
 
 
 def _answer(as_json: bool, data: dict[str, Any], lines: list[str]) -> None:
@@ -81,7 +96,7 @@ def events(as_json: bool) -> None:
             else:
                 rest = " ".join(f"{k}={v}" for k, v in sorted(event.items()) if k != "event")
                 _out(printable(f"{event['event']} {rest}".rstrip(), keep_newlines=False))
-            sys.stdout.flush()
+            _flush()
     except KeyboardInterrupt:
         pass
     finally:
@@ -179,7 +194,7 @@ def complete(instruction: str) -> None:
     if not all(_plain(n) for n in names):
         raise _Fallback
     items = [form.format(n) for n in names if n.startswith(incomplete)]
-    sys.stdout.write("\n".join(items) + "\n")
+    _out("\n".join(items))
 
 
 def agent(as_json: bool, socket_file: str | None = None) -> None:
@@ -230,11 +245,13 @@ def run(args: list[str]) -> int | None:
             complete(instruction)
         except _Fallback:
             return None
+        _flush()
         return 0
     verb = args[0]
     kwargs = _parse(verb, args[1:]) if verb in VERBS else None
     if kwargs is None:
         return None
+    code = 0
     try:
         VERBS[verb](**kwargs)
     except _Fallback:
@@ -244,8 +261,9 @@ def run(args: list[str]) -> int | None:
             _out(wirejson.dumps({"ok": False, "error": err.code, "message": err.message}))
         else:
             sys.stderr.write(f"tokenagent: {printable(err.message, keep_newlines=False)}\n")
-        return int(err.exit_code)
-    return 0
+        code = int(err.exit_code)
+    _flush()
+    return code
 
 
 def _tree() -> Any:

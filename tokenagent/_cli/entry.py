@@ -46,17 +46,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _line("tokenagent: interrupted")
         return 9
-    except BaseException as err:  # noqa: BLE001 - the boundary: a bug, said in one line
-        if os.environ.get(ENV_DEBUG) == "1":
-            import traceback
+    except OSError as err:
+        from .output import OutputError, output_failed
 
-            traceback.print_exc()
-        _line(f"tokenagent: internal error ({type(err).__name__}); nothing more is shown because it could hold"
-              f" secrets. This is a bug: please report it, with the traceback {ENV_DEBUG}=1 prints")
-        return 1
+        return output_failed(err) if isinstance(err, OutputError) else _bug(err)
+    except BaseException as err:  # noqa: BLE001 - the boundary: a bug, said in one line
+        return _bug(err)
     if argv is None and args and args[0] in FAST_COMMANDS:  # the console script's get: no interpreter teardown
         _exit_now(code)
     return code
+
+
+def _bug(err: BaseException) -> int:
+    if os.environ.get(ENV_DEBUG) == "1":
+        import traceback
+
+        traceback.print_exception(err)
+    _line(f"tokenagent: internal error ({type(err).__name__}); nothing more is shown because it could hold"
+          f" secrets. This is a bug: please report it, with the traceback {ENV_DEBUG}=1 prints")
+    return 1
 
 
 def _exit_now(code: int) -> None:

@@ -89,6 +89,10 @@ def run(args: list[str]) -> int:
         _report(args, "cancelled", "interrupted")
         return int(ExitCode.CANCELLED)
     except OSError as err:  # one that no layer translated: say which file and what failed
+        from .output import OutputError
+
+        if isinstance(err, OutputError):
+            raise  # standard output: the boundary says so
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         if errno.errorcode.get(err.errno or 0) in _STORAGE_ERRNOS:
             storage = StorageError.from_os(err, f"cannot complete the command{where}")
