@@ -55,3 +55,43 @@ def test_a_mounted_key_disk_opens_only_slots_of_key_files_on_it() -> None:
                        nonce=b"", wrapped=b"") for i, f in enumerate((on_disk, elsewhere, plain)))
     assert plug_slots(slots, reader=f"disk:{UUID.lower()}") == ["0"]
     assert plug_slots(slots, reader="hid:/dev/hidraw0") == []
+
+
+def test_the_agent_learns_the_key_disks_without_loading_the_token_stack(tmp_path: Path) -> None:
+    """``key_disks`` runs at the agent's start whenever a filesystem is mounted (every desk): it
+    finds the UUIDs in the key-file hints of the vault files, and loads neither
+    the factor types nor python-fido2 nor cryptography (the idle agent's memory, docs/performance.md).
+    A vault made by the real CLI, in a fresh interpreter."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    media = tmp_path / "media"
+    media.mkdir()
+    generate_keyfile(media / "pwsafe.key")
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    script = f"""
+import json, sys
+from tokenagent import discovery
+discovery.filesystem_mount = lambda uuid: {str(media)!r} if uuid == {UUID.lower()!r} else None
+from tokenagent._cli.entry import main
+code = main(["init", "disk", "--keyfile", "UUID={UUID}:/pwsafe.key"])
+code |= main(["init", "plain", "--keyfile", {str(media / "pwsafe.key")!r}])
+assert code == 0, code
+"""
+    env = {**os.environ, "TOKENAGENT_HOME": str(home), "TOKENAGENT_TEST_KDF": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    look = """
+import json, sys
+from tokenagent.daemon.resources import AgentStore
+from tokenagent.daemon.watch import key_disks
+found = key_disks(AgentStore())
+heavy = sorted(m for m in ("cryptography", "fido2", "yubikit", "tokenagent.drivers.fido2") if m in sys.modules)
+print(json.dumps({"found": sorted(found), "heavy": heavy}))
+"""
+    done = subprocess.run([sys.executable, "-c", look], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"found": [UUID.lower()], "heavy": []}

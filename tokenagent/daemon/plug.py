@@ -49,11 +49,11 @@ from ..errors import (
     VaultError,
 )
 from ..factors.base import Answers, FactorContext, Interaction, SecretRequest
-from ..plugins import load_factor_types
 from ..vault import Vault, VaultStore, unlock
 from ..vault.format import Slot
 from ..vault.operations import roll_forward_or_keep
 from .pinentry import Pinentry
+from .resources import load_token_stack
 from .watch import DISK_PREFIX
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def open_with_token(store: VaultStore, vault_name: str, reader: str, emit: Calla
     """Try VAULT's plug slots with the token in ``reader`` (runs in a worker thread). ``pins``: the
     PINs already typed in this plug event; ``touch(vault, message)``: called from this thread when
     the token waits for a touch."""
-    load_factor_types()  # before the vault is parsed, so its token factors are known
+    load_token_stack()  # before the vault is parsed, so its token factors are known
     ui = AgentInteraction(emit, vault_name, reader, pinentry, pins, touch)
     try:
         return _open_once(store, vault_name, reader, ui, touch_timeout, pinentry)

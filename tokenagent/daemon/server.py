@@ -48,8 +48,6 @@ from .sockets import (
     StallingFramesClose,
     bind_socket,
     inherited_socket,
-    peer_allowed,
-    peer_of,
 )
 from .sshsocket import MAX_CLIENTS as MAX_SSH_CLIENTS
 from .sshsocket import SshSocket
@@ -367,15 +365,8 @@ class _ClientProtocol(StallingFramesClose):
 
     # --- asyncio callbacks -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        try:
-            peer = peer_of(transport.get_extra_info("socket"))
-        except OSError:
-            transport.abort()
-            return
-        if not peer_allowed(peer):
-            transport.abort()  # not a byte read from a stranger
+        peer = self._admit(transport)
+        if peer is None:
             return
         if self.server.clients >= self.server.max_clients and not self.server.make_room():
             self._refuse_busy(f"the agent is serving {self.server.max_clients} connections that are all busy;"

@@ -147,6 +147,21 @@ class StallingFramesClose(asyncio.Protocol):
     def _serve(self) -> None:
         raise NotImplementedError
 
+    def _admit(self, transport: asyncio.BaseTransport, full: bool = False) -> Peer | None:
+        """A new connection's peer (SO_PEERCRED), or None with the connection aborted: credentials
+        that cannot be read, or not this user's (nor root's), or (``full``) no room for it. Not a
+        byte is read from a stranger."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        try:
+            peer = peer_of(transport.get_extra_info("socket"))
+        except OSError:
+            peer = None
+        if peer is None or not peer_allowed(peer) or full:
+            transport.abort()
+            return None
+        return peer
+
     def _arm_stall_timer(self) -> None:
         if self.conn.pending and self.stall is None:
             self.stall = asyncio.get_running_loop().call_later(FRAME_TIMEOUT, self._stalled)

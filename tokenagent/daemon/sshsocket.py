@@ -45,8 +45,6 @@ from .sockets import (
     StallingFramesClose,
     bind_private,
     clear_old_socket,
-    peer_allowed,
-    peer_of,
 )
 from .state import AgentState, Peer, Session
 
@@ -347,15 +345,8 @@ class _SshProtocol(StallingFramesClose):
         self.counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        try:
-            peer = peer_of(transport.get_extra_info("socket"))
-        except OSError:
-            transport.abort()
-            return
-        if not peer_allowed(peer) or self.server.clients >= self.server.max_clients:
-            transport.abort()  # not a byte read from a stranger
+        peer = self._admit(transport, full=self.server.clients >= self.server.max_clients)
+        if peer is None:
             return
         self.peer = peer
         self.server.clients += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import select
@@ -33,7 +34,7 @@ from ..discovery import (
     mounted_filesystems,
     udev_hidraw_monitor,
 )
-from ..plugins import load_factor_types
+from ..factors.keyfile import KeyFileFactor, parse_disk_hint
 from ..vault import VaultStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ RETRY_SECONDS = 3.0
 HID_POLL = 2.0  # without udev (containers): how often the hidraw devices are listed again
 DISK_SETTLE = 0.3
 DISK_PREFIX = "disk:"  # a key disk, named by its filesystem UUID
+KEYFILE = KeyFileFactor.type
 
 
 class _Watcher:
@@ -229,18 +231,29 @@ class KeyDiskWatcher(_Watcher):
 
 
 def key_disks(store: VaultStore) -> set[str]:
-    """The filesystem UUIDs that key-file slots of the vaults in ``store`` name."""
-    load_factor_types()
+    """The filesystem UUIDs that key-file slots of the vaults in ``store`` name (their hints,
+    ``UUID=…:/path``). Asked at the agent's start and whenever a filesystem is mounted, so the files
+    are read as JSON and only the key-file factors' hints are looked at: parsing them as vaults
+    would load every factor type, and with them python-fido2 and cryptography, into an idle agent
+    on any desk with a mounted disk (a damaged file is reported when its vault is used)."""
     found: set[str] = set()
     for name in store.list():
         try:
-            vault = store.load(name)
-        except Exception as err:  # noqa: BLE001 - a damaged vault is reported when it is used
+            copies = store.file_bytes(name)
+        except Exception as err:  # noqa: BLE001 - gone meanwhile, unreadable: reported when it is used
             log.debug("vault %s not read for key disks: %s", name, err)
             continue
-        for slot in vault.slots:
-            for factor in slot.factors:
-                uuid = getattr(factor, "disk_uuid", lambda: None)()
-                if uuid:
-                    found.add(uuid)
+        for data in copies:
+            found |= _key_disk_hints(data)
     return found
+
+
+def _key_disk_hints(data: bytes) -> set[str]:
+    try:
+        doc = json.loads(data)
+        hints = [factor["params"]["hint"] for slot in doc["slots"] for factor in slot["factors"]
+                 if factor.get("type") == KEYFILE]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return set()  # not a vault's shape: parsed (and reported) when the vault is used
+    disks = (parse_disk_hint(hint) for hint in hints if isinstance(hint, str))
+    return {disk[0] for disk in disks if disk is not None}

@@ -170,6 +170,15 @@ class VaultStore:
         except OSError as err:
             raise StorageError.from_os(err, f"cannot read vault file {path}") from None
 
+    def file_bytes(self, name: str) -> tuple[bytes, ...]:
+        """The vault's file as it is, and its backup copy if there is one, unparsed (no factor types
+        needed): for a look at the plain parts of the format (the agent's key-disk watch)."""
+        main = self._read(self.path(name), name)
+        try:
+            return main, _read_vault_file(self.backup_path(name))
+        except (OSError, VaultFormatError, UnsafePath):
+            return (main,)
+
     def load(self, name: str) -> Vault:
         """Parse the vault; fall back to the backup (``from_backup=True``, announced) only if the primary is damaged."""
         data = self._read(self.path(name), name)
