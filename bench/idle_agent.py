@@ -52,23 +52,31 @@ def idle_figures(pid: int, seconds: float) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-s", "--seconds", type=float, default=10.0)
+    parser.add_argument("--editable-only", action="store_true",
+                        help="no wheel install (where pip is missing: the desk guest, bench/idle_agent_desk.py)")
     args = parser.parse_args()
+    from tokenagent.discovery import mounted_filesystems
+
     with tempfile.TemporaryDirectory() as tmp:
-        wheel_exe, _ = plain_install(Path(tmp))
-        editable, wheel, ssh = Agent(unlocked=False), Agent(unlocked=False, exe=wheel_exe), SshAgent()
+        wheel_exe = None if args.editable_only else plain_install(Path(tmp))[0]
+        editable, ssh = Agent(unlocked=False), SshAgent()
+        wheel = Agent(unlocked=False, exe=wheel_exe) if wheel_exe else None
         try:
             ours = idle_figures(editable.proc.pid, args.seconds)
-            installed = idle_figures(wheel.proc.pid, args.seconds)
+            installed = idle_figures(wheel.proc.pid, args.seconds) if wheel else None
             theirs = idle_figures(ssh.proc.pid, args.seconds)
         finally:
             editable.close()
-            wheel.close()
+            if wheel:
+                wheel.close()
             ssh.close()
-    print(f"idle, nothing unlocked, {args.seconds:.0f} s, {machine()}")
-    print(f"  tokenagent agent  {installed[0]:6.2f} wake-ups/s   {installed[1]:6.1f} MiB resident   (wheel install)")
+    disks = len(mounted_filesystems())
+    print(f"idle, nothing unlocked, {args.seconds:.0f} s, {machine()}; {disks} mounted filesystem(s) with a UUID")
+    if installed:
+        print(f"  tokenagent agent  {installed[0]:6.2f} wake-ups/s   {installed[1]:6.1f} MiB resident   (wheel install)")
     print(f"  tokenagent agent  {ours[0]:6.2f} wake-ups/s   {ours[1]:6.1f} MiB resident   (editable .venv)")
     print(f"  ssh-agent         {theirs[0]:6.2f} wake-ups/s   {theirs[1]:6.1f} MiB resident"
-          f"   (memory: installed agent = {installed[1] / theirs[1]:.1f}x)")
+          f"   (memory: agent = {(installed or ours)[1] / theirs[1]:.1f}x)")
     print("  goals: no periodic wake-up with udev (at most 1/s without), at most 25 MiB before a token is seen")
 
 
