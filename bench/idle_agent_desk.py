@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,16 +24,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-s", "--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    from guest import boot, guest_log, missing
+    from guest import boot_script, guest_log
 
-    why = missing()
-    if why is not None:
-        sys.exit(f"idle_agent_desk: {why}")
-    out = Path(tempfile.mkdtemp(prefix="tokenagent-bench-idle-"))
-    work = Path(tempfile.mkdtemp(prefix="tokenagent-bench-idle-work-"))
-    started = time.monotonic()
-    boot(out, work, f"bench/idle_agent.py --editable-only -s {args.seconds:g}")
-    print(f"(one guest boot: {time.monotonic() - started:.0f} s; logs in {out})")
+    out = boot_script(f"bench/idle_agent.py --editable-only -s {args.seconds:g}", "idle_agent_desk")
     log = (out / "guest.log").read_text(errors="replace") if (out / "guest.log").exists() else ""
     lines = [line for line in log.splitlines() if line.startswith(("idle,", "  "))]
     if not lines:

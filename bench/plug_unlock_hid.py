@@ -267,16 +267,9 @@ def machine() -> str:
 
 
 def on_host(n: int) -> None:
-    from guest import boot, guest_log, missing
+    from guest import boot_script, guest_log
 
-    why = missing()
-    if why is not None:
-        sys.exit(f"plug_unlock_hid: {why}")
-    out = Path(tempfile.mkdtemp(prefix="tokenagent-bench-hid-"))
-    work = Path(tempfile.mkdtemp(prefix="tokenagent-bench-hid-work-"))
-    started = time.monotonic()
-    boot(out, work, f"bench/plug_unlock_hid.py --in-guest -n {n}")
-    print(f"(one guest boot: {time.monotonic() - started:.0f} s; logs in {out})")
+    out = boot_script(f"bench/plug_unlock_hid.py --in-guest -n {n}", "plug_unlock_hid")
     try:
         print((out / RESULT).read_text(), end="")
     except FileNotFoundError:

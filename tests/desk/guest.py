@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -156,6 +157,20 @@ def boot(out: Path, work: Path, script: str = "", systemd: bool = False) -> None
         except subprocess.TimeoutExpired:
             pass
     (out / "wall-seconds").write_text(f"{time.monotonic() - started:.0f}\n")
+
+
+def boot_script(script: str, who: str) -> Path:
+    """A bench's boot (bench/plug_unlock_hid.py, idle_agent_desk.py): ``script`` run in one guest
+    boot, its time said; the results directory. Exits with why when the guest cannot boot here."""
+    why = missing()
+    if why is not None:
+        sys.exit(f"{who}: {why}")
+    out = Path(tempfile.mkdtemp(prefix=f"tokenagent-{who}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"tokenagent-{who}-work-"))
+    started = time.monotonic()
+    boot(out, work, script)
+    print(f"(one guest boot: {time.monotonic() - started:.0f} s; logs in {out})")
+    return out
 
 
 def guest_log(out: Path) -> str:
