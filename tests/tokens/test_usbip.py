@@ -252,6 +252,26 @@ def test_python_fido2_over_the_interrupt_endpoints(client: Client) -> None:
     assert "hmac-secret" in info.extensions and "FIDO_2_1" in info.versions
 
 
+def test_the_ccid_slots_power_does_not_reboot_the_fido_interface(client: Client) -> None:
+    """pcscd powers the CCID slot on when a client connects and off after idling, whenever it likes;
+    on a YubiKey over USB that does not touch the FIDO authenticator, which is the HID interface's.
+    The virtual token's did (a new key agreement), and an hmac-secret assertion begun over HID
+    failed with INVALID_PARAMETER when the agent's PC/SC watcher met pcscd's power-on."""
+    from fido2.ctap2.pin import ClientPin
+
+    descriptor = HidDescriptor("usbip", 0x1050, 0x0407, 64, 64, "YubiKey OTP+FIDO+CCID", None)
+    ctap = Ctap2(CtapHidDevice(descriptor, InterruptHid(client)))
+
+    def key_agreement() -> object:
+        return ctap.client_pin(2, ClientPin.CMD.GET_KEY_AGREEMENT)[ClientPin.RESULT.KEY_AGREEMENT]
+
+    before = key_agreement()
+    card = CcidCard(client)  # PC_to_RDR_IccPowerOn
+    card.message(0x63, b"")  # PC_to_RDR_IccPowerOff
+    CcidCard(client)  # and on again
+    assert key_agreement() == before
+
+
 class CcidCard(SmartCardConnection):
     """What libccid does: PowerOn, then one XfrBlock per APDU on bulk OUT, the answer read on bulk IN."""
 
@@ -379,10 +399,10 @@ def test_ccid_sends_time_extensions_while_the_card_waits() -> None:
     release = threading.Event()
 
     class SlowCard:
-        def power_on(self) -> bytes:
+        def power_on(self, spare: tuple[object, ...] = ()) -> bytes:
             return b""
 
-        def power_off(self) -> None:
+        def power_off(self, spare: tuple[object, ...] = ()) -> None:
             pass
 
         def transmit(self, apdu: bytes) -> bytes:

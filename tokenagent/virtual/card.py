@@ -158,16 +158,18 @@ class VirtualCard:
         self._lock = threading.RLock()
         self.on_change = on_change
 
-    def power_on(self) -> bytes:
+    def power_on(self, spare: tuple[Applet, ...] = ()) -> bytes:
+        """The card powered up: every applet's session state reset, but for ``spare``'s (applets
+        this card shares with a transport that has its own power: ``ccid.CcidSlot``)."""
         with self._lock:
-            self._reset_session()
+            self._reset_session(spare)
             return self.atr
 
-    def power_off(self) -> None:
+    def power_off(self, spare: tuple[Applet, ...] = ()) -> None:
         with self._lock:
-            self._reset_session()
+            self._reset_session(spare)
 
-    def _reset_session(self) -> None:
+    def _reset_session(self, spare: tuple[Applet, ...] = ()) -> None:
         if self.selected is not None:
             self.selected.deselect()
         self.selected = None
@@ -175,7 +177,8 @@ class VirtualCard:
         self._pending = b""
         self.channel = None
         for applet in self.applets:
-            applet.power_cycle()
+            if applet not in spare:
+                applet.power_cycle()
 
     def transmit(self, raw: bytes) -> bytes:
         """Process one raw C-APDU; return the raw R-APDU (data + SW1 SW2)."""

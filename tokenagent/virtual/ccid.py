@@ -68,8 +68,12 @@ def hides_fido(apdu: bytes) -> bool:
 class CcidSlot:
     """The reader's one slot and its card: PC_to_RDR messages in, RDR_to_PC answers out (``send``)."""
 
-    def __init__(self, card: Any, send: Callable[[bytes], None], atr: bytes = USB_ATR) -> None:
-        self.card, self.send, self.atr = card, send, atr
+    def __init__(self, card: Any, send: Callable[[bytes], None], atr: bytes = USB_ATR, spare: tuple[Any, ...] = ()) -> None:
+        """``spare``: the card's applets the slot's power does not reach. Over USB a YubiKey's FIDO
+        authenticator is its HID interface's, powered with the device: pcscd powering the CCID
+        slot on or off (which it does when a client connects, and after idling) must not reboot
+        it (a new key agreement, the PIN token gone) in the middle of a CTAPHID exchange."""
+        self.card, self.send, self.atr, self.spare = card, send, atr, spare
         self.powered = False
         self._buffer = bytearray()
         self._worker: threading.Thread | None = None
@@ -80,7 +84,7 @@ class CcidSlot:
         with self._lock:
             self._buffer.clear()
             if self.powered:
-                self.card.power_off()
+                self.card.power_off(self.spare)
             self.powered = False
 
     def receive(self, data: bytes) -> None:
@@ -116,13 +120,13 @@ class CcidSlot:
             return
         if kind == PC_TO_RDR_ICC_POWER_ON:
             if self.powered:
-                self.card.power_off()
-            self.card.power_on()
+                self.card.power_off(self.spare)
+            self.card.power_on(self.spare)
             self.powered = True
             self.send(header(RDR_TO_PC_DATA_BLOCK, self.atr, slot, seq, self._status(), 0, 0))
         elif kind == PC_TO_RDR_ICC_POWER_OFF:
             if self.powered:
-                self.card.power_off()
+                self.card.power_off(self.spare)
             self.powered = False
             self.send(header(RDR_TO_PC_SLOT_STATUS, b"", slot, seq, self._status(), 0, 0))
         elif kind in (PC_TO_RDR_GET_SLOT_STATUS, PC_TO_RDR_ICC_CLOCK, PC_TO_RDR_ABORT):

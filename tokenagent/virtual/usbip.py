@@ -182,7 +182,7 @@ class YubiKeyUsb:
         self.token = token
         self.version: tuple[int, int, int] = tuple(token.otp.version)  # type: ignore[assignment]
         self.otp_front = hid_front_ends(token)
-        self.ccid = CcidSlot(token.card, lambda message: self.push(EP_CCID_IN, message))
+        self.ccid = CcidSlot(token.card, lambda message: self.push(EP_CCID_IN, message), spare=(token.fido2,))
         self.configuration = 0
         self._lock = threading.RLock()
         self._pending: dict[int, collections.deque[tuple[int, int]]] = collections.defaultdict(collections.deque)
