@@ -64,6 +64,14 @@ class EventRecorder:
             for event in self._client.events():
                 self.events.append(event)
 
+    def wait_for(self, event: str, vault: str, timeout: float = 10.0) -> None:
+        """Until the stream has brought ``event`` for ``vault``: it is another connection than the one a
+        ``get`` was answered on, so it may arrive a moment after that answer."""
+        deadline = time.monotonic() + timeout
+        while not any(e["event"] == event and e.get("vault") == vault for e in list(self.events)):
+            assert time.monotonic() < deadline, f"no {event} event for {vault}: {self.events}"
+            time.sleep(0.02)
+
     def close(self) -> None:
         self._client.close()
 

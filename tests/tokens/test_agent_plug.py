@@ -133,6 +133,8 @@ def test_otp_and_piv_slots_unlocked_on_plug(pcscd: PrivatePcscd, tokens: list[To
             assert {v["vault"]: v["slot"] for v in client.status()["vaults"]} == {"backups": "1", "mail": "1"}
         assert b"unlock vault 'mail'" in person.screen and b"3 tries left" in person.screen
         # The event stream said what the agent waited for: the PIN of the PIV vault, none for OTP.
+        recorder.wait_for("unlocked", "mail")
+        recorder.wait_for("unlocked", "backups")
         events = [(str(e["event"]), e.get("vault")) for e in recorder.events]
         assert ("pin", "mail") in events and ("pin", "backups") not in events
         assert ("unlocked", "mail") in events and ("unlocked", "backups") in events
